@@ -1,0 +1,208 @@
+//! Messages between the controller and an agent.
+//!
+//! The controller sends [`AgentCommand`]s to an agent's own queue
+//! ([`crate::queues::agent_job_queue`]); every agent sends [`AgentEvent`]s to the shared
+//! [`crate::queues::AGENT_EVENTS_QUEUE`]. All types ignore unknown fields so that old and new
+//! agents and servers can talk.
+
+use crate::{ExecutionId, OutputStream, ParameterDelivery, ParameterFormat, Runtime};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// Default cap on each captured output stream: 10 MiB.
+pub const DEFAULT_OUTPUT_LIMIT_BYTES: u64 = 10 * 1024 * 1024;
+/// Default grace period between SIGTERM and SIGKILL.
+pub const DEFAULT_KILL_GRACE_SECONDS: u64 = 5;
+
+fn default_output_limit() -> u64 {
+    DEFAULT_OUTPUT_LIMIT_BYTES
+}
+
+fn default_kill_grace() -> u64 {
+    DEFAULT_KILL_GRACE_SECONDS
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// What the controller asks of an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentCommand {
+    /// Run one execution.
+    Job(Job),
+    /// Stop an execution: SIGTERM to its process group, grace period, then SIGKILL.
+    Cancel { execution_id: ExecutionId },
+    /// Stop taking jobs, finish running ones up to the deadline, then exit.
+    Shutdown {
+        #[serde(default)]
+        deadline_seconds: u64,
+    },
+}
+
+/// One execution for an agent to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub protocol_version: u32,
+    pub execution_id: ExecutionId,
+    /// `<pack>.<action>`.
+    pub action_ref: String,
+    pub pack_ref: String,
+    pub runtime: Runtime,
+    /// Absolute path of the pack's files inside the container.
+    pub pack_dir: String,
+    /// Path of the entry point relative to `pack_dir` (already checked not to escape it).
+    pub entry_point: String,
+    /// Parameters after schema validation and defaults, secrets included.
+    #[serde(default)]
+    pub parameters: Map<String, Value>,
+    /// Names of the parameters marked `secret: true`: never put in env, never logged.
+    #[serde(default)]
+    pub secret_parameters: Vec<String>,
+    #[serde(default)]
+    pub parameter_delivery: ParameterDelivery,
+    #[serde(default)]
+    pub parameter_format: ParameterFormat,
+    pub timeout_seconds: u64,
+    #[serde(default = "default_kill_grace")]
+    pub kill_grace_seconds: u64,
+    /// Extra environment for the process (from the action's `container.env`).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Cap on each captured output stream; beyond it output is dropped with a marker.
+    #[serde(default = "default_output_limit")]
+    pub output_limit_bytes: u64,
+    /// Send [`AgentEvent::Log`] chunks while the action runs.
+    #[serde(default = "default_true")]
+    pub stream_logs: bool,
+}
+
+/// What an agent tells the controller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentEvent {
+    /// First message after connecting.
+    Register(AgentRegistration),
+    /// The execution's process has started.
+    Running {
+        agent_id: String,
+        execution_id: ExecutionId,
+        #[serde(default)]
+        pid: Option<u32>,
+    },
+    /// A chunk of live output; `seq` counts from 0 per execution across both streams.
+    Log {
+        agent_id: String,
+        execution_id: ExecutionId,
+        seq: u64,
+        stream: OutputStream,
+        data: String,
+    },
+    /// The execution reached its end.
+    Finished(JobReport),
+    /// The agent is alive; lists the executions it is running.
+    Heartbeat {
+        agent_id: String,
+        #[serde(default)]
+        running: Vec<ExecutionId>,
+    },
+    /// The agent is exiting.
+    Deregister {
+        agent_id: String,
+        #[serde(default)]
+        reason: String,
+    },
+}
+
+/// Who an agent is and what it can run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRegistration {
+    pub agent_id: String,
+    pub protocol_version: u32,
+    pub agent_version: String,
+    /// sha256 of the agent's own binary, hex.
+    #[serde(default)]
+    pub agent_sha256: String,
+    /// `oneshot` or `worker`.
+    #[serde(default)]
+    pub mode: String,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub runtimes: Vec<DetectedRuntime>,
+}
+
+/// An interpreter the agent found in its image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetectedRuntime {
+    /// A [`Runtime`] name or a custom name from a hints file.
+    pub name: String,
+    #[serde(default)]
+    pub version: Option<String>,
+    pub path: String,
+}
+
+/// How an execution ended, as the agent saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobOutcome {
+    Succeeded,
+    Failed,
+    Timeout,
+    Canceled,
+    /// The agent shut down before the execution could finish.
+    Abandoned,
+}
+
+/// Why an execution failed before or outside its own exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The process ran and exited non-zero or by a signal.
+    NonZeroExit,
+    /// The runtime's interpreter is not in the image.
+    InterpreterMissing,
+    /// The entry point file is missing (or not executable for native).
+    EntryPointMissing,
+    /// Parameters could not be delivered (e.g. the parameter file could not be written).
+    ParameterDelivery,
+    /// The process could not be started.
+    Spawn,
+    /// The job's protocol version is not supported by this agent.
+    UnsupportedProtocol,
+    /// Anything newer than this agent knows.
+    #[serde(other)]
+    Other,
+}
+
+/// The final report of one execution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobReport {
+    pub agent_id: String,
+    pub execution_id: ExecutionId,
+    pub outcome: JobOutcome,
+    #[serde(default)]
+    pub failure_kind: Option<FailureKind>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub stdout: String,
+    #[serde(default)]
+    pub stderr: String,
+    #[serde(default)]
+    pub stdout_truncated: bool,
+    #[serde(default)]
+    pub stderr_truncated: bool,
+    /// stdout parsed as JSON when it is JSON, else stdout as a string.
+    #[serde(default)]
+    pub result: Option<Value>,
+    /// A human-readable reason when the outcome is not `succeeded`.
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub duration_ms: u64,
+}

@@ -1,0 +1,233 @@
+//! HTTP API bodies shared by `attune-server` and the `attune` CLI.
+//!
+//! Timestamps are RFC 3339 strings so this crate needs no time library.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+/// Lifecycle of an execution: requested → scheduled → running → a terminal status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionStatus {
+    Requested,
+    Scheduled,
+    Running,
+    Succeeded,
+    Failed,
+    Timeout,
+    Canceled,
+    Abandoned,
+}
+
+impl ExecutionStatus {
+    pub const ALL: [ExecutionStatus; 8] = [
+        ExecutionStatus::Requested,
+        ExecutionStatus::Scheduled,
+        ExecutionStatus::Running,
+        ExecutionStatus::Succeeded,
+        ExecutionStatus::Failed,
+        ExecutionStatus::Timeout,
+        ExecutionStatus::Canceled,
+        ExecutionStatus::Abandoned,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionStatus::Requested => "requested",
+            ExecutionStatus::Scheduled => "scheduled",
+            ExecutionStatus::Running => "running",
+            ExecutionStatus::Succeeded => "succeeded",
+            ExecutionStatus::Failed => "failed",
+            ExecutionStatus::Timeout => "timeout",
+            ExecutionStatus::Canceled => "canceled",
+            ExecutionStatus::Abandoned => "abandoned",
+        }
+    }
+
+    /// True once nothing can change the status any more.
+    pub fn is_terminal(self) -> bool {
+        !matches!(
+            self,
+            ExecutionStatus::Requested | ExecutionStatus::Scheduled | ExecutionStatus::Running
+        )
+    }
+
+    /// The statuses an execution may move to from `self`: the one table of legal transitions.
+    pub fn allowed_next(self) -> &'static [ExecutionStatus] {
+        use ExecutionStatus::*;
+        match self {
+            Requested => &[Scheduled, Failed, Canceled],
+            Scheduled => &[Running, Failed, Timeout, Canceled, Abandoned],
+            Running => &[Succeeded, Failed, Timeout, Canceled, Abandoned],
+            Succeeded | Failed | Timeout | Canceled | Abandoned => &[],
+        }
+    }
+
+    /// Whether moving from `self` to `next` is legal.
+    pub fn can_become(self, next: ExecutionStatus) -> bool {
+        self.allowed_next().contains(&next)
+    }
+
+    /// The statuses from which `next` may be reached.
+    pub fn allowed_previous(next: ExecutionStatus) -> Vec<ExecutionStatus> {
+        ExecutionStatus::ALL
+            .into_iter()
+            .filter(|previous| previous.can_become(next))
+            .collect()
+    }
+}
+
+impl fmt::Display for ExecutionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ExecutionStatus {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        ExecutionStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == name)
+            .ok_or_else(|| {
+                format!(
+                    "unknown execution status {name:?} (known: requested, scheduled, running, succeeded, failed, timeout, canceled, abandoned)"
+                )
+            })
+    }
+}
+
+/// Whether the controller pulls an action's image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullPolicy {
+    #[default]
+    IfNotPresent,
+    Always,
+    Never,
+}
+
+/// The image an action runs in and how its container is set up.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub image: String,
+    #[serde(default)]
+    pub pull_policy: PullPolicy,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+}
+
+/// Body of `POST /api/v1/executions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateExecutionRequest {
+    pub action: String,
+    #[serde(default)]
+    pub parameters: Map<String, Value>,
+}
+
+/// An execution as the API shows it; secret parameters are masked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionView {
+    pub id: i64,
+    pub action: String,
+    pub status: ExecutionStatus,
+    #[serde(default)]
+    pub parameters: Map<String, Value>,
+    #[serde(default)]
+    pub result: Option<Value>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub stdout: String,
+    #[serde(default)]
+    pub stderr: String,
+    #[serde(default)]
+    pub stdout_truncated: bool,
+    #[serde(default)]
+    pub stderr_truncated: bool,
+    /// Why the execution did not succeed.
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub container_id: Option<String>,
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    pub requested_at: String,
+    #[serde(default)]
+    pub scheduled_at: Option<String>,
+    #[serde(default)]
+    pub started_at: Option<String>,
+    #[serde(default)]
+    pub finished_at: Option<String>,
+}
+
+/// Body of `GET /api/v1/executions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionList {
+    pub items: Vec<ExecutionView>,
+}
+
+/// A registered pack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PackView {
+    #[serde(rename = "ref")]
+    pub pack_ref: String,
+    #[serde(default)]
+    pub label: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub actions: Vec<String>,
+    pub registered_at: String,
+}
+
+/// A registered action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionView {
+    #[serde(rename = "ref")]
+    pub action_ref: String,
+    pub pack: String,
+    #[serde(default)]
+    pub label: String,
+    #[serde(default)]
+    pub description: String,
+    pub runner_type: String,
+    pub entry_point: String,
+    /// The parameters' JSON Schema.
+    #[serde(default)]
+    pub parameters: Value,
+    pub parameter_delivery: crate::ParameterDelivery,
+    pub parameter_format: crate::ParameterFormat,
+    pub timeout: u64,
+    #[serde(default)]
+    pub container: Option<ContainerSpec>,
+}
+
+/// A chunk of an execution's live output (`GET /api/v1/executions/{id}/logs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogChunkView {
+    pub seq: u64,
+    pub stream: crate::OutputStream,
+    pub data: String,
+}
+
+/// Every error response: a short machine-friendly `error` and a human `detail`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub detail: String,
+}

@@ -1,0 +1,30 @@
+//! Names of the RabbitMQ queues and the environment variables that wire an agent to them.
+
+/// Durable queue the server consumes: every [`crate::AgentEvent`] from every agent.
+pub const AGENT_EVENTS_QUEUE: &str = "attune.agent.events";
+
+/// Prefix of an agent's own job queue; the full name is `attune.agent.<agent_id>.jobs`.
+pub const AGENT_QUEUE_PREFIX: &str = "attune.agent.";
+
+/// The job queue of one agent.
+pub fn agent_job_queue(agent_id: &str) -> String {
+    format!("{AGENT_QUEUE_PREFIX}{agent_id}.jobs")
+}
+
+/// Environment variable naming the AMQP URL an agent connects to.
+pub const ENV_MESSAGE_QUEUE_URL: &str = "ATTUNE_AGENT_MQ_URL";
+/// Environment variable holding the agent's id (also its queue's suffix).
+pub const ENV_AGENT_ID: &str = "ATTUNE_AGENT_ID";
+/// Environment variable: `oneshot` (run one job, then exit) or `worker` (serve until stopped).
+pub const ENV_AGENT_MODE: &str = "ATTUNE_AGENT_MODE";
+/// Environment variable naming the container image the agent runs in (for messages).
+pub const ENV_AGENT_IMAGE: &str = "ATTUNE_AGENT_IMAGE";
+/// Environment variable overriding runtime detection (`python,shell`).
+pub const ENV_WORKER_RUNTIMES: &str = "ATTUNE_WORKER_RUNTIMES";
+/// Environment variable naming the directory where the agent creates work directories.
+pub const ENV_AGENT_WORKDIR: &str = "ATTUNE_AGENT_WORKDIR";
+
+/// Where the controller puts the agent binary inside a container.
+pub const AGENT_PATH_IN_CONTAINER: &str = "/opt/attune/bin/attune-agent";
+/// Where the controller puts pack files inside a container: `<dir>/<pack_ref>/`.
+pub const PACKS_DIR_IN_CONTAINER: &str = "/opt/attune/packs";

@@ -1,0 +1,197 @@
+//! Golden JSON tests: the wire format is a contract with agents already deployed in images.
+//! Each golden file must parse into the expected value and the value must serialize to exactly
+//! the golden JSON; files under `golden/future/` carry fields a newer peer might add.
+
+use attune_protocol::api::{ExecutionStatus, ExecutionView};
+use attune_protocol::{
+    AgentCommand, AgentEvent, AgentRegistration, DetectedRuntime, FailureKind, Job, JobOutcome,
+    JobReport, OutputStream, ParameterDelivery, ParameterFormat, Runtime, PROTOCOL_VERSION,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::fmt::Debug;
+use std::path::PathBuf;
+
+fn golden(name: &str) -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("read golden file {}: {error}", path.display()));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|error| panic!("parse golden file {}: {error}", path.display()))
+}
+
+fn assert_golden<T: Serialize + DeserializeOwned + PartialEq + Debug>(name: &str, value: &T) {
+    let expected = golden(name);
+    assert_eq!(
+        serde_json::to_value(value).unwrap(),
+        expected,
+        "{name}: serialized form changed"
+    );
+    let parsed: T = serde_json::from_value(expected).unwrap();
+    assert_eq!(&parsed, value, "{name}: parsed form changed");
+}
+
+fn sample_job() -> Job {
+    let mut parameters = serde_json::Map::new();
+    parameters.insert("name".into(), json!("Ada"));
+    parameters.insert("token".into(), json!("s3cret"));
+    Job {
+        protocol_version: 1,
+        execution_id: 42,
+        action_ref: "hello.greet".into(),
+        pack_ref: "hello".into(),
+        runtime: Runtime::Shell,
+        pack_dir: "/opt/attune/packs/hello".into(),
+        entry_point: "actions/greet.sh".into(),
+        parameters,
+        secret_parameters: vec!["token".into()],
+        parameter_delivery: ParameterDelivery::Env,
+        parameter_format: ParameterFormat::Dotenv,
+        timeout_seconds: 60,
+        kill_grace_seconds: 5,
+        env: [("GREETING".to_string(), "hi".to_string())].into(),
+        output_limit_bytes: 10485760,
+        stream_logs: true,
+    }
+}
+
+#[test]
+fn protocol_version_is_one() {
+    assert_eq!(PROTOCOL_VERSION, 1);
+}
+
+#[test]
+fn job_command() {
+    assert_golden("job.json", &AgentCommand::Job(sample_job()));
+}
+
+#[test]
+fn cancel_command() {
+    assert_golden("cancel.json", &AgentCommand::Cancel { execution_id: 42 });
+}
+
+#[test]
+fn register_event() {
+    let event = AgentEvent::Register(AgentRegistration {
+        agent_id: "a-1".into(),
+        protocol_version: 1,
+        agent_version: "0.1.0".into(),
+        agent_sha256: "ab12".into(),
+        mode: "oneshot".into(),
+        image: Some("busybox:1.36".into()),
+        runtimes: vec![DetectedRuntime {
+            name: "shell".into(),
+            version: Some("1.36.1".into()),
+            path: "/bin/sh".into(),
+        }],
+    });
+    assert_golden("register.json", &event);
+}
+
+#[test]
+fn log_event() {
+    let event = AgentEvent::Log {
+        agent_id: "a-1".into(),
+        execution_id: 42,
+        seq: 3,
+        stream: OutputStream::Stderr,
+        data: "warning\n".into(),
+    };
+    assert_golden("log.json", &event);
+}
+
+#[test]
+fn finished_event() {
+    let event = AgentEvent::Finished(JobReport {
+        agent_id: "a-1".into(),
+        execution_id: 42,
+        outcome: JobOutcome::Failed,
+        failure_kind: Some(FailureKind::NonZeroExit),
+        exit_code: Some(3),
+        signal: None,
+        stdout: "{\"ok\":false}\n".into(),
+        stderr: "boom\n".into(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        result: Some(json!({"ok": false})),
+        error: Some("exited with code 3".into()),
+        duration_ms: 12,
+    });
+    assert_golden("finished.json", &event);
+}
+
+#[test]
+fn execution_view() {
+    let view = ExecutionView {
+        id: 7,
+        action: "hello.greet".into(),
+        status: ExecutionStatus::Succeeded,
+        parameters: serde_json::from_value(json!({"name": "Ada", "token": "********"})).unwrap(),
+        result: Some(json!({"greeting": "Hello, Ada"})),
+        exit_code: Some(0),
+        signal: None,
+        stdout: "{\"greeting\": \"Hello, Ada\"}\n".into(),
+        stderr: String::new(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        error: None,
+        image: Some("busybox:1.36".into()),
+        container_id: Some("c0ffee".into()),
+        agent_id: Some("a-1".into()),
+        requested_at: "2026-11-25T15:00:00Z".into(),
+        scheduled_at: Some("2026-11-25T15:00:00.010Z".into()),
+        started_at: Some("2026-11-25T15:00:00.200Z".into()),
+        finished_at: Some("2026-11-25T15:00:00.250Z".into()),
+    };
+    assert_golden("execution_view.json", &view);
+}
+
+/// A newer server may add fields and failure kinds; this agent's types must still parse them.
+#[test]
+fn unknown_fields_and_variants_are_tolerated() {
+    let job: AgentCommand = serde_json::from_value(golden("future/job_with_new_fields.json"))
+        .expect("a job with unknown fields parses");
+    let AgentCommand::Job(job) = job else {
+        panic!("expected a job")
+    };
+    assert_eq!(job.execution_id, 9);
+    assert_eq!(job.kill_grace_seconds, 5, "default grace applies");
+    assert_eq!(job.output_limit_bytes, 10485760, "default limit applies");
+
+    let report: AgentEvent =
+        serde_json::from_value(golden("future/finished_with_new_kind.json")).unwrap();
+    let AgentEvent::Finished(report) = report else {
+        panic!("expected a report")
+    };
+    assert_eq!(report.failure_kind, Some(FailureKind::Other));
+}
+
+#[test]
+fn runtime_names_and_aliases() {
+    for runtime in Runtime::ALL {
+        assert_eq!(runtime.as_str().parse::<Runtime>().unwrap(), runtime);
+    }
+    assert_eq!(" Bash ".parse::<Runtime>().unwrap(), Runtime::Shell);
+    assert_eq!("nodejs".parse::<Runtime>().unwrap(), Runtime::Node);
+    assert_eq!("python-script".parse::<Runtime>().unwrap(), Runtime::Python);
+    let error = "cobol".parse::<Runtime>().unwrap_err();
+    assert!(error.to_string().contains("unknown runtime \"cobol\""));
+}
+
+#[test]
+fn transitions_follow_the_state_machine() {
+    use ExecutionStatus::*;
+    assert!(Requested.can_become(Scheduled));
+    assert!(Scheduled.can_become(Running));
+    assert!(Running.can_become(Succeeded));
+    assert!(!Requested.can_become(Running));
+    assert!(!Succeeded.can_become(Failed));
+    assert!(!Running.can_become(Requested));
+    for status in ExecutionStatus::ALL {
+        assert_eq!(status.is_terminal(), status.allowed_next().is_empty());
+    }
+    assert_eq!(ExecutionStatus::allowed_previous(Running), vec![Scheduled]);
+}
