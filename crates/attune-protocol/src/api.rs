@@ -173,10 +173,10 @@ pub struct ExecutionView {
     pub finished_at: Option<String>,
 }
 
-/// Body of `GET /api/v1/executions`.
+/// Body of every list endpoint (`GET /api/v1/packs`, `/actions`, `/executions`, logs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ExecutionList {
-    pub items: Vec<ExecutionView>,
+pub struct List<T> {
+    pub items: Vec<T>,
 }
 
 /// A registered pack.

@@ -11,6 +11,9 @@ pub fn agent_job_queue(agent_id: &str) -> String {
     format!("{AGENT_QUEUE_PREFIX}{agent_id}.jobs")
 }
 
+/// Environment variable naming the queue an agent sends its events to (default
+/// [`AGENT_EVENTS_QUEUE`]); servers sharing a broker use separate queues.
+pub const ENV_AGENT_EVENTS_QUEUE: &str = "ATTUNE_AGENT_EVENTS_QUEUE";
 /// Environment variable naming the AMQP URL an agent connects to.
 pub const ENV_MESSAGE_QUEUE_URL: &str = "ATTUNE_AGENT_MQ_URL";
 /// Environment variable holding the agent's id (also its queue's suffix).

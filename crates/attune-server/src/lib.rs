@@ -1,1 +1,19 @@
-//! Attune server.
+//! `attune-server`: the HTTP API, the scheduler and the container controller in one process.
+//!
+//! Modules: [`config`] (layered settings), [`db`] (Postgres), [`broker`] (RabbitMQ),
+//! [`events`] (agents' reports into the database), [`signals`] (in-process wakeups),
+//! [`docker`] (engine operations behind a trait), [`controller`] (one execution in one
+//! container), [`scheduler`] (claims work, start-up reconcile), [`api`] (axum routes),
+//! [`app`] (wiring and graceful shutdown), [`telemetry`] (logging).
+
+pub mod api;
+pub mod app;
+pub mod broker;
+pub mod config;
+pub mod controller;
+pub mod db;
+pub mod docker;
+pub mod events;
+pub mod scheduler;
+pub mod signals;
+pub mod telemetry;

@@ -1,0 +1,458 @@
+//! The HTTP API (axum): packs, actions, executions, logs, cancel, health.
+//!
+//! Every error is JSON `{"error", "detail"}` with a fitting status code.
+
+use crate::broker::AgentChannel;
+use crate::db::{ActionRow, ExecutionFilter, NewPack, PackRow, Store, StoreError};
+use crate::docker::DockerOps;
+use crate::scheduler::SchedulerWakeup;
+use crate::signals::ExecutionSignals;
+use attune_protocol::api::{
+    ActionView, ContainerSpec, CreateExecutionRequest, ErrorBody, ExecutionStatus, ExecutionView,
+    List, LogChunkView, PackView,
+};
+use attune_protocol::AgentCommand;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Reports whether the message queue connection is up.
+pub trait BrokerHealth: Send + Sync + 'static {
+    fn is_connected(&self) -> bool;
+}
+
+impl BrokerHealth for crate::broker::Broker {
+    fn is_connected(&self) -> bool {
+        crate::broker::Broker::is_connected(self)
+    }
+}
+
+/// Everything the handlers use.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub docker: Arc<dyn DockerOps>,
+    pub agents: Arc<dyn AgentChannel>,
+    pub broker_health: Arc<dyn BrokerHealth>,
+    pub signals: ExecutionSignals,
+    pub wakeup: SchedulerWakeup,
+    pub max_pack_bytes: u64,
+}
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub error: &'static str,
+    pub detail: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            error,
+            detail: detail.into(),
+        }
+    }
+
+    fn not_found(detail: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.error.to_string(),
+            detail: self.detail,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
+            StoreError::Conflict(detail) => ApiError::new(StatusCode::CONFLICT, "conflict", detail),
+            other => {
+                tracing::error!(error = %other, "database error in request");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database_unavailable",
+                    other.to_string(),
+                )
+            }
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("request body is not valid JSON for this endpoint: {}", rejection.body_text()),
+        )
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The API router.
+pub fn router(state: AppState) -> Router {
+    let pack_body_limit = state.max_pack_bytes as usize + 1;
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route(
+            "/api/v1/packs",
+            get(list_packs)
+                .post(register_pack)
+                .layer(DefaultBodyLimit::max(pack_body_limit)),
+        )
+        .route("/api/v1/actions", get(list_actions))
+        .route("/api/v1/actions/{action_ref}", get(get_action))
+        .route(
+            "/api/v1/executions",
+            get(list_executions).post(create_execution),
+        )
+        .route("/api/v1/executions/{id}", get(get_execution))
+        .route("/api/v1/executions/{id}/logs", get(execution_logs))
+        .route("/api/v1/executions/{id}/cancel", post(cancel_execution))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .with_state(state)
+}
+
+async fn livez() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let database = state.store.ping().await.map_err(|error| error.to_string());
+    let message_queue = if state.broker_health.is_connected() {
+        Ok(())
+    } else {
+        Err("not connected".to_string())
+    };
+    let docker = state.docker.ping().await.map_err(|error| error.to_string());
+    let check = |result: &Result<(), String>| match result {
+        Ok(()) => json!("ok"),
+        Err(error) => json!(error),
+    };
+    let ready = database.is_ok() && message_queue.is_ok() && docker.is_ok();
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "checks": {
+            "database": check(&database),
+            "message_queue": check(&message_queue),
+            "docker": check(&docker),
+        }
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct RegisterQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn register_pack(
+    State(state): State<AppState>,
+    Query(query): Query<RegisterQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<PackView>)> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "pack_too_large",
+                format!("pack archive is larger than the limit of {} bytes", state.max_pack_bytes),
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", rejection.body_text())
+        }
+    })?;
+    let limits = attune_pack::PackLimits {
+        max_archive_bytes: state.max_pack_bytes,
+        ..Default::default()
+    };
+    let pack = attune_pack::load_pack_archive(&body, &limits).map_err(pack_error)?;
+    let archive = pack.to_archive();
+    let row = state
+        .store
+        .register_pack(
+            NewPack {
+                pack: &pack,
+                archive: &archive,
+            },
+            query.force,
+        )
+        .await?;
+    tracing::info!(pack = %pack.pack_ref, actions = pack.actions.len(), "pack registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(pack.to_view(crate::db::format_time(row.registered_at))),
+    ))
+}
+
+fn pack_error(error: attune_pack::PackError) -> ApiError {
+    use attune_pack::PackError;
+    match error {
+        PackError::TooLarge { .. } => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "pack_too_large", error.to_string())
+        }
+        PackError::NotAnArchive { .. } => {
+            ApiError::new(StatusCode::BAD_REQUEST, "not_an_archive", error.to_string())
+        }
+        other => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_pack",
+            other.to_string(),
+        ),
+    }
+}
+
+async fn list_packs(State(state): State<AppState>) -> ApiResult<Json<List<PackView>>> {
+    let packs = state.store.list_packs().await?;
+    let actions = state.store.list_actions(None).await?;
+    let mut actions_by_pack: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for action in actions {
+        actions_by_pack
+            .entry(action.pack_id)
+            .or_default()
+            .push(action.action_ref);
+    }
+    let items = packs
+        .into_iter()
+        .map(|pack| pack_view(&pack, actions_by_pack.remove(&pack.id).unwrap_or_default()))
+        .collect();
+    Ok(Json(List { items }))
+}
+
+fn pack_view(pack: &PackRow, actions: Vec<String>) -> PackView {
+    PackView {
+        pack_ref: pack.pack_ref.clone(),
+        label: pack.label.clone(),
+        description: pack.description.clone(),
+        version: pack.version.clone(),
+        actions,
+        registered_at: crate::db::format_time(pack.registered_at),
+    }
+}
+
+fn action_view(action: &ActionRow) -> ActionView {
+    ActionView {
+        action_ref: action.action_ref.clone(),
+        pack: action.pack_ref.clone(),
+        label: action.label.clone(),
+        description: action.description.clone(),
+        runner_type: action.runner_type.clone(),
+        entry_point: action.entry_point.clone(),
+        parameters: action.parameters_schema.clone(),
+        parameter_delivery: crate::db::enum_from_name(&action.parameter_delivery)
+            .unwrap_or_default(),
+        parameter_format: crate::db::enum_from_name(&action.parameter_format).unwrap_or_default(),
+        timeout: action.timeout_seconds.max(0) as u64,
+        container: action
+            .container
+            .clone()
+            .and_then(|container| serde_json::from_value::<ContainerSpec>(container).ok()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ActionQuery {
+    pack: Option<String>,
+}
+
+async fn list_actions(
+    State(state): State<AppState>,
+    Query(query): Query<ActionQuery>,
+) -> ApiResult<Json<List<ActionView>>> {
+    let actions = state.store.list_actions(query.pack.as_deref()).await?;
+    Ok(Json(List {
+        items: actions.iter().map(action_view).collect(),
+    }))
+}
+
+async fn get_action(
+    State(state): State<AppState>,
+    Path(action_ref): Path<String>,
+) -> ApiResult<Json<ActionView>> {
+    let action = state.store.get_action(&action_ref).await?;
+    Ok(Json(action_view(&action)))
+}
+
+async fn create_execution(
+    State(state): State<AppState>,
+    body: Result<Json<CreateExecutionRequest>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<ExecutionView>)> {
+    let Json(request) = body?;
+    let action = match state.store.get_action(&request.action).await {
+        Err(StoreError::NotFound(_)) => {
+            return Err(ApiError::not_found(format!(
+                "action {} not found (register its pack first)",
+                request.action
+            )))
+        }
+        other => other?,
+    };
+    if !action.enabled {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "action_disabled",
+            format!("action {} is disabled", action.action_ref),
+        ));
+    }
+    let parameters = attune_pack::validate_parameters_against(
+        &action.parameters_schema,
+        &request.parameters,
+    )
+    .map_err(|error| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_parameters",
+            format!("parameters of action {}: {error}", action.action_ref),
+        )
+    })?;
+    let execution = state.store.create_execution(&action, &parameters).await?;
+    tracing::info!(execution_id = execution.id, action = %action.action_ref, "execution requested");
+    state.wakeup.wake();
+    Ok((StatusCode::CREATED, Json(execution.to_view())))
+}
+
+async fn get_execution(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ExecutionView>> {
+    let execution_id = parse_execution_id(&id)?;
+    Ok(Json(state.store.get_execution(execution_id).await?.to_view()))
+}
+
+fn parse_execution_id(id: &str) -> ApiResult<i64> {
+    id.parse::<i64>().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            format!("execution id {id:?} is not a number"),
+        )
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct ExecutionQuery {
+    status: Option<String>,
+    action: Option<String>,
+    limit: Option<i64>,
+    before: Option<i64>,
+}
+
+async fn list_executions(
+    State(state): State<AppState>,
+    Query(query): Query<ExecutionQuery>,
+) -> ApiResult<Json<List<ExecutionView>>> {
+    let status = match query.status.as_deref() {
+        None | Some("") => None,
+        Some(name) => Some(name.parse::<ExecutionStatus>().map_err(|reason| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_status", reason)
+        })?),
+    };
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+            format!("limit {limit} is outside 1..=1000"),
+        ));
+    }
+    let filter = ExecutionFilter {
+        status,
+        action_ref: query.action.filter(|action| !action.is_empty()),
+        limit,
+        before_id: query.before,
+    };
+    let rows = state.store.list_executions(&filter).await?;
+    Ok(Json(List {
+        items: rows.iter().map(|row| row.to_view()).collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct LogQuery {
+    after_seq: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn execution_logs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<LogQuery>,
+) -> ApiResult<Json<List<LogChunkView>>> {
+    let execution_id = parse_execution_id(&id)?;
+    state.store.get_execution(execution_id).await?;
+    let limit = query.limit.unwrap_or(1000).clamp(1, 10_000);
+    let items = state
+        .store
+        .logs_after(execution_id, query.after_seq, limit)
+        .await?;
+    Ok(Json(List { items }))
+}
+
+async fn cancel_execution(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<ExecutionView>)> {
+    let execution_id = parse_execution_id(&id)?;
+    let current = state.store.get_execution(execution_id).await?;
+    if current.status().is_terminal() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_finished",
+            format!(
+                "execution {execution_id} already ended with status {}",
+                current.status
+            ),
+        ));
+    }
+    let marked = state.store.request_cancel(execution_id).await?;
+    if marked.status() == ExecutionStatus::Requested {
+        let fields = crate::db::TransitionFields::error("canceled", "canceled before it was scheduled");
+        if let Some(row) = state
+            .store
+            .transition(execution_id, ExecutionStatus::Canceled, fields)
+            .await?
+        {
+            tracing::info!(execution_id, "execution canceled before scheduling");
+            return Ok((StatusCode::ACCEPTED, Json(row.to_view())));
+        }
+    }
+    let row = state.store.get_execution(execution_id).await?;
+    if let Some(agent_id) = &row.agent_id {
+        if let Err(error) = state
+            .agents
+            .send_command(agent_id, &AgentCommand::Cancel { execution_id })
+            .await
+        {
+            tracing::error!(execution_id, %error, "send cancel to agent");
+        }
+    }
+    state.signals.cancel(execution_id);
+    tracing::info!(execution_id, "cancel requested");
+    Ok((StatusCode::ACCEPTED, Json(row.to_view())))
+}

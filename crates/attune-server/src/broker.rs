@@ -1,0 +1,248 @@
+//! The server's side of RabbitMQ: commands to agents' own queues, events from the shared queue.
+//!
+//! Publishing uses publisher confirms and persistent messages; consuming uses manual acks.
+//! [`AgentChannel`] is what the controller needs, so its logic is tested with a recording fake.
+
+use async_trait::async_trait;
+use attune_protocol::queues::{agent_job_queue, AGENT_EVENTS_QUEUE};
+use attune_protocol::AgentCommand;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use std::time::Duration;
+
+/// How long an agent's job queue lives unused (the agent declares it the same way).
+pub const AGENT_QUEUE_EXPIRES_MS: u32 = 600_000;
+
+/// Errors talking to the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("connect to message queue {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("{operation}: {source}")]
+    Amqp {
+        operation: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("{operation}: the broker did not confirm the message")]
+    NotConfirmed { operation: String },
+}
+
+/// What the controller needs from the broker.
+#[async_trait]
+pub trait AgentChannel: Send + Sync + 'static {
+    /// Declares an agent's job queue (so commands published before it starts wait for it).
+    async fn declare_agent_queue(&self, agent_id: &str) -> Result<(), BrokerError>;
+    /// Publishes a command to an agent's queue and waits for the broker's confirm.
+    async fn send_command(&self, agent_id: &str, command: &AgentCommand)
+        -> Result<(), BrokerError>;
+    /// Deletes an agent's job queue once the agent is gone.
+    async fn delete_agent_queue(&self, agent_id: &str) -> Result<(), BrokerError>;
+}
+
+/// A connection to RabbitMQ with a confirm-mode publishing channel.
+pub struct Broker {
+    connection: Connection,
+    publish_channel: Channel,
+    events_queue: String,
+}
+
+fn amqp(operation: impl Into<String>) -> impl FnOnce(lapin::Error) -> BrokerError {
+    let operation = operation.into();
+    move |source| BrokerError::Amqp { operation, source }
+}
+
+fn agent_queue_arguments() -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-expires".into(),
+        AMQPValue::LongUInt(AGENT_QUEUE_EXPIRES_MS),
+    );
+    arguments
+}
+
+impl Broker {
+    /// Connects, retrying for up to `patience` (the broker may still be starting).
+    /// `events_queue` is the queue agents report to (normally [`AGENT_EVENTS_QUEUE`]).
+    pub async fn connect(
+        url: &str,
+        events_queue: &str,
+        patience: Duration,
+    ) -> Result<Broker, BrokerError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut delay = Duration::from_millis(100);
+        let connection = loop {
+            match Connection::connect(url, ConnectionProperties::default()).await {
+                Ok(connection) => break connection,
+                Err(error) if tokio::time::Instant::now() + delay < deadline => {
+                    tracing::warn!(%error, "message queue not reachable yet, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(error) => {
+                    return Err(BrokerError::Connect {
+                        url: redact_url(url),
+                        reason: error.to_string(),
+                    })
+                }
+            }
+        };
+        let publish_channel = connection
+            .create_channel()
+            .await
+            .map_err(amqp("open publish channel"))?;
+        publish_channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(amqp("enable publisher confirms"))?;
+        publish_channel
+            .queue_declare(
+                events_queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp(format!("declare queue {events_queue}")))?;
+        Ok(Broker {
+            connection,
+            publish_channel,
+            events_queue: events_queue.to_string(),
+        })
+    }
+
+    /// Whether the connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.connection.status().connected()
+    }
+
+    /// Consumes the shared events queue with manual acks.
+    pub async fn consume_events(&self, prefetch: u16) -> Result<Consumer, BrokerError> {
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(amqp("open events channel"))?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(amqp("set events prefetch"))?;
+        let queue = self.events_queue.as_str();
+        channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp(format!("declare queue {queue}")))?;
+        channel
+            .basic_consume(
+                queue.into(),
+                "attune-server-events".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp(format!("consume {queue}")))
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) {
+        if let Err(error) = self.connection.close(200, "server shutting down".into()).await {
+            tracing::debug!(%error, "close message queue connection");
+        }
+    }
+}
+
+#[async_trait]
+impl AgentChannel for Broker {
+    async fn declare_agent_queue(&self, agent_id: &str) -> Result<(), BrokerError> {
+        let queue = agent_job_queue(agent_id);
+        self.publish_channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                agent_queue_arguments(),
+            )
+            .await
+            .map_err(amqp(format!("declare queue {queue}")))?;
+        Ok(())
+    }
+
+    async fn send_command(
+        &self,
+        agent_id: &str,
+        command: &AgentCommand,
+    ) -> Result<(), BrokerError> {
+        let queue = agent_job_queue(agent_id);
+        let payload = serde_json::to_vec(command).expect("commands always serialize");
+        let operation = format!("publish command to {queue}");
+        let confirm = self
+            .publish_channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &payload,
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into()),
+            )
+            .await
+            .map_err(amqp(operation.clone()))?
+            .await
+            .map_err(amqp(operation.clone()))?;
+        if confirm.is_nack() {
+            return Err(BrokerError::NotConfirmed { operation });
+        }
+        Ok(())
+    }
+
+    async fn delete_agent_queue(&self, agent_id: &str) -> Result<(), BrokerError> {
+        let queue = agent_job_queue(agent_id);
+        self.publish_channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .map_err(amqp(format!("delete queue {queue}")))?;
+        Ok(())
+    }
+}
+
+/// The URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(
+            redact_url("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact_url("amqp://127.0.0.1"), "amqp://127.0.0.1");
+    }
+}

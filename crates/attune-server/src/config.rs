@@ -1,0 +1,293 @@
+//! Server settings: defaults < config file < `ATTUNE__SECTION__KEY` environment < command-line flags.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Every setting of `attune-server`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub message_queue: MessageQueueSettings,
+    pub docker: DockerSettings,
+    pub executor: ExecutorSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    /// Address the HTTP API listens on.
+    pub bind: String,
+    /// Largest accepted pack upload, in bytes.
+    pub max_pack_bytes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MessageQueueSettings {
+    /// AMQP URL the server uses.
+    pub url: String,
+    /// AMQP URL handed to agents in containers (defaults to `url`; differs when the
+    /// containers are not on the host network).
+    pub agent_url: Option<String>,
+    /// Queue agents report to; separate servers sharing one broker need separate queues.
+    pub events_queue: String,
+}
+
+impl MessageQueueSettings {
+    /// The URL agents should use.
+    pub fn url_for_agents(&self) -> &str {
+        self.agent_url.as_deref().unwrap_or(&self.url)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DockerSettings {
+    /// Engine address (`unix:///var/run/docker.sock`); unset uses DOCKER_HOST or the default socket.
+    pub host: Option<String>,
+    /// Network mode for action containers (`host`, `bridge` or a network name).
+    pub network: String,
+    /// The static agent binary injected into containers.
+    pub agent_binary: PathBuf,
+    /// Remove containers after their execution ends (turn off only to debug).
+    pub remove_containers: bool,
+    /// Image for actions that name none; unset means such actions fail with a clear error.
+    pub default_image: Option<String>,
+    /// Process limit per container.
+    pub pids_limit: i64,
+    /// Open-files limit per container.
+    pub nofile_limit: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ExecutorSettings {
+    /// Executions run at once by this server.
+    pub concurrency: usize,
+    /// Cap per captured output stream, bytes.
+    pub output_limit_bytes: u64,
+    /// Seconds between SIGTERM and SIGKILL on timeout or cancel.
+    pub kill_grace_seconds: u64,
+    /// Seconds an agent may take from container start to reporting `running`.
+    pub agent_start_timeout_seconds: u64,
+    /// Identity of this controller, put on the labels of every container it creates; it
+    /// adopts or removes only containers carrying its own id. Defaults to the host name.
+    pub controller_id: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter, e.g. `info,attune_server=debug`.
+    pub level: String,
+}
+
+/// Values given on the command line; each wins over every other source.
+#[derive(Debug, Clone, Default)]
+pub struct SettingsOverrides {
+    pub bind: Option<String>,
+    pub database_url: Option<String>,
+    pub message_queue_url: Option<String>,
+    pub log_format: Option<String>,
+    pub agent_binary: Option<PathBuf>,
+}
+
+/// Why the settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("load settings: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid setting {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+const DEFAULTS: &str = r#"
+[server]
+bind = "0.0.0.0:8080"
+max_pack_bytes = 16777216
+
+[database]
+url = "postgres://postgres:postgres@127.0.0.1:5432/attune"
+max_connections = 16
+
+[message_queue]
+url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+events_queue = "attune.agent.events"
+
+[docker]
+network = "host"
+agent_binary = "agent-dist/attune-agent-x86_64"
+remove_containers = true
+pids_limit = 512
+nofile_limit = 4096
+
+[executor]
+concurrency = 16
+output_limit_bytes = 10485760
+kill_grace_seconds = 5
+agent_start_timeout_seconds = 30
+controller_id = ""
+
+[log]
+format = "text"
+level = "info"
+"#;
+
+impl Settings {
+    /// Loads the layers in order; `config_file` may be `None`.
+    pub fn load(
+        config_file: Option<&Path>,
+        overrides: &SettingsOverrides,
+    ) -> Result<Settings, SettingsError> {
+        Self::load_from_env(config_file, overrides, None)
+    }
+
+    /// Like [`Settings::load`], with the environment given explicitly (for tests).
+    pub fn load_from_env(
+        config_file: Option<&Path>,
+        overrides: &SettingsOverrides,
+        environment: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Settings, SettingsError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(path) = config_file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let mut environment_source = config::Environment::with_prefix("ATTUNE")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true);
+        if let Some(environment) = environment {
+            environment_source = environment_source.source(Some(environment));
+        }
+        builder = builder.add_source(environment_source);
+        builder = builder
+            .set_override_option("server.bind", overrides.bind.clone())?
+            .set_override_option("database.url", overrides.database_url.clone())?
+            .set_override_option("message_queue.url", overrides.message_queue_url.clone())?
+            .set_override_option("log.format", overrides.log_format.clone())?
+            .set_override_option(
+                "docker.agent_binary",
+                overrides
+                    .agent_binary
+                    .as_ref()
+                    .map(|path| path.display().to_string()),
+            )?;
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        if settings.executor.controller_id.is_empty() {
+            settings.executor.controller_id = default_controller_id();
+        }
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(SettingsError::Invalid {
+                key: "log.format",
+                reason: format!("{:?} is not text or json", self.log.format),
+            });
+        }
+        if self.executor.concurrency == 0 {
+            return Err(SettingsError::Invalid {
+                key: "executor.concurrency",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.docker.pids_limit < 16 {
+            return Err(SettingsError::Invalid {
+                key: "docker.pids_limit",
+                reason: format!("{} is below the minimum of 16", self.docker.pids_limit),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The host's name: stable across restarts, so a restarted controller finds its containers.
+fn default_controller_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_default();
+    if host.is_empty() {
+        "attune-controller".to_string()
+    } else {
+        host
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn environment(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn defaults_load() {
+        let settings =
+            Settings::load_from_env(None, &SettingsOverrides::default(), environment(&[]))
+                .unwrap();
+        assert_eq!(settings.server.bind, "0.0.0.0:8080");
+        assert_eq!(settings.docker.network, "host");
+        assert!(!settings.executor.controller_id.is_empty());
+    }
+
+    #[test]
+    fn file_then_environment_then_flags() {
+        let directory = tempfile::tempdir().unwrap();
+        let file = directory.path().join("attune.toml");
+        std::fs::write(
+            &file,
+            "[database]\nurl = \"postgres://file/db\"\n[server]\nbind = \"127.0.0.1:1\"\n[docker]\nnetwork = \"bridge\"\n",
+        )
+        .unwrap();
+        let environment = environment(&[
+            ("ATTUNE__DATABASE__URL", "postgres://env/db"),
+            ("ATTUNE__MESSAGE_QUEUE__URL", "amqp://env"),
+        ]);
+        let overrides = SettingsOverrides {
+            bind: Some("127.0.0.1:9".into()),
+            ..Default::default()
+        };
+        let settings = Settings::load_from_env(Some(&file), &overrides, environment).unwrap();
+        assert_eq!(settings.docker.network, "bridge", "file beats defaults");
+        assert_eq!(settings.database.url, "postgres://env/db", "env beats file");
+        assert_eq!(settings.message_queue.url, "amqp://env");
+        assert_eq!(settings.server.bind, "127.0.0.1:9", "flags beat file");
+    }
+
+    #[test]
+    fn bad_log_format_is_named() {
+        let error = Settings::load_from_env(
+            None,
+            &SettingsOverrides::default(),
+            environment(&[("ATTUNE__LOG__FORMAT", "xml")]),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("log.format"), "{error}");
+    }
+
+    #[test]
+    fn missing_config_file_is_an_error() {
+        let error = Settings::load_from_env(
+            Some(Path::new("/nonexistent/attune.toml")),
+            &SettingsOverrides::default(),
+            environment(&[]),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("attune.toml"), "{error}");
+    }
+}

@@ -1,0 +1,144 @@
+//! Applies agents' events to the database: registration, running, log chunks, final reports.
+//!
+//! Each event is acked only after its effect is stored; redelivered events are harmless because
+//! status changes are conditional and log chunks are keyed by sequence number.
+
+use crate::db::{Store, StoreError, TransitionFields};
+use crate::signals::ExecutionSignals;
+use attune_protocol::api::ExecutionStatus;
+use attune_protocol::{AgentEvent, JobOutcome, JobReport};
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use std::time::Duration;
+
+/// Applies one event. Returns an error only when it should be retried (database trouble).
+pub async fn apply_event(
+    store: &Store,
+    signals: &ExecutionSignals,
+    event: AgentEvent,
+) -> Result<(), StoreError> {
+    match event {
+        AgentEvent::Register(registration) => {
+            tracing::debug!(agent_id = %registration.agent_id, "agent registered");
+            store.record_agent(&registration).await?;
+        }
+        AgentEvent::Running {
+            agent_id,
+            execution_id,
+            ..
+        } => {
+            let fields = TransitionFields {
+                agent_id: Some(agent_id),
+                ..Default::default()
+            };
+            if store
+                .transition(execution_id, ExecutionStatus::Running, fields)
+                .await?
+                .is_some()
+            {
+                tracing::info!(execution_id, "execution running");
+            }
+            signals.running(execution_id);
+        }
+        AgentEvent::Log {
+            execution_id,
+            seq,
+            stream,
+            data,
+            ..
+        } => {
+            store.append_log(execution_id, seq, stream, &data).await?;
+        }
+        AgentEvent::Finished(report) => {
+            let execution_id = report.execution_id;
+            let status = apply_report(store, report).await?;
+            signals.terminal(execution_id, status);
+        }
+        AgentEvent::Heartbeat { agent_id, .. } => store.touch_agent(&agent_id, false).await?,
+        AgentEvent::Deregister { agent_id, .. } => store.touch_agent(&agent_id, true).await?,
+    }
+    Ok(())
+}
+
+/// Stores a final report; returns the execution's terminal status (as stored).
+async fn apply_report(store: &Store, report: JobReport) -> Result<ExecutionStatus, StoreError> {
+    let execution_id = report.execution_id;
+    let status = match report.outcome {
+        JobOutcome::Succeeded => ExecutionStatus::Succeeded,
+        JobOutcome::Failed => ExecutionStatus::Failed,
+        JobOutcome::Timeout => ExecutionStatus::Timeout,
+        JobOutcome::Canceled => ExecutionStatus::Canceled,
+        JobOutcome::Abandoned => ExecutionStatus::Abandoned,
+    };
+    let fields = TransitionFields {
+        agent_id: Some(report.agent_id),
+        exit_code: report.exit_code,
+        signal: report.signal,
+        stdout: Some(report.stdout),
+        stderr: Some(report.stderr),
+        stdout_truncated: Some(report.stdout_truncated),
+        stderr_truncated: Some(report.stderr_truncated),
+        result: report.result,
+        error: report.error,
+        failure_kind: report.failure_kind.map(|kind| crate::db::enum_name(&kind)),
+        ..Default::default()
+    };
+    match store.transition(execution_id, status, fields).await? {
+        Some(row) => {
+            tracing::info!(execution_id, status = %status, exit_code = ?row.exit_code, "execution finished");
+            Ok(status)
+        }
+        None => {
+            // Already terminal (a redelivery, or the controller ended it first): keep what is stored.
+            let current = store.get_execution(execution_id).await?;
+            tracing::debug!(execution_id, status = %current.status, "report for an execution that already ended");
+            Ok(current.status())
+        }
+    }
+}
+
+/// Consumes the events queue until the consumer ends; acks after each event is stored.
+pub async fn consume_events(
+    mut consumer: lapin::Consumer,
+    store: Store,
+    signals: ExecutionSignals,
+) {
+    while let Some(delivery) = consumer.next().await {
+        let delivery = match delivery {
+            Ok(delivery) => delivery,
+            Err(error) => {
+                tracing::error!(%error, "receive agent event");
+                continue;
+            }
+        };
+        let event: AgentEvent = match serde_json::from_slice(&delivery.data) {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::error!(%error, "drop malformed agent event");
+                if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+                    tracing::error!(%error, "ack malformed agent event");
+                }
+                continue;
+            }
+        };
+        match apply_event(&store, &signals, event).await {
+            Ok(()) => {
+                if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+                    tracing::error!(%error, "ack agent event");
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "store agent event; it will be redelivered");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let options = BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                };
+                if let Err(error) = delivery.nack(options).await {
+                    tracing::error!(%error, "nack agent event");
+                }
+            }
+        }
+    }
+    tracing::warn!("agent events consumer ended");
+}

@@ -1,0 +1,153 @@
+//! The scheduler: claims requested executions from Postgres and hands each to the controller,
+//! never running more than the configured concurrency at once. Also the start-up reconcile that
+//! makes a restarted server adopt or clean up what its predecessor left.
+
+use crate::controller::{
+    Controller, LABEL_AGENT_ID, LABEL_CONTROLLER, LABEL_EXECUTION, LABEL_MANAGED,
+};
+use crate::db::{Store, TransitionFields};
+use crate::docker::DockerOps;
+use attune_protocol::api::ExecutionStatus;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// Wakes the scheduler when an execution is requested.
+#[derive(Clone, Default)]
+pub struct SchedulerWakeup(Arc<Notify>);
+
+impl SchedulerWakeup {
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Claims and launches executions until `shutdown`; then waits for running ones to end.
+pub async fn run_scheduler(
+    store: Store,
+    controller: Controller,
+    concurrency: usize,
+    wakeup: SchedulerWakeup,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let free = permits.available_permits();
+        if free > 0 {
+            match store.claim_requested(free as i64).await {
+                Ok(claimed) => {
+                    let claimed_any = !claimed.is_empty();
+                    for execution in claimed {
+                        let permit = permits
+                            .clone()
+                            .acquire_owned()
+                            .await
+                            .expect("scheduler semaphore is never closed");
+                        let controller = controller.clone();
+                        tracing::debug!(execution_id = execution.id, "execution scheduled");
+                        tasks.spawn(async move {
+                            controller.run_execution(execution).await;
+                            drop(permit);
+                        });
+                    }
+                    if claimed_any {
+                        continue;
+                    }
+                }
+                Err(error) => tracing::error!(%error, "claim requested executions"),
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+        tokio::select! {
+            _ = wakeup.0.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.cancelled() => break,
+            _ = async { permits.clone().acquire_owned().await.map(drop) }, if free == 0 => {}
+        }
+    }
+    tracing::info!(running = tasks.len(), "scheduler stopping; waiting for running executions");
+    while tasks.join_next().await.is_some() {}
+}
+
+/// What the start-up reconcile did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub adopted: usize,
+    pub removed: usize,
+    pub failed: usize,
+}
+
+/// Compares managed containers with live executions: adopts containers whose execution is still
+/// live, removes the rest, and fails live executions whose container is gone.
+pub async fn reconcile_at_start(
+    store: &Store,
+    docker: &Arc<dyn DockerOps>,
+    controller: &Controller,
+) -> Result<ReconcileReport, String> {
+    let mut report = ReconcileReport::default();
+    let controller_id = controller.settings().controller_id.clone();
+    let containers = docker
+        .list_containers(&[(LABEL_MANAGED, "true"), (LABEL_CONTROLLER, &controller_id)])
+        .await
+        .map_err(|error| format!("list managed containers: {error}"))?;
+    let live = store
+        .live_executions()
+        .await
+        .map_err(|error| format!("list live executions: {error}"))?;
+    let mut live_by_id: HashMap<i64, _> = live.into_iter().map(|row| (row.id, row)).collect();
+    for container in containers {
+        let execution_id = container
+            .labels
+            .get(LABEL_EXECUTION)
+            .and_then(|id| id.parse::<i64>().ok());
+        let agent_id = container.labels.get(LABEL_AGENT_ID).cloned();
+        match (execution_id.and_then(|id| live_by_id.remove(&id)), agent_id) {
+            (Some(execution), Some(agent_id)) if container.state == "running" => {
+                tracing::info!(execution_id = execution.id, container_id = %container.id, "adopting container");
+                let controller = controller.clone();
+                let container_id = container.id.clone();
+                tokio::spawn(async move {
+                    controller.adopt(execution, container_id, agent_id).await;
+                });
+                report.adopted += 1;
+            }
+            (execution, _) => {
+                if let Some(execution) = execution {
+                    // Its container never started (or stopped): the execution cannot continue.
+                    fail_orphaned(store, execution.id).await;
+                    report.failed += 1;
+                }
+                tracing::info!(container_id = %container.id, "removing orphaned container");
+                if let Err(error) = docker.remove_container(&container.id).await {
+                    tracing::error!(container_id = %container.id, %error, "remove orphaned container");
+                } else {
+                    report.removed += 1;
+                }
+            }
+        }
+    }
+    for execution in live_by_id.into_values() {
+        fail_orphaned(store, execution.id).await;
+        report.failed += 1;
+    }
+    Ok(report)
+}
+
+async fn fail_orphaned(store: &Store, execution_id: i64) {
+    let fields = TransitionFields::error(
+        "controller-restarted",
+        "the controller restarted and the execution's container was not running any more",
+    );
+    if let Err(error) = store
+        .transition(execution_id, ExecutionStatus::Failed, fields)
+        .await
+    {
+        tracing::error!(execution_id, %error, "fail orphaned execution");
+    }
+}

@@ -1,0 +1,108 @@
+//! In-process signals about live executions: the events consumer and the API tell the
+//! controller task supervising an execution that it started, ended, or should be canceled.
+//!
+//! Postgres stays the source of truth; a signal only wakes the supervisor early.
+
+use attune_protocol::api::ExecutionStatus;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// What a supervisor has heard about its execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExecutionSignal {
+    /// The agent reported `running`.
+    pub running: bool,
+    /// The execution reached this terminal status.
+    pub terminal: Option<ExecutionStatus>,
+    /// Someone asked to cancel it.
+    pub cancel_requested: bool,
+}
+
+/// Registry of supervised executions.
+#[derive(Clone, Default)]
+pub struct ExecutionSignals {
+    senders: Arc<Mutex<HashMap<i64, watch::Sender<ExecutionSignal>>>>,
+}
+
+/// A supervisor's subscription; unregisters on drop.
+pub struct SignalSubscription {
+    execution_id: i64,
+    signals: ExecutionSignals,
+    pub receiver: watch::Receiver<ExecutionSignal>,
+}
+
+impl Drop for SignalSubscription {
+    fn drop(&mut self) {
+        self.signals
+            .senders
+            .lock()
+            .expect("signal registry lock")
+            .remove(&self.execution_id);
+    }
+}
+
+impl ExecutionSignals {
+    /// Starts listening for an execution's signals.
+    pub fn subscribe(&self, execution_id: i64) -> SignalSubscription {
+        let (sender, receiver) = watch::channel(ExecutionSignal::default());
+        self.senders
+            .lock()
+            .expect("signal registry lock")
+            .insert(execution_id, sender);
+        SignalSubscription {
+            execution_id,
+            signals: self.clone(),
+            receiver,
+        }
+    }
+
+    fn update(&self, execution_id: i64, change: impl FnOnce(&mut ExecutionSignal)) {
+        if let Some(sender) = self
+            .senders
+            .lock()
+            .expect("signal registry lock")
+            .get(&execution_id)
+        {
+            sender.send_modify(change);
+        }
+    }
+
+    pub fn running(&self, execution_id: i64) {
+        self.update(execution_id, |signal| signal.running = true);
+    }
+
+    pub fn terminal(&self, execution_id: i64, status: ExecutionStatus) {
+        self.update(execution_id, |signal| signal.terminal = Some(status));
+    }
+
+    pub fn cancel(&self, execution_id: i64) {
+        self.update(execution_id, |signal| signal.cancel_requested = true);
+    }
+
+    /// How many executions are supervised here now.
+    pub fn supervised(&self) -> usize {
+        self.senders.lock().expect("signal registry lock").len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn signals_reach_the_subscriber_and_unregister_on_drop() {
+        let signals = ExecutionSignals::default();
+        let mut subscription = signals.subscribe(7);
+        signals.running(7);
+        signals.terminal(7, ExecutionStatus::Succeeded);
+        signals.running(8);
+        subscription.receiver.changed().await.unwrap();
+        let seen = *subscription.receiver.borrow();
+        assert!(seen.running);
+        assert_eq!(seen.terminal, Some(ExecutionStatus::Succeeded));
+        assert_eq!(signals.supervised(), 1);
+        drop(subscription);
+        assert_eq!(signals.supervised(), 0);
+    }
+}
