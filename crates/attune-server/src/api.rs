@@ -193,7 +193,7 @@ async fn register_pack(
         ..Default::default()
     };
     let pack = attune_pack::load_pack_archive(&body, &limits).map_err(pack_error)?;
-    let archive = pack.to_archive();
+    let archive = pack.to_archive().map_err(pack_error)?;
     let row = state
         .store
         .register_pack(
@@ -320,10 +320,11 @@ async fn create_execution(
             format!("action {} is disabled", action.action_ref),
         ));
     }
-    let parameters = attune_pack::validate_parameters_against(
+    let parameters = attune_pack::ParameterValidator::from_schema(
+        &action.action_ref,
         &action.parameters_schema,
-        &request.parameters,
     )
+    .and_then(|validator| validator.validate(request.parameters))
     .map_err(|error| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

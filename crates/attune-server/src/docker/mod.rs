@@ -4,9 +4,9 @@
 //! what the engine speaks, 1.41 for Docker 20.10); [`fake::RecordingDocker`] records every call
 //! and answers from a scripted state so controller logic is tested without a daemon.
 
+pub mod archive;
 pub mod bollard_engine;
 pub mod fake;
-pub mod archive;
 
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;

@@ -1,0 +1,479 @@
+//! End to end against the real engine, broker and database: packs are registered over HTTP,
+//! executions run in containers made from real local images with the real static agent
+//! injected, and every bad input ends with a clear error and no container left behind.
+//!
+//! Needs Docker, RabbitMQ, Postgres, the images of scripts/build-images.sh and the agent of
+//! scripts/build-agent.sh (`make test` provides all of them).
+
+use attune_protocol::api::{ErrorBody, ExecutionStatus, ExecutionView, List, LogChunkView};
+use attune_server::testing::TestServer;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn test_pack_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/packs/e2e")
+}
+
+fn hello_pack_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/packs/hello")
+}
+
+struct Client {
+    http: reqwest::Client,
+    base_url: String,
+}
+
+impl Client {
+    fn new(server: &TestServer) -> Client {
+        Client {
+            http: reqwest::Client::new(),
+            base_url: server.base_url.clone(),
+        }
+    }
+
+    async fn upload(&self, archive: Vec<u8>, force: bool) -> reqwest::Response {
+        self.http
+            .post(format!("{}/api/v1/packs?force={force}", self.base_url))
+            .header("content-type", "application/x-tar")
+            .body(archive)
+            .send()
+            .await
+            .expect("upload pack")
+    }
+
+    async fn register(&self, dir: &Path) {
+        let archive = attune_pack::build_pack_archive(dir).expect("build pack archive");
+        let response = self.upload(archive, true).await;
+        let status = response.status();
+        let body = response.text().await.unwrap();
+        assert_eq!(status, 201, "register {}: {body}", dir.display());
+    }
+
+    async fn submit(&self, action: &str, parameters: Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/api/v1/executions", self.base_url))
+            .json(&json!({"action": action, "parameters": parameters}))
+            .send()
+            .await
+            .expect("submit execution")
+    }
+
+    async fn execution(&self, id: i64) -> ExecutionView {
+        self.http
+            .get(format!("{}/api/v1/executions/{id}", self.base_url))
+            .send()
+            .await
+            .expect("get execution")
+            .json()
+            .await
+            .expect("execution body")
+    }
+
+    /// Submits and waits (bounded) for a terminal status.
+    async fn run(&self, action: &str, parameters: Value) -> ExecutionView {
+        let response = self.submit(action, parameters).await;
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert_eq!(status, 201, "submit {action}: {text}");
+        let created: ExecutionView = serde_json::from_str(&text).unwrap();
+        self.wait_terminal(created.id).await
+    }
+
+    async fn wait_terminal(&self, id: i64) -> ExecutionView {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let execution = self.execution(id).await;
+            if execution.status.is_terminal() {
+                return execution;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "execution {id} not terminal after 120s: {execution:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Stops the server and asserts it left no container behind.
+async fn finish(server: TestServer) {
+    let controller_id = server.controller_id.clone();
+    server.stop().await.expect("stop test server");
+    let output = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=attune.controller={controller_id}"),
+        ])
+        .output()
+        .expect("docker ps");
+    let left = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert!(left.is_empty(), "containers left behind: {left}");
+}
+
+async fn start() -> (TestServer, Client) {
+    let server = TestServer::start(&[("ATTUNE__EXECUTOR__KILL_GRACE_SECONDS", "1")])
+        .await
+        .expect("start test server");
+    let client = Client::new(&server);
+    client.register(&test_pack_dir()).await;
+    (server, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_pack_runs_shell_in_busybox_and_python_in_debian() {
+    let server = TestServer::start(&[]).await.expect("start test server");
+    let client = Client::new(&server);
+    client.register(&hello_pack_dir()).await;
+
+    let greet = client.run("hello.greet", json!({"name": "Ada"})).await;
+    assert_eq!(greet.status, ExecutionStatus::Succeeded, "{greet:?}");
+    assert_eq!(greet.result.as_ref().unwrap()["greeting"], "Hello, Ada!");
+    assert_eq!(greet.exit_code, Some(0));
+    assert_eq!(greet.image.as_deref(), Some("busybox:1.36"));
+    assert!(greet.container_id.is_some());
+    for timestamp in [&greet.scheduled_at, &greet.started_at, &greet.finished_at] {
+        assert!(timestamp.is_some(), "every step has its timestamp: {greet:?}");
+    }
+
+    let stats = client
+        .run("hello.stats", json!({"text": "any image becomes a worker"}))
+        .await;
+    assert_eq!(stats.status, ExecutionStatus::Succeeded, "{stats:?}");
+    let result = stats.result.unwrap();
+    assert_eq!(result["words"], 5);
+    assert_eq!(result["token_received"], true);
+    assert!(result["python"].as_str().unwrap().starts_with("3."));
+    assert_eq!(
+        stats.parameters["api_token"], "********",
+        "secret parameters are masked in API output"
+    );
+    finish(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_parameter_delivery_mode_and_format() {
+    let (server, client) = start().await;
+    let parameters = json!({"name": "Ada", "count": 7});
+
+    let env = client.run("e2e.env_dotenv", parameters.clone()).await;
+    assert_eq!(env.status, ExecutionStatus::Succeeded, "{env:?}");
+    let result = env.result.unwrap();
+    assert_eq!(result["name"], "Ada");
+    assert_eq!(result["count"], "7");
+    assert_eq!(result["token_in_env"], "", "secrets never go into env");
+    assert_eq!(result["execution_id"], env.id.to_string());
+    assert_eq!(result["action_ref"], "e2e.env_dotenv");
+    assert_eq!(result["pack_dir"], "/opt/attune/packs/e2e");
+
+    for action in ["e2e.stdin_json", "e2e.file_json"] {
+        let execution = client.run(action, parameters.clone()).await;
+        assert_eq!(execution.status, ExecutionStatus::Succeeded, "{execution:?}");
+        let result = execution.result.unwrap();
+        assert_eq!(result["name"], "Ada", "{action}");
+        assert_eq!(result["count"], 7, "{action}");
+        assert_eq!(result["token"], "s3cret-value", "{action}: secrets reach stdin/file");
+    }
+    for action in ["e2e.stdin_yaml", "e2e.file_yaml"] {
+        let execution = client.run(action, parameters.clone()).await;
+        assert_eq!(execution.status, ExecutionStatus::Succeeded, "{execution:?}");
+        assert!(execution.stdout.contains("name: Ada"), "{action}: {}", execution.stdout);
+        assert!(execution.stdout.contains("count: 7"), "{action}: {}", execution.stdout);
+    }
+    for action in ["e2e.stdin_dotenv", "e2e.file_dotenv"] {
+        let execution = client.run(action, parameters.clone()).await;
+        assert_eq!(execution.status, ExecutionStatus::Succeeded, "{execution:?}");
+        assert!(execution.stdout.contains("name='Ada'"), "{action}: {}", execution.stdout);
+        assert!(execution.stdout.contains("count='7'"), "{action}: {}", execution.stdout);
+    }
+
+    let python = client.run("e2e.python_json", parameters.clone()).await;
+    assert_eq!(python.status, ExecutionStatus::Succeeded, "{python:?}");
+    assert_eq!(python.result.unwrap()["python"], 3);
+    finish(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_zero_exit_fails_and_keeps_the_code_and_output() {
+    let (server, client) = start().await;
+    let execution = client.run("e2e.fail", json!({})).await;
+    assert_eq!(execution.status, ExecutionStatus::Failed);
+    assert_eq!(execution.exit_code, Some(3));
+    assert!(execution.stdout.contains("about to fail"));
+    assert!(execution.stderr.contains("something went wrong"));
+    assert!(execution.error.unwrap().contains("code 3"));
+
+    let logs: List<LogChunkView> = client
+        .http
+        .get(format!("{}/api/v1/executions/{}/logs", client.base_url, execution.id))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let joined: String = logs.items.iter().map(|chunk| chunk.data.as_str()).collect();
+    assert!(joined.contains("about to fail"), "live log chunks stored: {joined}");
+    finish(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_ends_with_status_timeout() {
+    let (server, client) = start().await;
+    let execution = client.run("e2e.sleepy", json!({})).await;
+    assert_eq!(execution.status, ExecutionStatus::Timeout, "{execution:?}");
+    assert!(execution.stdout.contains("sleeping past the timeout"));
+    assert!(!execution.stdout.contains("never printed"));
+    assert!(execution.error.unwrap().contains("timed out"));
+    finish(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_interpreters_and_images_are_named() {
+    let (server, client) = start().await;
+
+    let python = client.run("e2e.python_in_busybox", json!({})).await;
+    assert_eq!(python.status, ExecutionStatus::Failed);
+    let error = python.error.unwrap();
+    assert!(
+        error.contains("interpreter python not found in image busybox:1.36"),
+        "{error}"
+    );
+
+    let shell = client.run("e2e.shell_in_noshell", json!({})).await;
+    assert_eq!(shell.status, ExecutionStatus::Failed);
+    let error = shell.error.unwrap();
+    assert!(error.contains("interpreter shell not found"), "{error}");
+
+    let missing = client.run("e2e.missing_image", json!({})).await;
+    assert_eq!(missing.status, ExecutionStatus::Failed);
+    let error = missing.error.unwrap();
+    assert!(
+        error.contains("attune-test/does-not-exist:1.0 is not present locally and could not be pulled"),
+        "{error}"
+    );
+    assert!(missing.container_id.is_none(), "no container was created");
+
+    let never = client.run("e2e.never_pull", json!({})).await;
+    assert_eq!(never.status, ExecutionStatus::Failed);
+    assert!(never.error.unwrap().contains("pull_policy is never"));
+    finish(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awkward_images_non_root_user_and_foreign_entrypoint() {
+    let (server, client) = start().await;
+    let nonroot = client.run("e2e.nonroot", json!({})).await;
+    assert_eq!(nonroot.status, ExecutionStatus::Succeeded, "{nonroot:?}");
+    assert_eq!(nonroot.result.unwrap()["uid"], 65534);
+
+    let entrypoint = client.run("e2e.entrypoint_override", json!({})).await;
+    assert_eq!(entrypoint.status, ExecutionStatus::Succeeded, "{entrypoint:?}");
+    assert_eq!(entrypoint.result.unwrap()["uid"], 0);
+    finish(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors() {
+    let (server, client) = start().await;
+
+    let unknown = client.submit("e2e.nope", json!({})).await;
+    assert_eq!(unknown.status(), 404);
+    let body: ErrorBody = unknown.json().await.unwrap();
+    assert!(body.detail.contains("action e2e.nope not found"), "{body:?}");
+
+    let missing = client.submit("e2e.strict", json!({})).await;
+    assert_eq!(missing.status(), 422);
+    let body: ErrorBody = missing.json().await.unwrap();
+    assert!(body.detail.contains("count"), "{body:?}");
+
+    let wrong = client
+        .submit("e2e.strict", json!({"count": 3, "mode": "warp"}))
+        .await;
+    assert_eq!(wrong.status(), 422);
+    let body: ErrorBody = wrong.json().await.unwrap();
+    assert!(body.detail.contains("mode"), "{body:?}");
+
+    let extra = client
+        .submit("e2e.strict", json!({"count": 3, "colour": "red"}))
+        .await;
+    assert_eq!(extra.status(), 422);
+    let body: ErrorBody = extra.json().await.unwrap();
+    assert!(body.detail.contains("colour"), "{body:?}");
+
+    let executions: List<ExecutionView> = client
+        .http
+        .get(format!("{}/api/v1/executions", client.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(executions.items.is_empty(), "refused requests store nothing");
+
+    let cancel_unknown = client
+        .http
+        .post(format!("{}/api/v1/executions/999999/cancel", client.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel_unknown.status(), 404);
+    finish(server).await;
+}
+
+/// A tar built by hand, so the server (not the CLI's local checks) must catch the problem.
+fn raw_archive(files: &[(&str, &str, u32)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, contents, mode) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(contents.len() as u64);
+        header.set_mode(*mode);
+        header.set_entry_type(tar::EntryType::Regular);
+        let name = header.as_gnu_mut().unwrap();
+        name.name[..path.len()].copy_from_slice(path.as_bytes());
+        header.set_cksum();
+        builder.append(&header, contents.as_bytes()).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_packs_are_refused_with_file_and_reason() {
+    let server = TestServer::start(&[("ATTUNE__SERVER__MAX_PACK_BYTES", "65536")])
+        .await
+        .expect("start test server");
+    let client = Client::new(&server);
+    let pack_yaml = "ref: bad\nversion: 1.0.0\n";
+    let script = "#!/bin/sh\necho hi\n";
+
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "malformed yaml",
+            raw_archive(&[
+                ("pack.yaml", pack_yaml, 0o644),
+                ("actions/a.yaml", "ref: bad.a\nrunner_type: shell\nentry_point: a.sh\nparameters: [unclosed\n", 0o644),
+                ("actions/a.sh", script, 0o755),
+            ]),
+            422,
+            "actions/a.yaml",
+        ),
+        (
+            "entry point escaping the pack",
+            raw_archive(&[
+                ("pack.yaml", pack_yaml, 0o644),
+                ("actions/a.yaml", "ref: bad.a\nrunner_type: shell\nentry_point: ../../../etc/passwd\ncontainer: busybox:1.36\n", 0o644),
+            ]),
+            422,
+            "entry_point",
+        ),
+        (
+            "invalid image reference",
+            raw_archive(&[
+                ("pack.yaml", pack_yaml, 0o644),
+                ("actions/a.yaml", "ref: bad.a\nrunner_type: shell\nentry_point: a.sh\ncontainer: \"Busy Box::latest\"\n", 0o644),
+                ("actions/a.sh", script, 0o755),
+            ]),
+            422,
+            "Busy Box::latest",
+        ),
+        (
+            "pack ref with a dot",
+            raw_archive(&[("pack.yaml", "ref: bad.pack\n", 0o644)]),
+            422,
+            "bad.pack",
+        ),
+        (
+            "archive path escaping",
+            raw_archive(&[
+                ("pack.yaml", pack_yaml, 0o644),
+                ("../evil.sh", script, 0o755),
+            ]),
+            422,
+            "..",
+        ),
+        ("not an archive", b"this is not a tar archive at all".repeat(40), 400, "not a tar archive"),
+        ("too large", vec![0u8; 70_000], 413, "65536"),
+    ];
+    for (case, archive, expected_status, expected_text) in cases {
+        let response = client.upload(archive, false).await;
+        let status = response.status().as_u16();
+        let body: ErrorBody = response.json().await.unwrap_or_else(|error| {
+            panic!("{case}: error body is JSON: {error}")
+        });
+        assert_eq!(status, expected_status, "{case}: {body:?}");
+        assert!(
+            body.detail.contains(expected_text),
+            "{case}: detail should name {expected_text:?}: {body:?}"
+        );
+    }
+    let packs: List<Value> = client
+        .http
+        .get(format!("{}/api/v1/packs", client.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(packs.items.is_empty(), "nothing half-registered");
+
+    client.register(&hello_pack_dir()).await;
+    let again = client
+        .upload(attune_pack::build_pack_archive(hello_pack_dir()).unwrap(), false)
+        .await;
+    assert_eq!(again.status(), 409, "registering twice without force conflicts");
+    finish(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_running_execution_and_finished_ones_conflict() {
+    let (server, client) = start().await;
+    let response = client.submit("e2e.sleepy", json!({})).await;
+    let created: ExecutionView = response.json().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while client.execution(created.id).await.status != ExecutionStatus::Running {
+        assert!(tokio::time::Instant::now() < deadline, "never running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cancel = client
+        .http
+        .post(format!("{}/api/v1/executions/{}/cancel", client.base_url, created.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 202);
+    let canceled = client.wait_terminal(created.id).await;
+    assert_eq!(canceled.status, ExecutionStatus::Canceled, "{canceled:?}");
+
+    let again = client
+        .http
+        .post(format!("{}/api/v1/executions/{}/cancel", client.base_url, created.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+    let body: ErrorBody = again.json().await.unwrap();
+    assert!(body.detail.contains("already ended"), "{body:?}");
+    finish(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_checks_every_dependency() {
+    let server = TestServer::start(&[]).await.expect("start test server");
+    let body: Value = reqwest::get(format!("{}/readyz", server.base_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["status"], "ready", "{body}");
+    for dependency in ["database", "message_queue", "docker"] {
+        assert_eq!(body["checks"][dependency], "ok", "{body}");
+    }
+    let live = reqwest::get(format!("{}/livez", server.base_url)).await.unwrap();
+    assert_eq!(live.status(), 200);
+    finish(server).await;
+}

@@ -1,0 +1,3 @@
+#!/bin/sh
+# Stdin delivery: echoes what arrived on stdin.
+cat

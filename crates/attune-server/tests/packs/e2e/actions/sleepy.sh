@@ -1,0 +1,4 @@
+#!/bin/sh
+echo "sleeping past the timeout"
+sleep 60
+echo "never printed"

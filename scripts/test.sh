@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+#! `make test` (and CI): brings up the services, builds the agent and the test images, checks
+#! formatting and lints, runs every test, and fails if any Attune container is left behind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup-host.sh
+bash scripts/build-images.sh
+bash scripts/build-agent.sh
+
+echo "[test] cargo fmt --check"
+cargo fmt --all -- --check
+echo "[test] cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+export ATTUNE_REQUIRE_AGENT_BINARY=1
+export ATTUNE_AGENT_BINARY="$PWD/agent-dist/attune-agent-x86_64"
+export ATTUNE_TEST_DATABASE_URL="${ATTUNE_TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
+export ATTUNE_TEST_MQ_URL="${ATTUNE_TEST_MQ_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+echo "[test] cargo test"
+cargo test --workspace --no-fail-fast -- --test-threads="${ATTUNE_TEST_THREADS:-4}"
+
+left=$(docker ps -aq --filter label=attune.managed=true | wc -l)
+if [ "$left" -gt 0 ]; then
+  echo "[test] FAIL: $left container(s) labelled attune.managed remain:" >&2
+  docker ps -a --filter label=attune.managed=true >&2
+  exit 1
+fi
+echo "[test] no attune.managed containers left behind"
