@@ -34,7 +34,7 @@ build: agent
 	cargo build -p attune-server -p attune-cli
 
 bench:
-	bash bench/cold-latency.sh
+	bash scripts/bench/cold-latency.sh
 
 ## Remove every container Attune created on this host (recovery tool).
 clean-containers:

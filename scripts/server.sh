@@ -15,7 +15,7 @@ case "${1:-start}" in
     export ATTUNE__DATABASE__URL
     su postgres -c "psql -tAc \"SELECT 1 FROM pg_database WHERE datname = 'attune'\"" | grep -q 1 \
       || su postgres -c "createdb attune"
-    nohup target/debug/attune-server --bind 127.0.0.1:8080 >"$run_dir/server.log" 2>&1 &
+    nohup "${ATTUNE_SERVER_BIN:-target/debug/attune-server}" --bind 127.0.0.1:8080 >"$run_dir/server.log" 2>&1 &
     echo $! >"$pid_file"
     for _ in $(seq 1 100); do
       if curl -fsS http://127.0.0.1:8080/readyz >/dev/null 2>&1; then

@@ -70,6 +70,15 @@ async fn apply_report(store: &Store, report: JobReport) -> Result<ExecutionStatu
         JobOutcome::Canceled => ExecutionStatus::Canceled,
         JobOutcome::Abandoned => ExecutionStatus::Abandoned,
     };
+    // A report implies the process ran: if `running` was not stored yet (its message was
+    // redelivered behind this one), record that step first so the state machine holds.
+    let running = TransitionFields {
+        agent_id: Some(report.agent_id.clone()),
+        ..Default::default()
+    };
+    store
+        .transition(execution_id, ExecutionStatus::Running, running)
+        .await?;
     let fields = TransitionFields {
         agent_id: Some(report.agent_id),
         exit_code: report.exit_code,

@@ -35,13 +35,52 @@ impl TestEnvironment {
     }
 }
 
+/// A fresh, migrated database, dropped by [`TestDatabase::drop_database`].
+pub struct TestDatabase {
+    pub url: String,
+    pub name: String,
+    admin_database_url: String,
+}
+
+impl TestDatabase {
+    /// Creates an empty database (migrations run when a [`crate::db::Store`] connects).
+    pub async fn create() -> Result<TestDatabase, String> {
+        let environment = TestEnvironment::from_env();
+        let unique = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!("attune_test_{}", &unique[..12]);
+        let mut admin = sqlx::PgConnection::connect(&environment.admin_database_url)
+            .await
+            .map_err(|error| format!("connect to {}: {error}", environment.admin_database_url))?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .map_err(|error| format!("create database {name}: {error}"))?;
+        admin.close().await.ok();
+        Ok(TestDatabase {
+            url: replace_database(&environment.admin_database_url, &name),
+            name,
+            admin_database_url: environment.admin_database_url,
+        })
+    }
+
+    /// Drops the database, closing any connection still open to it.
+    pub async fn drop_database(&self) -> Result<(), String> {
+        let mut admin = sqlx::PgConnection::connect(&self.admin_database_url)
+            .await
+            .map_err(|error| format!("connect to drop test database: {error}"))?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .execute(&mut admin)
+            .await
+            .map_err(|error| format!("drop test database {}: {error}", self.name))?;
+        Ok(())
+    }
+}
+
 /// A running server.
 pub struct TestServer {
     pub base_url: String,
     pub controller_id: String,
-    pub database_url: String,
-    database_name: String,
-    admin_database_url: String,
+    pub database: TestDatabase,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), crate::app::ServerError>>>,
 }
@@ -51,16 +90,8 @@ impl TestServer {
     pub async fn start(extra: &[(&str, &str)]) -> Result<TestServer, String> {
         let environment = TestEnvironment::from_env();
         let unique = uuid::Uuid::new_v4().simple().to_string();
-        let database_name = format!("attune_test_{}", &unique[..12]);
-        let mut admin = sqlx::PgConnection::connect(&environment.admin_database_url)
-            .await
-            .map_err(|error| format!("connect to {}: {error}", environment.admin_database_url))?;
-        sqlx::query(&format!("CREATE DATABASE {database_name}"))
-            .execute(&mut admin)
-            .await
-            .map_err(|error| format!("create database {database_name}: {error}"))?;
-        admin.close().await.ok();
-        let database_url = replace_database(&environment.admin_database_url, &database_name);
+        let database = TestDatabase::create().await?;
+        let database_url = database.url.clone();
         let controller_id = format!("test-{}", &unique[..12]);
         let events_queue = format!("attune.test.{}.events", &unique[..12]);
         let mut variables: HashMap<String, String> = [
@@ -96,9 +127,7 @@ impl TestServer {
         let server = TestServer {
             base_url: format!("http://{address}"),
             controller_id,
-            database_url,
-            database_name,
-            admin_database_url: environment.admin_database_url,
+            database,
             stop: Some(stop),
             task: Some(task),
         };
@@ -137,17 +166,7 @@ impl TestServer {
                 Err(error) => return Err(format!("test server task: {error}")),
             }
         }
-        let mut admin = sqlx::PgConnection::connect(&self.admin_database_url)
-            .await
-            .map_err(|error| format!("connect to drop test database: {error}"))?;
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.database_name
-        ))
-        .execute(&mut admin)
-        .await
-        .map_err(|error| format!("drop test database: {error}"))?;
-        Ok(())
+        self.database.drop_database().await
     }
 
     /// Ends the server abruptly, as a crash would: no drain, containers stay.

@@ -305,7 +305,13 @@ impl RecordingDocker {
 
     fn image_info(image: &str, architecture: &str) -> ImageInfo {
         ImageInfo {
-            id: format!("sha256:{:0>64}", image.len()),
+            // A stable, name-derived id (FNV-1a), distinct for distinct names.
+            id: format!(
+                "sha256:{:064x}",
+                image.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+                    (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+                })
+            ),
             architecture: architecture.to_string(),
             os: "linux".to_string(),
             user: String::new(),
