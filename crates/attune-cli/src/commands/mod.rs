@@ -1,0 +1,120 @@
+//! The commands of `attune`, each writing to a [`Terminal`] and returning an exit code.
+
+mod action;
+mod execution;
+mod pack;
+mod run;
+
+use crate::cli::{ActionCommand, Cli, Command, ExecutionCommand, PackCommand};
+use crate::client::ApiClient;
+use crate::output::Terminal;
+use attune_protocol::api::LogChunkView;
+use attune_protocol::OutputStream;
+use std::io::Write;
+use std::time::Duration;
+
+/// Exit code of a successful command.
+pub const EXIT_SUCCESS: u8 = 0;
+/// Exit code of a failed command, or of an execution that did not succeed.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// What every command needs.
+pub(crate) struct Context<'a> {
+    pub client: ApiClient,
+    pub terminal: &'a mut Terminal,
+    pub poll_interval: Duration,
+}
+
+/// Runs one parsed command line and returns the process exit code; errors are printed to the
+/// terminal's stderr as `error: <message>`.
+pub async fn run(cli: Cli, terminal: &mut Terminal) -> u8 {
+    let code = match dispatch(cli, terminal).await {
+        Ok(code) => code,
+        Err(error) if is_broken_pipe(&error) => EXIT_SUCCESS,
+        Err(error) => {
+            // Nothing more can be done if stderr itself is gone.
+            let _ = writeln!(terminal.stderr, "error: {error:#}");
+            EXIT_FAILURE
+        }
+    };
+    let _ = terminal.flush();
+    code
+}
+
+/// Output piped into a command that stopped reading (`attune execution list | head`).
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|io_error| io_error.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+async fn dispatch(cli: Cli, terminal: &mut Terminal) -> anyhow::Result<u8> {
+    let client = ApiClient::new(&cli.api_url)?;
+    let mut context = Context {
+        client,
+        terminal,
+        poll_interval: Duration::from_millis(cli.poll_interval_ms.max(1)),
+    };
+    match cli.command {
+        Command::Pack(PackCommand::Register { dir, force }) => {
+            pack::register(&mut context, &dir, force).await
+        }
+        Command::Pack(PackCommand::List { json }) => pack::list(&mut context, json).await,
+        Command::Action(ActionCommand::List { json }) => action::list(&mut context, json).await,
+        Command::Action(ActionCommand::Get { action_ref, json }) => {
+            action::get(&mut context, &action_ref, json).await
+        }
+        Command::Run(arguments) => run::run(&mut context, arguments).await,
+        Command::Execution(ExecutionCommand::Get { id, json }) => {
+            execution::get(&mut context, id, json).await
+        }
+        Command::Execution(ExecutionCommand::List {
+            status,
+            action,
+            limit,
+            json,
+        }) => {
+            let filter = crate::client::ExecutionFilter {
+                status,
+                action,
+                limit,
+            };
+            execution::list(&mut context, &filter, json).await
+        }
+        Command::Execution(ExecutionCommand::Logs { id, follow }) => {
+            execution::logs(&mut context, id, follow).await
+        }
+        Command::Execution(ExecutionCommand::Cancel { id }) => {
+            execution::cancel(&mut context, id).await
+        }
+    }
+}
+
+/// Writes a value as pretty JSON followed by a newline.
+pub(crate) fn write_json(
+    output: &mut dyn Write,
+    value: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    serde_json::to_writer_pretty(&mut *output, value)?;
+    writeln!(output)?;
+    Ok(())
+}
+
+/// Writes a log chunk to stdout or stderr, as its stream says.
+pub(crate) fn write_chunk(terminal: &mut Terminal, chunk: &LogChunkView) -> std::io::Result<()> {
+    let output = match chunk.stream {
+        OutputStream::Stdout => &mut terminal.stdout,
+        OutputStream::Stderr => &mut terminal.stderr,
+    };
+    output.write_all(chunk.data.as_bytes())?;
+    output.flush()
+}
+
+/// Writes text and a newline unless it already ends with one.
+pub(crate) fn write_text(output: &mut dyn Write, text: &str) -> std::io::Result<()> {
+    output.write_all(text.as_bytes())?;
+    if !text.is_empty() && !text.ends_with('\n') {
+        output.write_all(b"\n")?;
+    }
+    Ok(())
+}

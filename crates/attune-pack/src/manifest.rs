@@ -1,0 +1,75 @@
+//! The YAML shapes of `pack.yaml` and `actions/<name>.yaml`, as written by users.
+//!
+//! Fields the loader does not use (`conf_schema`, `output_schema`, `runtime_deps`, ...) are
+//! accepted and ignored so existing packs load.
+
+use crate::error::PackError;
+use attune_protocol::{ParameterDelivery, ParameterFormat};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// `pack.yaml`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct PackManifest {
+    #[serde(rename = "ref")]
+    pub pack_ref: Option<String>,
+    pub label: Option<String>,
+    pub description: Option<String>,
+    /// A string, or a number such as `1.0` written without quotes.
+    pub version: Option<Value>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// `actions/<name>.yaml`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ActionManifest {
+    /// `<pack>.<name>`; may be left out when `name` is given.
+    #[serde(rename = "ref")]
+    pub action_ref: Option<String>,
+    pub name: Option<String>,
+    /// StackStorm-style owner pack; must match the pack when given.
+    pub pack: Option<String>,
+    pub label: Option<String>,
+    pub description: Option<String>,
+    pub runner_type: Option<String>,
+    pub entry_point: Option<String>,
+    /// A JSON Schema object or a flat `name → definition` map.
+    pub parameters: Option<Value>,
+    /// Seconds as a number, or a duration such as `90s` or `5m`.
+    #[serde(alias = "timeout_seconds")]
+    pub timeout: Option<Value>,
+    pub parameter_delivery: Option<ParameterDelivery>,
+    pub parameter_format: Option<ParameterFormat>,
+    /// An image string or a map with image, pull_policy, env, user, workdir.
+    pub container: Option<Value>,
+    pub enabled: Option<bool>,
+}
+
+/// Parses a YAML file of the pack, naming the file and line on failure.
+pub(crate) fn parse_yaml<T: DeserializeOwned>(file: &str, contents: &[u8]) -> Result<T, PackError> {
+    if contents.iter().all(u8::is_ascii_whitespace) {
+        return Err(PackError::Yaml {
+            file: file.to_string(),
+            line: None,
+            message: "the file is empty".to_string(),
+        });
+    }
+    serde_norway::from_slice(contents).map_err(|error| {
+        let location = error.location();
+        let mut message = error.to_string();
+        if let Some(location) = &location {
+            // The line is reported separately; drop the parser's own copy of it.
+            let suffix = format!(" at line {} column {}", location.line(), location.column());
+            if let Some(position) = message.find(&suffix) {
+                message.replace_range(position..position + suffix.len(), "");
+            }
+        }
+        PackError::Yaml {
+            file: file.to_string(),
+            line: location.map(|location| location.line()),
+            message,
+        }
+    })
+}
