@@ -101,6 +101,9 @@ fn greet_action() -> ActionView {
         parameter_format: ParameterFormat::Dotenv,
         timeout: 30,
         container: None,
+        isolation: None,
+        pool: None,
+        idempotent: false,
     }
 }
 

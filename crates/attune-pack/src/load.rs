@@ -387,6 +387,9 @@ fn load_action(
         timeout_seconds,
         container,
         enabled: manifest.enabled.unwrap_or(true),
+        isolation: None,
+        pool: None,
+        idempotent: false,
         metadata_file: file.to_string(),
     })
 }

@@ -1,7 +1,7 @@
 //! The loaded, validated form of a pack and its actions.
 
 use crate::error::PackError;
-use attune_protocol::api::{ActionView, ContainerSpec, PackView};
+use attune_protocol::api::{ActionView, ContainerSpec, Isolation, PackView, PoolSpec};
 use attune_protocol::{ParameterDelivery, ParameterFormat, Runtime};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -127,6 +127,12 @@ pub struct ActionDefinition {
     pub timeout_seconds: u64,
     pub container: Option<ContainerSpec>,
     pub enabled: bool,
+    /// `isolation:`; `None` leaves the choice to the server.
+    pub isolation: Option<Isolation>,
+    /// `pool:` settings for pooled isolation.
+    pub pool: Option<PoolSpec>,
+    /// `idempotent: true`: safe to run again if its agent dies mid-run.
+    pub idempotent: bool,
     /// The action file, relative to the pack root (`actions/greet.yaml`).
     pub metadata_file: String,
 }
@@ -154,6 +160,9 @@ impl ActionDefinition {
             parameter_format: self.parameter_format,
             timeout: self.timeout_seconds,
             container: self.container.clone(),
+            isolation: self.isolation,
+            pool: self.pool.clone(),
+            idempotent: self.idempotent,
         }
     }
 }

@@ -111,8 +111,56 @@ pub enum PullPolicy {
     Never,
 }
 
+/// Resource limits of an action's container (`resources:` under `container:`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ResourceSpec {
+    /// A quantity such as `256Mi`, `1Gi`, `512M` or a number of bytes.
+    #[serde(default)]
+    pub memory: Option<String>,
+    /// CPUs, e.g. `0.5`.
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// Process limit.
+    #[serde(default)]
+    pub pids: Option<i64>,
+}
+
+/// Whether an action gets a fresh container or a warm one from a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// A container used once and destroyed.
+    PerExecution,
+    /// A warm container of the action's pool, reused within the same pack.
+    Pooled,
+}
+
+/// Warm pool settings of an action (`pool:`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolSpec {
+    /// Ready containers kept waiting.
+    pub min_idle: u32,
+    /// Most containers alive at once (ready, busy or starting).
+    pub max: u32,
+    /// An idle container older than this is retired.
+    pub idle_timeout_seconds: u64,
+    /// A container is retired after this many executions.
+    pub max_uses: u32,
+}
+
+impl Default for PoolSpec {
+    fn default() -> Self {
+        PoolSpec {
+            min_idle: 1,
+            max: 8,
+            idle_timeout_seconds: 300,
+            max_uses: 100,
+        }
+    }
+}
+
 /// The image an action runs in and how its container is set up.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ContainerSpec {
     pub image: String,
     #[serde(default)]
@@ -123,6 +171,14 @@ pub struct ContainerSpec {
     pub user: Option<String>,
     #[serde(default)]
     pub workdir: Option<String>,
+    #[serde(default)]
+    pub resources: Option<ResourceSpec>,
+    /// Read-only root filesystem (the agent works in a tmpfs).
+    #[serde(default)]
+    pub read_only: bool,
+    /// Capabilities added back after dropping all (checked against the operator's allow-list).
+    #[serde(default)]
+    pub cap_add: Vec<String>,
 }
 
 /// Body of `POST /api/v1/executions`.
@@ -215,6 +271,14 @@ pub struct ActionView {
     pub timeout: u64,
     #[serde(default)]
     pub container: Option<ContainerSpec>,
+    /// `None`: the server's default (pooled when a pool is configured).
+    #[serde(default)]
+    pub isolation: Option<Isolation>,
+    #[serde(default)]
+    pub pool: Option<PoolSpec>,
+    /// Safe to run twice: requeued once if its agent dies mid-run.
+    #[serde(default)]
+    pub idempotent: bool,
 }
 
 /// A chunk of an execution's live output (`GET /api/v1/executions/{id}/logs`).

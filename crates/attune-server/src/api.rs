@@ -273,6 +273,15 @@ fn action_view(action: &ActionRow) -> ActionView {
             .container
             .clone()
             .and_then(|container| serde_json::from_value::<ContainerSpec>(container).ok()),
+        isolation: action
+            .isolation
+            .as_deref()
+            .and_then(crate::db::enum_from_name),
+        pool: action
+            .pool
+            .clone()
+            .and_then(|pool| serde_json::from_value(pool).ok()),
+        idempotent: action.idempotent,
     }
 }
 

@@ -65,6 +65,9 @@ pub struct ActionRow {
     pub timeout_seconds: i64,
     pub container: Option<Value>,
     pub enabled: bool,
+    pub isolation: Option<String>,
+    pub pool: Option<Value>,
+    pub idempotent: bool,
 }
 
 /// An execution as stored.
@@ -194,7 +197,7 @@ const EXECUTION_COLUMNS: &str = "id, action_ref, action_id, status, parameters, 
 const ACTION_COLUMNS: &str = "a.id, a.pack_id, p.ref AS pack_ref, a.ref, a.label, a.description, \
     a.runner_type, a.runtime, a.entry_point, a.entry_point_path, a.parameters_schema, \
     a.secret_parameters, a.parameter_delivery, a.parameter_format, a.timeout_seconds, \
-    a.container, a.enabled";
+    a.container, a.enabled, a.isolation, a.pool, a.idempotent";
 
 impl Store {
     /// Connects (retrying for a while: the database may still be starting) and migrates.
@@ -291,8 +294,10 @@ impl Store {
             sqlx::query(
                 "INSERT INTO actions (pack_id, ref, label, description, runner_type, runtime,
                      entry_point, entry_point_path, parameters_schema, secret_parameters,
-                     parameter_delivery, parameter_format, timeout_seconds, container, enabled)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                     parameter_delivery, parameter_format, timeout_seconds, container, enabled,
+                     isolation, pool, idempotent)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                     $16, $17, $18)",
             )
             .bind(row.id)
             .bind(&action.action_ref)
@@ -309,6 +314,14 @@ impl Store {
             .bind(action.timeout_seconds as i64)
             .bind(container)
             .bind(action.enabled)
+            .bind(action.isolation.as_ref().map(enum_name))
+            .bind(
+                action
+                    .pool
+                    .as_ref()
+                    .map(|pool| serde_json::to_value(pool).unwrap_or(Value::Null)),
+            )
+            .bind(action.idempotent)
             .execute(&mut *transaction)
             .await?;
         }

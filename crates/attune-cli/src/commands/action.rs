@@ -206,6 +206,9 @@ mod tests {
                 image: "python:3.11-slim".to_string(),
                 ..ContainerSpec::default()
             }),
+            isolation: None,
+            pool: None,
+            idempotent: false,
         };
         assert_eq!(
             describe_action(&action),
