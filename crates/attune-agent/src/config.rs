@@ -1,0 +1,396 @@
+//! Agent settings: command-line flags with environment fallback, parsed by hand.
+
+use attune_protocol::queues;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Environment variable: how many jobs a worker runs at once (default 4).
+pub const ENV_CONCURRENCY: &str = "ATTUNE_AGENT_CONCURRENCY";
+/// Environment variable: seconds between heartbeats while jobs run (default 5).
+pub const ENV_HEARTBEAT_SECONDS: &str = "ATTUNE_AGENT_HEARTBEAT_SECONDS";
+/// Environment variable: deadline for running jobs when the agent gets SIGTERM (default 20).
+pub const ENV_SHUTDOWN_SECONDS: &str = "ATTUNE_AGENT_SHUTDOWN_SECONDS";
+/// Environment variable: how long to keep retrying the first broker connection (default 30).
+pub const ENV_CONNECT_SECONDS: &str = "ATTUNE_AGENT_CONNECT_SECONDS";
+/// Environment variable overriding the events queue name (tests use a private one).
+pub const ENV_EVENTS_QUEUE: &str = "ATTUNE_AGENT_EVENTS_QUEUE";
+
+const DEFAULT_CONCURRENCY: u16 = 4;
+const DEFAULT_HEARTBEAT_SECONDS: u64 = 5;
+const DEFAULT_SHUTDOWN_SECONDS: u64 = 20;
+const DEFAULT_CONNECT_SECONDS: u64 = 30;
+
+/// Usage text printed by `--help`.
+pub const USAGE: &str = "\
+usage: attune-agent [--mq-url URL] [--agent-id ID] [--mode oneshot|worker]
+       attune-agent --detect-only [--json]
+       attune-agent --version
+
+Runs Attune actions inside any container: takes jobs from RabbitMQ, runs them, reports back.
+
+options (each falls back to its environment variable):
+  --mq-url URL        AMQP URL of the broker          ATTUNE_AGENT_MQ_URL
+  --agent-id ID       this agent's id (queue suffix)  ATTUNE_AGENT_ID
+  --mode MODE         oneshot (default) or worker     ATTUNE_AGENT_MODE
+  --detect-only       print the interpreters found in this image and exit
+  --json              with --detect-only: print a JSON array
+  --version           print the agent and protocol versions
+
+other environment: ATTUNE_AGENT_IMAGE, ATTUNE_AGENT_WORKDIR, ATTUNE_WORKER_RUNTIMES,
+  ATTUNE_AGENT_CONCURRENCY, ATTUNE_AGENT_HEARTBEAT_SECONDS, ATTUNE_AGENT_SHUTDOWN_SECONDS,
+  ATTUNE_AGENT_CONNECT_SECONDS, ATTUNE_AGENT_EVENTS_QUEUE
+";
+
+/// Whether the agent runs one job or serves many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Run one job, then exit 0.
+    Oneshot,
+    /// Serve jobs until SIGTERM or a Shutdown command.
+    Worker,
+}
+
+impl Mode {
+    /// The name used on the wire and in `ATTUNE_AGENT_MODE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Oneshot => "oneshot",
+            Mode::Worker => "worker",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// Everything the running agent needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    pub message_queue_url: String,
+    pub agent_id: String,
+    pub mode: Mode,
+    /// The image the agent runs in, for registration and error messages.
+    pub image: Option<String>,
+    /// Directory under which each job gets `attune-exec-<execution_id>`.
+    pub workdir_base: PathBuf,
+    /// Jobs run at once (also the consumer prefetch).
+    pub concurrency: u16,
+    pub heartbeat_interval: Duration,
+    /// How long running jobs may continue after SIGTERM before they are abandoned.
+    pub shutdown_deadline: Duration,
+    /// How long to keep retrying the first broker connection.
+    pub connect_timeout: Duration,
+    /// Queue every event is published to.
+    pub events_queue: String,
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invocation {
+    Version,
+    Help,
+    DetectOnly { json: bool },
+    Run(AgentConfig),
+}
+
+/// A command line or environment that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("unknown argument {0:?} (see --help)")]
+    UnknownArgument(String),
+    #[error("option {0} needs a value")]
+    MissingValue(&'static str),
+    #[error("missing {what}: pass {flag} or set {env}")]
+    Missing {
+        what: &'static str,
+        flag: &'static str,
+        env: &'static str,
+    },
+    #[error("invalid mode {0:?}: expected oneshot or worker")]
+    InvalidMode(String),
+    #[error(
+        "invalid agent id {0:?}: use 1 to 200 characters from a-z, A-Z, 0-9, '.', '_' and '-'"
+    )]
+    InvalidAgentId(String),
+    #[error("invalid {name}={value:?}: expected a whole number from {minimum}")]
+    InvalidNumber {
+        name: &'static str,
+        value: String,
+        minimum: u64,
+    },
+}
+
+/// Parses the arguments (without the program name), looking up missing settings with `env`.
+pub fn parse_invocation<I, E>(arguments: I, env: E) -> Result<Invocation, ConfigError>
+where
+    I: IntoIterator<Item = String>,
+    E: Fn(&str) -> Option<String>,
+{
+    let mut message_queue_url = None;
+    let mut agent_id = None;
+    let mut mode = None;
+    let mut detect_only = false;
+    let mut json = false;
+    let mut arguments = arguments.into_iter();
+    while let Some(argument) = arguments.next() {
+        let (flag, inline_value) = match argument.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag.to_string(), Some(value)),
+            _ => (argument.clone(), None),
+        };
+        let mut value_for = |name: &'static str| -> Result<String, ConfigError> {
+            match inline_value {
+                Some(value) => Ok(value.to_string()),
+                None => arguments.next().ok_or(ConfigError::MissingValue(name)),
+            }
+        };
+        match flag.as_str() {
+            "--version" | "-V" => return Ok(Invocation::Version),
+            "--help" | "-h" => return Ok(Invocation::Help),
+            "--detect-only" => detect_only = true,
+            "--json" => json = true,
+            "--mq-url" => message_queue_url = Some(value_for("--mq-url")?),
+            "--agent-id" => agent_id = Some(value_for("--agent-id")?),
+            "--mode" => mode = Some(value_for("--mode")?),
+            _ => return Err(ConfigError::UnknownArgument(argument)),
+        }
+    }
+    if detect_only {
+        return Ok(Invocation::DetectOnly { json });
+    }
+    if json {
+        return Err(ConfigError::UnknownArgument(
+            "--json (only valid with --detect-only)".to_string(),
+        ));
+    }
+
+    let non_empty = |value: Option<String>| value.filter(|value| !value.trim().is_empty());
+    let message_queue_url = non_empty(message_queue_url)
+        .or_else(|| non_empty(env(queues::ENV_MESSAGE_QUEUE_URL)))
+        .ok_or(ConfigError::Missing {
+            what: "broker url",
+            flag: "--mq-url",
+            env: queues::ENV_MESSAGE_QUEUE_URL,
+        })?;
+    let agent_id = non_empty(agent_id)
+        .or_else(|| non_empty(env(queues::ENV_AGENT_ID)))
+        .ok_or(ConfigError::Missing {
+            what: "agent id",
+            flag: "--agent-id",
+            env: queues::ENV_AGENT_ID,
+        })?;
+    if !is_valid_agent_id(&agent_id) {
+        return Err(ConfigError::InvalidAgentId(agent_id));
+    }
+    let mode = match non_empty(mode).or_else(|| non_empty(env(queues::ENV_AGENT_MODE))) {
+        None => Mode::Oneshot,
+        Some(name) => match name.trim().to_ascii_lowercase().as_str() {
+            "oneshot" | "one-shot" => Mode::Oneshot,
+            "worker" => Mode::Worker,
+            _ => return Err(ConfigError::InvalidMode(name)),
+        },
+    };
+    let concurrency = match mode {
+        Mode::Oneshot => 1,
+        Mode::Worker => {
+            let concurrency =
+                number_from_env(&env, ENV_CONCURRENCY, DEFAULT_CONCURRENCY.into(), 1)?;
+            u16::try_from(concurrency).map_err(|_| ConfigError::InvalidNumber {
+                name: ENV_CONCURRENCY,
+                value: concurrency.to_string(),
+                minimum: 1,
+            })?
+        }
+    };
+    let heartbeat_seconds =
+        number_from_env(&env, ENV_HEARTBEAT_SECONDS, DEFAULT_HEARTBEAT_SECONDS, 1)?;
+    let shutdown_seconds =
+        number_from_env(&env, ENV_SHUTDOWN_SECONDS, DEFAULT_SHUTDOWN_SECONDS, 0)?;
+    let connect_seconds = number_from_env(&env, ENV_CONNECT_SECONDS, DEFAULT_CONNECT_SECONDS, 1)?;
+    let workdir_base = non_empty(env(queues::ENV_AGENT_WORKDIR))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    let events_queue =
+        non_empty(env(ENV_EVENTS_QUEUE)).unwrap_or_else(|| queues::AGENT_EVENTS_QUEUE.to_string());
+
+    Ok(Invocation::Run(AgentConfig {
+        message_queue_url,
+        agent_id,
+        mode,
+        image: non_empty(env(queues::ENV_AGENT_IMAGE)),
+        workdir_base,
+        concurrency,
+        heartbeat_interval: Duration::from_secs(heartbeat_seconds),
+        shutdown_deadline: Duration::from_secs(shutdown_seconds),
+        connect_timeout: Duration::from_secs(connect_seconds),
+        events_queue,
+    }))
+}
+
+/// Agent ids become part of a queue name: keep them short and plain.
+pub fn is_valid_agent_id(agent_id: &str) -> bool {
+    !agent_id.is_empty()
+        && agent_id.len() <= 200
+        && agent_id.chars().all(|character| {
+            character.is_ascii_alphanumeric() || matches!(character, '.' | '_' | '-')
+        })
+}
+
+fn number_from_env<E>(
+    env: &E,
+    name: &'static str,
+    default: u64,
+    minimum: u64,
+) -> Result<u64, ConfigError>
+where
+    E: Fn(&str) -> Option<String>,
+{
+    let Some(value) = env(name).filter(|value| !value.trim().is_empty()) else {
+        return Ok(default);
+    };
+    match value.trim().parse::<u64>() {
+        Ok(number) if number >= minimum => Ok(number),
+        _ => Err(ConfigError::InvalidNumber {
+            name,
+            value,
+            minimum,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(arguments: &[&str], env: &[(&str, &str)]) -> Result<Invocation, ConfigError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        parse_invocation(
+            arguments.iter().map(|argument| argument.to_string()),
+            |name| env.get(name).cloned(),
+        )
+    }
+
+    fn run_config(arguments: &[&str], env: &[(&str, &str)]) -> AgentConfig {
+        match parse(arguments, env).expect("valid invocation") {
+            Invocation::Run(config) => config,
+            other => panic!("expected a run invocation, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn flags_win_over_environment() {
+        let config = run_config(
+            &[
+                "--mq-url",
+                "amqp://flag",
+                "--agent-id=from-flag",
+                "--mode",
+                "worker",
+            ],
+            &[
+                ("ATTUNE_AGENT_MQ_URL", "amqp://env"),
+                ("ATTUNE_AGENT_ID", "from-env"),
+                ("ATTUNE_AGENT_MODE", "oneshot"),
+            ],
+        );
+        assert_eq!(config.message_queue_url, "amqp://flag");
+        assert_eq!(config.agent_id, "from-flag");
+        assert_eq!(config.mode, Mode::Worker);
+        assert_eq!(config.concurrency, 4);
+    }
+
+    #[test]
+    fn environment_fills_in_and_defaults_apply() {
+        let config = run_config(
+            &[],
+            &[
+                ("ATTUNE_AGENT_MQ_URL", "amqp://env"),
+                ("ATTUNE_AGENT_ID", "agent-7"),
+                ("ATTUNE_AGENT_IMAGE", "busybox:1.36"),
+                ("ATTUNE_AGENT_EVENTS_QUEUE", "test.events"),
+            ],
+        );
+        assert_eq!(config.mode, Mode::Oneshot);
+        assert_eq!(config.concurrency, 1);
+        assert_eq!(config.image.as_deref(), Some("busybox:1.36"));
+        assert_eq!(config.workdir_base, PathBuf::from("/tmp"));
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(config.shutdown_deadline, Duration::from_secs(20));
+        assert_eq!(config.events_queue, "test.events");
+    }
+
+    #[test]
+    fn worker_concurrency_comes_from_environment() {
+        let config = run_config(
+            &["--mode", "worker"],
+            &[
+                ("ATTUNE_AGENT_MQ_URL", "amqp://env"),
+                ("ATTUNE_AGENT_ID", "agent-7"),
+                ("ATTUNE_AGENT_CONCURRENCY", "9"),
+            ],
+        );
+        assert_eq!(config.concurrency, 9);
+    }
+
+    #[test]
+    fn missing_and_invalid_settings_are_named() {
+        let error = parse(&[], &[("ATTUNE_AGENT_ID", "a")]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "missing broker url: pass --mq-url or set ATTUNE_AGENT_MQ_URL"
+        );
+        let error = parse(&["--mq-url", "amqp://x"], &[]).unwrap_err();
+        assert!(error.to_string().contains("ATTUNE_AGENT_ID"), "{error}");
+        let error = parse(&["--mq-url", "amqp://x", "--agent-id", "a b"], &[]).unwrap_err();
+        assert!(matches!(error, ConfigError::InvalidAgentId(_)), "{error}");
+        let error = parse(
+            &[
+                "--mq-url",
+                "amqp://x",
+                "--agent-id",
+                "a",
+                "--mode",
+                "daemon",
+            ],
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(error, ConfigError::InvalidMode("daemon".to_string()));
+        let error = parse(&["--mode"], &[]).unwrap_err();
+        assert_eq!(error, ConfigError::MissingValue("--mode"));
+        let error = parse(&["--frobnicate"], &[]).unwrap_err();
+        assert_eq!(
+            error,
+            ConfigError::UnknownArgument("--frobnicate".to_string())
+        );
+        let error = parse(
+            &["--mq-url", "amqp://x", "--agent-id", "a"],
+            &[("ATTUNE_AGENT_HEARTBEAT_SECONDS", "soon")],
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("ATTUNE_AGENT_HEARTBEAT_SECONDS"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn version_and_detection_need_no_broker() {
+        assert_eq!(parse(&["--version"], &[]).unwrap(), Invocation::Version);
+        assert_eq!(
+            parse(&["--detect-only", "--json"], &[]).unwrap(),
+            Invocation::DetectOnly { json: true }
+        );
+        assert_eq!(
+            parse(&["--detect-only"], &[]).unwrap(),
+            Invocation::DetectOnly { json: false }
+        );
+    }
+}

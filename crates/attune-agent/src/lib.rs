@@ -1,0 +1,22 @@
+//! The Attune agent: a static binary injected into any container image that takes jobs from
+//! RabbitMQ, runs each action's entry point with the image's own interpreter, streams its output
+//! and reports the outcome.
+//!
+//! Modules, from the outside in: [`entry`] (what the binary does), [`config`] (flags and
+//! environment), [`agent`] (the service loop), [`mq`] (broker wiring), [`runner`] (one job end
+//! to end), [`delivery`] (parameters), [`output`] (capture and live logs), [`process`] (process
+//! groups), [`detect`] and [`hints`] (interpreters in the image).
+
+pub mod agent;
+pub mod config;
+pub mod delivery;
+pub mod detect;
+pub mod entry;
+pub mod hints;
+pub mod mq;
+pub mod output;
+pub mod process;
+pub mod runner;
+
+/// Where the runner and the service loop send events; the publisher (or a test) receives them.
+pub type EventSender = tokio::sync::mpsc::UnboundedSender<attune_protocol::AgentEvent>;

@@ -1,0 +1,470 @@
+//! Running one job end to end: checks, work dir, parameters, process, logs, timeout, report.
+//!
+//! [`run_job`] never fails: every problem becomes a [`JobReport`] sent as
+//! [`AgentEvent::Finished`]. Events go to an [`EventSender`] channel, so the runner works the
+//! same under the broker and in tests with an in-memory receiver.
+
+use crate::delivery;
+use crate::detect::{Detector, SearchPath};
+use crate::output::{start_capture, CaptureSettings, CapturedOutput};
+use crate::process::{clean_up_group, inherited_environment, terminate_group};
+use crate::EventSender;
+use attune_protocol::{AgentEvent, FailureKind, Job, JobOutcome, JobReport, Runtime};
+use serde_json::Value;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Environment variable holding the execution id.
+pub const ENV_EXECUTION_ID: &str = "ATTUNE_EXECUTION_ID";
+/// Environment variable holding the action's `<pack>.<action>` ref.
+pub const ENV_ACTION_REF: &str = "ATTUNE_ACTION_REF";
+/// Environment variable holding the pack's directory.
+pub const ENV_PACK_DIR: &str = "ATTUNE_PACK_DIR";
+/// Environment variable holding the pack's ref.
+pub const ENV_PACK_REF: &str = "ATTUNE_PACK_REF";
+/// Environment variable holding the job's work directory (also its cwd).
+pub const ENV_WORK_DIR: &str = "ATTUNE_WORK_DIR";
+
+/// How long output may keep flowing after the process group is gone.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
+/// Longest grace given to background processes left behind by an action that exited.
+const LEFTOVER_GRACE: Duration = Duration::from_secs(1);
+
+/// Why a running job is being stopped from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopRequest {
+    /// A Cancel command: the outcome is `canceled`.
+    Cancel,
+    /// The agent is shutting down past its deadline: the outcome is `abandoned`.
+    Abandon,
+}
+
+/// Receives at most one [`StopRequest`] for a job.
+pub type StopReceiver = watch::Receiver<Option<StopRequest>>;
+
+/// What every job of one agent shares.
+#[derive(Debug, Clone)]
+pub struct RunnerContext {
+    pub agent_id: String,
+    /// The image, for error messages (`this image` when unknown).
+    pub image: Option<String>,
+    /// Each job works in `<workdir_base>/attune-exec-<execution_id>`.
+    pub workdir_base: PathBuf,
+    pub detector: Detector,
+}
+
+/// How the process ended, from the runner's point of view.
+enum Ending {
+    Exited,
+    TimedOut,
+    Stopped(StopRequest),
+}
+
+/// Runs `job`, sends Running, Log and Finished events, and returns the final report.
+pub async fn run_job(
+    context: &RunnerContext,
+    job: &Job,
+    events: &EventSender,
+    stop: StopReceiver,
+) -> JobReport {
+    let report = execute(context, job, events, stop).await;
+    let _ = events.send(AgentEvent::Finished(report.clone()));
+    report
+}
+
+/// A report for a job that ends before or without its process.
+pub fn early_report(
+    agent_id: &str,
+    job: &Job,
+    outcome: JobOutcome,
+    failure_kind: Option<FailureKind>,
+    error: String,
+) -> JobReport {
+    JobReport {
+        agent_id: agent_id.to_string(),
+        execution_id: job.execution_id,
+        outcome,
+        failure_kind,
+        exit_code: None,
+        signal: None,
+        stdout: String::new(),
+        stderr: String::new(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        result: None,
+        error: Some(error),
+        duration_ms: 0,
+    }
+}
+
+fn stop_report(agent_id: &str, job: &Job, request: StopRequest) -> JobReport {
+    match request {
+        StopRequest::Cancel => early_report(
+            agent_id,
+            job,
+            JobOutcome::Canceled,
+            None,
+            "canceled".to_string(),
+        ),
+        StopRequest::Abandon => early_report(
+            agent_id,
+            job,
+            JobOutcome::Abandoned,
+            None,
+            "agent shut down before the execution finished".to_string(),
+        ),
+    }
+}
+
+/// The result of an action: its stdout as JSON when it is JSON, else the text itself.
+pub fn result_from_stdout(stdout: &str) -> Value {
+    let trimmed = stdout.trim();
+    if !trimmed.is_empty() {
+        if let Ok(value) = serde_json::from_str::<Value>(trimmed) {
+            return value;
+        }
+    }
+    Value::String(stdout.to_string())
+}
+
+async fn wait_for_stop(stop: &mut StopReceiver) -> StopRequest {
+    loop {
+        if let Some(request) = *stop.borrow_and_update() {
+            return request;
+        }
+        if stop.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// Creates a fresh, private work directory (replacing one left by an earlier delivery).
+fn create_work_dir(path: &Path) -> std::io::Result<()> {
+    if let Some(base) = path.parent() {
+        std::fs::create_dir_all(base)?;
+    }
+    if path.exists() {
+        std::fs::remove_dir_all(path)?;
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(path)
+}
+
+fn remove_work_dir(path: &Path) {
+    if let Err(error) = std::fs::remove_dir_all(path) {
+        if error.kind() != std::io::ErrorKind::NotFound {
+            eprintln!(
+                "attune-agent: remove work directory {}: {error}",
+                path.display()
+            );
+        }
+    }
+}
+
+async fn execute(
+    context: &RunnerContext,
+    job: &Job,
+    events: &EventSender,
+    mut stop: StopReceiver,
+) -> JobReport {
+    let agent_id = context.agent_id.as_str();
+    if let Some(request) = *stop.borrow_and_update() {
+        return stop_report(agent_id, job, request);
+    }
+
+    let entry_path = Path::new(&job.pack_dir).join(&job.entry_point);
+    if !entry_path.is_file() {
+        return early_report(
+            agent_id,
+            job,
+            JobOutcome::Failed,
+            Some(FailureKind::EntryPointMissing),
+            format!(
+                "entry point {} not found in pack {} ({})",
+                job.entry_point,
+                job.pack_ref,
+                entry_path.display()
+            ),
+        );
+    }
+
+    let (program, mut arguments) = if job.runtime == Runtime::Native {
+        if !crate::detect::is_executable_file(&entry_path) {
+            return early_report(
+                agent_id,
+                job,
+                JobOutcome::Failed,
+                Some(FailureKind::EntryPointMissing),
+                format!(
+                    "entry point {} in pack {} is not executable ({}): native actions must have an execute bit",
+                    job.entry_point,
+                    job.pack_ref,
+                    entry_path.display()
+                ),
+            );
+        }
+        (entry_path.clone(), Vec::new())
+    } else {
+        let job_detector;
+        let detector = match job.env.get("PATH") {
+            Some(path) => {
+                job_detector = Detector::new(
+                    SearchPath::from_path_variable(Some(std::ffi::OsStr::new(path))),
+                    context.detector.hints().clone(),
+                );
+                &job_detector
+            }
+            None => &context.detector,
+        };
+        match detector.interpreter_for(job.runtime, &entry_path) {
+            Ok(interpreter) => (interpreter.program, interpreter.arguments),
+            Err(not_found) => {
+                return early_report(
+                    agent_id,
+                    job,
+                    JobOutcome::Failed,
+                    Some(FailureKind::InterpreterMissing),
+                    format!(
+                        "interpreter {} not found in image {} (looked for {} in PATH and /usr/bin, /usr/local/bin, /bin)",
+                        job.runtime,
+                        context.image.as_deref().unwrap_or("this image"),
+                        not_found.looked_for.join(", ")
+                    ),
+                );
+            }
+        }
+    };
+    if job.runtime != Runtime::Native {
+        arguments.push(entry_path.display().to_string());
+    }
+
+    let work_dir = context
+        .workdir_base
+        .join(format!("attune-exec-{}", job.execution_id));
+    if let Err(error) = create_work_dir(&work_dir) {
+        return early_report(
+            agent_id,
+            job,
+            JobOutcome::Failed,
+            Some(FailureKind::Spawn),
+            format!("create work directory {}: {error}", work_dir.display()),
+        );
+    }
+    let prepared = match delivery::prepare(job, &work_dir) {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            remove_work_dir(&work_dir);
+            return early_report(
+                agent_id,
+                job,
+                JobOutcome::Failed,
+                Some(FailureKind::ParameterDelivery),
+                error.to_string(),
+            );
+        }
+    };
+
+    let mut command = tokio::process::Command::new(&program);
+    command
+        .args(&arguments)
+        .current_dir(&work_dir)
+        .env_clear()
+        .envs(inherited_environment())
+        .envs(&job.env);
+    match job.runtime {
+        Runtime::Python if !job.env.contains_key("PYTHONUNBUFFERED") => {
+            command.env("PYTHONUNBUFFERED", "1");
+        }
+        Runtime::Go
+            if !job.env.contains_key("GOCACHE") && std::env::var_os("GOCACHE").is_none() =>
+        {
+            command.env("GOCACHE", context.workdir_base.join("attune-go-cache"));
+        }
+        _ => {}
+    }
+    command
+        .envs(prepared.env.iter().map(|(name, value)| (name, value)))
+        .env(ENV_EXECUTION_ID, job.execution_id.to_string())
+        .env(ENV_ACTION_REF, &job.action_ref)
+        .env(ENV_PACK_REF, &job.pack_ref)
+        .env(ENV_PACK_DIR, &job.pack_dir)
+        .env(ENV_WORK_DIR, &work_dir)
+        .stdin(if prepared.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+
+    let started = Instant::now();
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            remove_work_dir(&work_dir);
+            return early_report(
+                agent_id,
+                job,
+                JobOutcome::Failed,
+                Some(FailureKind::Spawn),
+                format!(
+                    "start {} {}: {error}",
+                    program.display(),
+                    entry_path.display()
+                ),
+            );
+        }
+    };
+    let pid = child.id();
+    let process_group = pid.and_then(|pid| i32::try_from(pid).ok()).unwrap_or(0);
+    let _ = events.send(AgentEvent::Running {
+        agent_id: agent_id.to_string(),
+        execution_id: job.execution_id,
+        pid,
+    });
+
+    if let (Some(bytes), Some(mut stdin)) = (prepared.stdin, child.stdin.take()) {
+        tokio::spawn(async move {
+            // An action that does not read its stdin closes the pipe early: not an error.
+            let _ = stdin.write_all(&bytes).await;
+            let _ = stdin.shutdown().await;
+        });
+    }
+    let capture = match (child.stdout.take(), child.stderr.take()) {
+        (Some(stdout), Some(stderr)) => Some(start_capture(
+            stdout,
+            stderr,
+            CaptureSettings {
+                agent_id: agent_id.to_string(),
+                execution_id: job.execution_id,
+                limit_bytes: job.output_limit_bytes,
+                stream_logs: job.stream_logs,
+                events: events.clone(),
+            },
+        )),
+        _ => None,
+    };
+
+    let grace = Duration::from_secs(job.kill_grace_seconds);
+    let timeout = async {
+        if job.timeout_seconds == 0 {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep_until(started + Duration::from_secs(job.timeout_seconds)).await;
+    };
+    let (ending, status) = tokio::select! {
+        status = child.wait() => (Ending::Exited, status),
+        _ = timeout => (Ending::TimedOut, terminate_group(&mut child, process_group, grace).await),
+        request = wait_for_stop(&mut stop) => (
+            Ending::Stopped(request),
+            terminate_group(&mut child, process_group, grace.min(stop_grace(request))).await,
+        ),
+    };
+    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    if matches!(ending, Ending::Exited) {
+        clean_up_group(process_group, grace.min(LEFTOVER_GRACE)).await;
+    }
+    let output = match capture {
+        Some(capture) => capture.finish(OUTPUT_DRAIN).await,
+        None => CapturedOutput::default(),
+    };
+    remove_work_dir(&work_dir);
+
+    let (exit_code, signal) = match &status {
+        Ok(status) => (status.code(), status.signal()),
+        Err(_) => (None, None),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let (outcome, failure_kind, error) = match (ending, &status) {
+        (_, Err(error)) => (
+            JobOutcome::Failed,
+            Some(FailureKind::Other),
+            Some(format!(
+                "wait for process {}: {error}",
+                pid.unwrap_or_default()
+            )),
+        ),
+        (Ending::TimedOut, Ok(_)) => (
+            JobOutcome::Timeout,
+            None,
+            Some(format!("timed out after {}s", job.timeout_seconds)),
+        ),
+        (Ending::Stopped(StopRequest::Cancel), Ok(_)) => {
+            (JobOutcome::Canceled, None, Some("canceled".to_string()))
+        }
+        (Ending::Stopped(StopRequest::Abandon), Ok(_)) => (
+            JobOutcome::Abandoned,
+            None,
+            Some("agent shut down before the execution finished".to_string()),
+        ),
+        (Ending::Exited, Ok(_)) => match (exit_code, signal) {
+            (Some(0), _) => (JobOutcome::Succeeded, None, None),
+            (Some(code), _) => (
+                JobOutcome::Failed,
+                Some(FailureKind::NonZeroExit),
+                Some(format!("exited with code {code}")),
+            ),
+            (None, Some(signal)) => (
+                JobOutcome::Failed,
+                Some(FailureKind::NonZeroExit),
+                Some(format!("killed by signal {signal}")),
+            ),
+            (None, None) => (
+                JobOutcome::Failed,
+                Some(FailureKind::Other),
+                Some("exited without a code or signal".to_string()),
+            ),
+        },
+    };
+    JobReport {
+        agent_id: agent_id.to_string(),
+        execution_id: job.execution_id,
+        outcome,
+        failure_kind,
+        exit_code,
+        signal,
+        result: Some(result_from_stdout(&stdout)),
+        stdout,
+        stderr,
+        stdout_truncated: output.stdout_truncated,
+        stderr_truncated: output.stderr_truncated,
+        error,
+        duration_ms,
+    }
+}
+
+/// Grace before SIGKILL when a job is stopped from outside: a cancel honours the job's grace,
+/// an abandon at shutdown keeps it short because the agent's own deadline has passed.
+fn stop_grace(request: StopRequest) -> Duration {
+    match request {
+        StopRequest::Cancel => Duration::MAX,
+        StopRequest::Abandon => Duration::from_secs(2),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_stdout_becomes_the_result() {
+        assert_eq!(result_from_stdout("{\"a\": 1}\n"), json!({"a": 1}));
+        assert_eq!(result_from_stdout("  [1, 2]  "), json!([1, 2]));
+        assert_eq!(result_from_stdout("42\n"), json!(42));
+        assert_eq!(result_from_stdout("hello world\n"), json!("hello world\n"));
+        assert_eq!(
+            result_from_stdout("{\"a\": 1}\nmore"),
+            json!("{\"a\": 1}\nmore")
+        );
+        assert_eq!(result_from_stdout(""), json!(""));
+    }
+}
