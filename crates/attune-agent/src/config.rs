@@ -13,8 +13,6 @@ pub const ENV_HEARTBEAT_SECONDS: &str = "ATTUNE_AGENT_HEARTBEAT_SECONDS";
 pub const ENV_SHUTDOWN_SECONDS: &str = "ATTUNE_AGENT_SHUTDOWN_SECONDS";
 /// Environment variable: how long to keep retrying the first broker connection (default 30).
 pub const ENV_CONNECT_SECONDS: &str = "ATTUNE_AGENT_CONNECT_SECONDS";
-/// Environment variable overriding the events queue name (tests use a private one).
-pub const ENV_EVENTS_QUEUE: &str = "ATTUNE_AGENT_EVENTS_QUEUE";
 
 const DEFAULT_CONCURRENCY: u16 = 4;
 const DEFAULT_HEARTBEAT_SECONDS: u64 = 5;
@@ -214,7 +212,7 @@ where
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/tmp"));
     let events_queue =
-        non_empty(env(ENV_EVENTS_QUEUE)).unwrap_or_else(|| queues::AGENT_EVENTS_QUEUE.to_string());
+        non_empty(env(queues::ENV_AGENT_EVENTS_QUEUE)).unwrap_or_else(|| queues::AGENT_EVENTS_QUEUE.to_string());
 
     Ok(Invocation::Run(AgentConfig {
         message_queue_url,

@@ -133,7 +133,8 @@ pub fn result_from_stdout(stdout: &str) -> Value {
     Value::String(stdout.to_string())
 }
 
-async fn wait_for_stop(stop: &mut StopReceiver) -> StopRequest {
+/// Resolves to the first stop request; never resolves when the sender is gone without one.
+pub(crate) async fn wait_for_stop(stop: &mut StopReceiver) -> StopRequest {
     loop {
         if let Some(request) = *stop.borrow_and_update() {
             return request;

@@ -247,11 +247,11 @@ async fn worker_agent_registers_runs_cancels_and_drains_on_sigterm() {
 
     let agent = Command::new(env!("CARGO_BIN_EXE_attune-agent"))
         .args(["--mode", "worker"])
-        .env("ATTUNE_AGENT_MQ_URL", BROKER_URL)
-        .env("ATTUNE_AGENT_ID", &agent_id)
-        .env("ATTUNE_AGENT_EVENTS_QUEUE", &events_queue)
-        .env("ATTUNE_AGENT_WORKDIR", work_base.path())
-        .env("ATTUNE_AGENT_IMAGE", "host-test")
+        .env(queues::ENV_MESSAGE_QUEUE_URL, BROKER_URL)
+        .env(queues::ENV_AGENT_ID, &agent_id)
+        .env(queues::ENV_AGENT_EVENTS_QUEUE, &events_queue)
+        .env(queues::ENV_AGENT_WORKDIR, work_base.path())
+        .env(queues::ENV_AGENT_IMAGE, "host-test")
         .env("ATTUNE_AGENT_HEARTBEAT_SECONDS", "1")
         .env("ATTUNE_AGENT_SHUTDOWN_SECONDS", "1")
         .stdin(Stdio::null())
@@ -485,7 +485,7 @@ async fn oneshot_agent_runs_one_job_and_exits() {
 
     let agent = Command::new(env!("CARGO_BIN_EXE_attune-agent"))
         .args(["--mq-url", BROKER_URL, "--agent-id", &agent_id])
-        .env("ATTUNE_AGENT_EVENTS_QUEUE", &events_queue)
+        .env(queues::ENV_AGENT_EVENTS_QUEUE, &events_queue)
         .stdin(Stdio::null())
         .spawn()
         .expect("start the agent binary");

@@ -38,6 +38,32 @@ pub enum Command {
     /// Show, list, follow and cancel executions.
     #[command(subcommand)]
     Execution(ExecutionCommand),
+    /// Show warm pools.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// Show the containers the controller manages.
+    #[command(subcommand)]
+    Container(ContainerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// List warm pools: ready, busy and starting containers, created and retired counts.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContainerCommand {
+    /// List managed containers (warm pool members and per-execution containers).
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

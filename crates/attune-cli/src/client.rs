@@ -1,8 +1,7 @@
 //! A typed client of the Attune server's HTTP API, one method per endpoint.
 
 use attune_protocol::api::{
-    ActionView, CreateExecutionRequest, ErrorBody, ExecutionStatus, ExecutionView, List,
-    LogChunkView, PackView,
+    ActionView, ContainerView, CreateExecutionRequest, ErrorBody, ExecutionStatus, ExecutionView, List, LogChunkView, PackView, PoolView,
 };
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
@@ -199,6 +198,22 @@ impl ApiClient {
     pub async fn list_packs(&self) -> Result<Vec<PackView>, ClientError> {
         let list: List<PackView> = self
             .send(Method::GET, self.url(&["packs"]), |request| request)
+            .await?;
+        Ok(list.items)
+    }
+
+    /// `GET /api/v1/pools`.
+    pub async fn list_pools(&self) -> Result<Vec<PoolView>, ClientError> {
+        let list: List<PoolView> = self
+            .send(Method::GET, self.url(&["pools"]), |request| request)
+            .await?;
+        Ok(list.items)
+    }
+
+    /// `GET /api/v1/containers`.
+    pub async fn list_containers(&self) -> Result<Vec<ContainerView>, ClientError> {
+        let list: List<ContainerView> = self
+            .send(Method::GET, self.url(&["containers"]), |request| request)
             .await?;
         Ok(list.items)
     }

@@ -1,8 +1,10 @@
 //! An action's `container:` section: the image (checked against Docker's reference grammar),
-//! pull policy, environment, user and working directory.
+//! pull policy, environment, user, working directory, resource limits, read-only root
+//! filesystem and added capabilities.
 
 use crate::error::PackError;
-use attune_protocol::api::{ContainerSpec, PullPolicy};
+use crate::resources::{normalize_capability, ResourceLimits, MAX_PIDS, MIN_PIDS};
+use attune_protocol::api::{ContainerSpec, PullPolicy, ResourceSpec};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
@@ -10,9 +12,15 @@ use std::collections::BTreeMap;
 const MAX_NAME_LENGTH: usize = 255;
 /// Longest tag Docker accepts.
 const MAX_TAG_LENGTH: usize = 128;
+/// The keys of a `container:` map, for messages.
+const CONTAINER_KEYS: &str =
+    "image, pull_policy, env, user, workdir, resources, read_only, cap_add";
+/// The keys of a `resources:` map, for messages.
+const RESOURCE_KEYS: &str = "memory, cpus, pids";
 
 /// Parses `container:`: an image string (`ruby:3.3`) or a map with `image`, `pull_policy`
-/// (`if-not-present`, `always`, `never`), `env`, `user` and `workdir`.
+/// (`if-not-present`, `always`, `never`), `env`, `user`, `workdir`, `resources` (`memory`,
+/// `cpus`, `pids`), `read_only` and `cap_add`.
 pub(crate) fn parse_container(file: &str, value: &Value) -> Result<ContainerSpec, PackError> {
     let invalid = |reason: String| PackError::InvalidContainer {
         file: file.to_string(),
@@ -26,9 +34,9 @@ pub(crate) fn parse_container(file: &str, value: &Value) -> Result<ContainerSpec
         Value::Object(map) => parse_container_map(map).map_err(invalid)?,
         other => {
             return Err(invalid(format!(
-            "expected an image name or a map with image, pull_policy, env, user, workdir, found {}",
-            describe(other)
-        )))
+                "expected an image name or a map with {CONTAINER_KEYS}, found {}",
+                describe(other)
+            )))
         }
     };
     validate_image_reference(&spec.image).map_err(|reason| PackError::InvalidImageReference {
@@ -73,17 +81,130 @@ fn parse_container_map(map: &Map<String, Value>) -> Result<ContainerSpec, String
                     ))
                 }
             },
-            other => {
-                return Err(format!(
-                    "unknown key {other:?} (known: image, pull_policy, env, user, workdir)"
-                ))
-            }
+            "resources" => spec.resources = parse_resources(value)?,
+            "read_only" => match value {
+                Value::Bool(read_only) => spec.read_only = *read_only,
+                other => {
+                    return Err(format!(
+                        "read_only must be true or false, found {}",
+                        describe(other)
+                    ))
+                }
+            },
+            "cap_add" => spec.cap_add = parse_cap_add(value)?,
+            other => return Err(format!("unknown key {other:?} (known: {CONTAINER_KEYS})")),
         }
     }
     if !map.contains_key("image") {
         return Err("image is required".to_string());
     }
     Ok(spec)
+}
+
+/// Parses `resources:` and checks it with [`ResourceLimits::from_spec`]; an empty map or `null`
+/// sets no limits.
+fn parse_resources(value: &Value) -> Result<Option<ResourceSpec>, String> {
+    let map = match value {
+        Value::Null => return Ok(None),
+        Value::Object(map) => map,
+        other => {
+            return Err(format!(
+                "resources must be a map with {RESOURCE_KEYS}, found {}",
+                describe(other)
+            ))
+        }
+    };
+    let mut spec = ResourceSpec::default();
+    for (key, value) in map {
+        match key.as_str() {
+            "memory" => spec.memory = parse_memory_value(value)?,
+            "cpus" => spec.cpus = parse_cpus_value(value)?,
+            "pids" => spec.pids = parse_pids_value(value)?,
+            other => {
+                return Err(format!(
+                    "resources: unknown key {other:?} (known: {RESOURCE_KEYS})"
+                ))
+            }
+        }
+    }
+    ResourceLimits::from_spec(&spec).map_err(|reason| format!("resources: {reason}"))?;
+    if spec == ResourceSpec::default() {
+        return Ok(None);
+    }
+    Ok(Some(spec))
+}
+
+/// `memory:` as written: a quantity string or a whole number of bytes.
+fn parse_memory_value(value: &Value) -> Result<Option<String>, String> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(memory) => Ok(Some(memory.trim().to_string())),
+        Value::Number(number) if number.is_u64() => Ok(Some(number.to_string())),
+        other => Err(format!(
+            "resources: memory must be a quantity such as 256Mi or a whole number of bytes, found {}",
+            describe_value(other)
+        )),
+    }
+}
+
+fn parse_cpus_value(value: &Value) -> Result<Option<f64>, String> {
+    match value {
+        Value::Null => Ok(None),
+        Value::Number(number) => Ok(number.as_f64()),
+        other => Err(format!(
+            "resources: cpus must be a number such as 0.5, found {}",
+            describe_value(other)
+        )),
+    }
+}
+
+fn parse_pids_value(value: &Value) -> Result<Option<i64>, String> {
+    match value {
+        Value::Null => Ok(None),
+        Value::Number(number) if number.as_i64().is_some() => Ok(number.as_i64()),
+        other => Err(format!(
+            "resources: pids must be a whole number between {MIN_PIDS} and {MAX_PIDS}, found {}",
+            describe_value(other)
+        )),
+    }
+}
+
+/// Parses `cap_add:`: a list of capability names, normalized without `CAP_` and without
+/// duplicates.
+fn parse_cap_add(value: &Value) -> Result<Vec<String>, String> {
+    let entries = match value {
+        Value::Null => return Ok(Vec::new()),
+        Value::Array(entries) => entries,
+        other => {
+            return Err(format!(
+                "cap_add must be a list of capability names such as [NET_BIND_SERVICE], found {}",
+                describe(other)
+            ))
+        }
+    };
+    let mut capabilities: Vec<String> = Vec::new();
+    for entry in entries {
+        let Value::String(name) = entry else {
+            return Err(format!(
+                "cap_add: entries must be capability names, found {}",
+                describe_value(entry)
+            ));
+        };
+        let capability =
+            normalize_capability(name).map_err(|reason| format!("cap_add: {reason}"))?;
+        if !capabilities.contains(&capability) {
+            capabilities.push(capability);
+        }
+    }
+    Ok(capabilities)
+}
+
+/// A scalar as written (`"x"`, `-1`, `true`), anything else by its kind.
+fn describe_value(value: &Value) -> String {
+    match value {
+        Value::String(_) | Value::Number(_) | Value::Bool(_) => value.to_string(),
+        other => describe(other).to_string(),
+    }
 }
 
 fn parse_pull_policy(value: &Value) -> Result<PullPolicy, String> {

@@ -3,7 +3,9 @@
 //! execution parameters against an action's JSON Schema.
 //!
 //! A pack is a directory with `pack.yaml` (ref, label, description, version, tags) and
-//! `actions/<name>.yaml` files, each naming an entry point script beside it in `actions/`.
+//! `actions/<name>.yaml` files, each naming an entry point script beside it in `actions/`, and
+//! optionally the container it runs in (image, resources, capabilities) and how containers are
+//! shared (`isolation: pooled` with `pool:` settings).
 //! [`load_pack_dir`] and [`load_pack_archive`] share one validation path, so a directory and the
 //! archive built from it with [`build_pack_archive`] give the same [`Pack`] (same `sha256`).
 
@@ -14,6 +16,8 @@ mod load;
 mod manifest;
 mod model;
 mod parameters;
+mod pool;
+mod resources;
 
 pub use container::{validate_image_reference, validate_workdir};
 pub use error::PackError;
@@ -28,4 +32,9 @@ pub use model::{
 pub use parameters::{
     redact_secrets, secret_parameter_names, validate_parameters, ParameterError, ParameterFailure,
     ParameterValidator, REDACTED,
+};
+pub use pool::{MAX_IDLE_TIMEOUT_SECONDS, MAX_POOL_SIZE, MIN_IDLE_TIMEOUT_SECONDS};
+pub use resources::{
+    normalize_capability, parse_memory_quantity, ResourceLimits, LINUX_CAPABILITIES, MAX_CPUS,
+    MAX_MEMORY_BYTES, MAX_PIDS, MIN_CPUS, MIN_MEMORY_BYTES, MIN_PIDS,
 };

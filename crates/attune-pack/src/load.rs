@@ -9,6 +9,7 @@ use crate::model::{
     ActionDefinition, Pack, PackFile, PackLimits, DEFAULT_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS,
 };
 use crate::parameters::normalize_parameters;
+use crate::pool::resolve_isolation;
 use attune_protocol::Runtime;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -370,6 +371,12 @@ fn load_action(
         .filter(|value| !value.is_null())
         .map(|value| parse_container(file, value))
         .transpose()?;
+    let (isolation, pool) = resolve_isolation(
+        file,
+        manifest.isolation,
+        manifest.pool.map(|settings| settings.0),
+        container.is_some(),
+    )?;
 
     Ok(ActionDefinition {
         action_ref: format!("{pack_ref}.{name}"),
@@ -387,9 +394,9 @@ fn load_action(
         timeout_seconds,
         container,
         enabled: manifest.enabled.unwrap_or(true),
-        isolation: None,
-        pool: None,
-        idempotent: false,
+        isolation,
+        pool,
+        idempotent: manifest.idempotent.unwrap_or(false),
         metadata_file: file.to_string(),
     })
 }

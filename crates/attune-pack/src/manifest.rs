@@ -4,6 +4,8 @@
 //! accepted and ignored so existing packs load.
 
 use crate::error::PackError;
+use crate::pool::PoolSettings;
+use attune_protocol::api::Isolation;
 use attune_protocol::{ParameterDelivery, ParameterFormat};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -42,9 +44,15 @@ pub(crate) struct ActionManifest {
     pub timeout: Option<Value>,
     pub parameter_delivery: Option<ParameterDelivery>,
     pub parameter_format: Option<ParameterFormat>,
-    /// An image string or a map with image, pull_policy, env, user, workdir.
+    /// An image string or a map with image, pull_policy, env, user, workdir, resources,
+    /// read_only, cap_add.
     pub container: Option<Value>,
     pub enabled: Option<bool>,
+    /// `per-execution` or `pooled`.
+    pub isolation: Option<Isolation>,
+    /// Warm pool settings; checked while parsing.
+    pub pool: Option<PoolSettings>,
+    pub idempotent: Option<bool>,
 }
 
 /// Parses a YAML file of the pack, naming the file and line on failure.

@@ -1,10 +1,13 @@
 //! The `container:` section: image strings and maps, Docker image reference grammar, pull
-//! policies, env, user and workdir checks.
+//! policies, env, user and workdir checks, resources, read_only and cap_add.
 
 mod common;
 
-use attune_pack::{load_pack_dir, validate_image_reference, validate_workdir, PackError};
-use attune_protocol::api::{ContainerSpec, PullPolicy};
+use attune_pack::{
+    load_pack_dir, parse_memory_quantity, validate_image_reference, validate_workdir, PackError,
+    ResourceLimits,
+};
+use attune_protocol::api::{ContainerSpec, PullPolicy, ResourceSpec};
 use common::pack_with_action;
 
 fn load_container(container_yaml: &str) -> Result<Option<ContainerSpec>, PackError> {
@@ -157,7 +160,7 @@ fn invalid_containers_name_the_file_and_problem() {
         ),
         (
             "\n  image: busybox\n  pull-policy: never\n",
-            "actions/echo.yaml: container: unknown key \"pull-policy\" (known: image, pull_policy, env, user, workdir)",
+            "actions/echo.yaml: container: unknown key \"pull-policy\" (known: image, pull_policy, env, user, workdir, resources, read_only, cap_add)",
         ),
         (
             "\n  pull_policy: never\n",
@@ -177,10 +180,199 @@ fn invalid_containers_name_the_file_and_problem() {
         ),
         (
             " 42\n",
-            "actions/echo.yaml: container: expected an image name or a map with image, pull_policy, env, user, workdir, found a number",
+            "actions/echo.yaml: container: expected an image name or a map with image, pull_policy, env, user, workdir, resources, read_only, cap_add, found a number",
         ),
     ] {
         let error = load_container(container_yaml).expect_err(message);
         assert_eq!(error.to_string(), message);
     }
+}
+
+/// The error of loading `container:` with image busybox and the extra map lines `lines`.
+fn container_error(lines: &str) -> String {
+    load_container(&format!("\n  image: busybox\n{lines}"))
+        .expect_err(&format!("container lines {lines:?} must be rejected"))
+        .to_string()
+}
+
+#[test]
+fn resources_read_only_and_capabilities_load() {
+    let spec = load_container(
+        "\n  image: busybox\n  resources:\n    memory: 256Mi\n    cpus: 0.5\n    pids: 64\n  read_only: true\n  cap_add: [NET_BIND_SERVICE, CAP_CHOWN, CAP_NET_BIND_SERVICE]\n",
+    )
+    .expect("full container")
+    .expect("container");
+    assert_eq!(
+        spec.resources,
+        Some(ResourceSpec {
+            memory: Some("256Mi".to_string()),
+            cpus: Some(0.5),
+            pids: Some(64),
+        })
+    );
+    assert!(spec.read_only);
+    assert_eq!(spec.cap_add, ["NET_BIND_SERVICE", "CHOWN"]);
+    let limits = ResourceLimits::from_spec(spec.resources.as_ref().expect("resources"))
+        .expect("stored resources convert");
+    assert_eq!(
+        limits,
+        ResourceLimits {
+            memory_bytes: Some(268_435_456),
+            nano_cpus: Some(500_000_000),
+            pids: Some(64),
+        }
+    );
+
+    for (memory, bytes) in [
+        ("1Gi", 1_073_741_824),
+        ("512M", 512_000_000),
+        ("1G", 1_000_000_000),
+        ("8000k", 8_000_000),
+        ("7000Ki", 7_168_000),
+        ("1Ti", 1_099_511_627_776),
+        ("6291456", 6_291_456),
+        ("\"6291456\"", 6_291_456),
+    ] {
+        let spec = load_container(&format!(
+            "\n  image: busybox\n  resources: {{memory: {memory}}}\n"
+        ))
+        .unwrap_or_else(|error| panic!("memory {memory}: {error}"))
+        .expect("container");
+        let resources = spec.resources.expect("resources");
+        assert_eq!(
+            resources.memory.as_deref(),
+            Some(memory.trim_matches('"')),
+            "stored as written"
+        );
+        let memory_bytes = ResourceLimits::from_spec(&resources)
+            .expect("limits")
+            .memory_bytes;
+        assert_eq!(memory_bytes, Some(bytes), "{memory}");
+    }
+
+    let spec = load_container("\n  image: busybox\n  resources: {cpus: 2}\n")
+        .expect("integer cpus")
+        .expect("container");
+    assert_eq!(
+        spec.resources.and_then(|resources| resources.cpus),
+        Some(2.0)
+    );
+
+    let spec =
+        load_container("\n  image: busybox\n  resources: {}\n  read_only: false\n  cap_add: []\n")
+            .expect("empty settings")
+            .expect("container");
+    assert_eq!(
+        spec,
+        ContainerSpec {
+            image: "busybox".to_string(),
+            ..ContainerSpec::default()
+        }
+    );
+}
+
+#[test]
+fn resources_that_do_not_parse_or_are_out_of_range_are_rejected() {
+    let prefix = "actions/echo.yaml: container: resources: ";
+    for (resources, reason) in [
+        (
+            "{memory: lots}",
+            "memory \"lots\" is not a quantity such as 256Mi, 1Gi, 512M, 100k or a whole number of bytes",
+        ),
+        (
+            "{memory: 5Mi}",
+            "memory \"5Mi\" (5242880 bytes) is below Docker's minimum of 6Mi (6291456 bytes)",
+        ),
+        (
+            "{memory: 2Ti}",
+            "memory \"2Ti\" (2199023255552 bytes) is above the maximum of 1Ti (1099511627776 bytes)",
+        ),
+        (
+            "{memory: 512m}",
+            "memory \"512m\" has an unknown unit \"m\" (use Ki, Mi, Gi, Ti, k, M, G, T, or none for bytes)",
+        ),
+        (
+            "{memory: 1.5}",
+            "memory must be a quantity such as 256Mi or a whole number of bytes, found 1.5",
+        ),
+        (
+            "{memory: -1}",
+            "memory must be a quantity such as 256Mi or a whole number of bytes, found -1",
+        ),
+        ("{cpus: 0}", "cpus must be between 0.01 and 1024, found 0"),
+        ("{cpus: -1}", "cpus must be between 0.01 and 1024, found -1"),
+        ("{cpus: 1025}", "cpus must be between 0.01 and 1024, found 1025"),
+        ("{cpus: x}", "cpus must be a number such as 0.5, found \"x\""),
+        ("{pids: 3}", "pids must be between 16 and 32768, found 3"),
+        ("{pids: 40000}", "pids must be between 16 and 32768, found 40000"),
+        (
+            "{pids: many}",
+            "pids must be a whole number between 16 and 32768, found \"many\"",
+        ),
+        (
+            "{pids: 64.5}",
+            "pids must be a whole number between 16 and 32768, found 64.5",
+        ),
+        ("{disk: 1Gi}", "unknown key \"disk\" (known: memory, cpus, pids)"),
+        (
+            "{memory: 1Gi, swap: 1Gi}",
+            "unknown key \"swap\" (known: memory, cpus, pids)",
+        ),
+    ] {
+        let error = load_container(&format!("\n  image: busybox\n  resources: {resources}\n"))
+            .expect_err(resources);
+        assert!(matches!(error, PackError::InvalidContainer { .. }), "{error:?}");
+        assert_eq!(error.to_string(), format!("{prefix}{reason}"), "{resources}");
+    }
+    assert_eq!(
+        container_error("  resources: 256Mi\n"),
+        "actions/echo.yaml: container: resources must be a map with memory, cpus, pids, found a string"
+    );
+}
+
+#[test]
+fn capabilities_and_read_only_are_checked() {
+    for (lines, message) in [
+        (
+            "  cap_add: [NET_FOO]\n",
+            "cap_add: capability \"NET_FOO\" is not a Linux capability (see capabilities(7), e.g. NET_BIND_SERVICE, NET_ADMIN, SYS_PTRACE)",
+        ),
+        (
+            "  cap_add: [ALL]\n",
+            "cap_add: capability \"ALL\" is not a Linux capability (see capabilities(7), e.g. NET_BIND_SERVICE, NET_ADMIN, SYS_PTRACE)",
+        ),
+        (
+            "  cap_add: [net_admin]\n",
+            "cap_add: capability \"net_admin\" must be upper-case, like \"NET_ADMIN\"",
+        ),
+        (
+            "  cap_add: NET_ADMIN\n",
+            "cap_add must be a list of capability names such as [NET_BIND_SERVICE], found a string",
+        ),
+        (
+            "  cap_add: [7]\n",
+            "cap_add: entries must be capability names, found 7",
+        ),
+        (
+            "  read_only: yes please\n",
+            "read_only must be true or false, found a string",
+        ),
+    ] {
+        assert_eq!(
+            container_error(lines),
+            format!("actions/echo.yaml: container: {message}"),
+            "{lines:?}"
+        );
+    }
+}
+
+#[test]
+fn memory_quantities_convert_for_the_controller() {
+    assert_eq!(parse_memory_quantity("256Mi"), Ok(268_435_456));
+    assert_eq!(parse_memory_quantity("1G"), Ok(1_000_000_000));
+    assert_eq!(parse_memory_quantity("100k"), Ok(100_000));
+    assert_eq!(parse_memory_quantity("100Ki"), Ok(102_400));
+    assert_eq!(parse_memory_quantity("4096"), Ok(4_096));
+    assert!(parse_memory_quantity("1.5Gi").is_err());
+    assert!(parse_memory_quantity("1GB").is_err());
 }

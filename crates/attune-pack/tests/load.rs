@@ -4,7 +4,7 @@
 mod common;
 
 use attune_pack::{load_pack_dir, PackError};
-use attune_protocol::api::PullPolicy;
+use attune_protocol::api::{Isolation, PoolSpec, PullPolicy};
 use attune_protocol::{ParameterDelivery, ParameterFormat, Runtime};
 use common::{pack_dir, pack_with_action, ACTION_YAML, PACK_YAML};
 use serde_json::json;
@@ -25,7 +25,7 @@ fn example_hello_pack_loads() {
     assert_eq!(pack.version, "1.0.0");
     assert_eq!(pack.tags, vec!["example".to_string()]);
     let refs: Vec<&str> = pack.actions.iter().map(|a| a.action_ref.as_str()).collect();
-    assert_eq!(refs, ["hello.greet", "hello.stats"]);
+    assert_eq!(refs, ["hello.greet", "hello.quick", "hello.stats"]);
     assert_eq!(pack.sha256.len(), 64);
 
     let greet = pack.action("hello.greet").expect("greet action");
@@ -44,6 +44,36 @@ fn example_hello_pack_loads() {
     assert!(greet.enabled);
     assert_eq!(greet.parameters_schema["required"], json!(["name"]));
     assert_eq!(greet.pack_ref(), "hello");
+    assert_eq!(greet.isolation, None);
+    assert_eq!(greet.pool, None);
+    assert!(!greet.idempotent);
+
+    let quick = pack.action("hello.quick").expect("quick action");
+    assert_eq!(quick.runtime, Runtime::Shell);
+    assert_eq!(quick.entry_point_path, "actions/quick.sh");
+    assert_eq!(quick.parameter_delivery, ParameterDelivery::Env);
+    assert_eq!(
+        quick
+            .container
+            .as_ref()
+            .map(|container| container.image.as_str()),
+        Some("busybox:1.36")
+    );
+    assert_eq!(quick.isolation, Some(Isolation::Pooled));
+    assert_eq!(
+        quick.pool,
+        Some(PoolSpec {
+            min_idle: 1,
+            max: 4,
+            idle_timeout_seconds: 300,
+            max_uses: 50,
+        })
+    );
+    assert!(quick.idempotent);
+    assert_eq!(
+        quick.parameters_schema["properties"]["name"]["default"],
+        json!("World")
+    );
 
     let stats = pack.action("hello.stats").expect("stats action");
     assert_eq!(stats.runtime, Runtime::Python);
@@ -67,16 +97,17 @@ fn example_hello_pack_loads() {
         [
             "actions/greet.sh",
             "actions/greet.yaml",
+            "actions/quick.sh",
+            "actions/quick.yaml",
             "actions/stats.py",
             "actions/stats.yaml",
             "pack.yaml"
         ]
     );
-    let script = pack
-        .files
-        .iter()
-        .find(|f| f.relative_path == "actions/greet.sh");
-    assert_eq!(script.map(|f| f.mode), Some(0o755));
+    for script_path in ["actions/greet.sh", "actions/quick.sh"] {
+        let script = pack.files.iter().find(|f| f.relative_path == script_path);
+        assert_eq!(script.map(|f| f.mode), Some(0o755), "{script_path}");
+    }
 }
 
 #[test]
@@ -84,12 +115,16 @@ fn views_carry_the_definitions() {
     let pack = load_pack_dir(common::hello_pack_dir()).expect("load examples/packs/hello");
     let view = pack.to_view("2024-01-01T00:00:00Z".to_string());
     assert_eq!(view.pack_ref, "hello");
-    assert_eq!(view.actions, ["hello.greet", "hello.stats"]);
+    assert_eq!(view.actions, ["hello.greet", "hello.quick", "hello.stats"]);
     let action_view = pack.actions[0].to_view();
     assert_eq!(action_view.action_ref, "hello.greet");
     assert_eq!(action_view.pack, "hello");
     assert_eq!(action_view.timeout, 30);
     assert_eq!(action_view.entry_point, "greet.sh");
+    let quick_view = pack.action("hello.quick").expect("quick action").to_view();
+    assert_eq!(quick_view.isolation, Some(Isolation::Pooled));
+    assert_eq!(quick_view.pool.map(|pool| pool.max_uses), Some(50));
+    assert!(quick_view.idempotent);
 }
 
 #[test]

@@ -295,3 +295,47 @@ pub struct ErrorBody {
     pub error: String,
     pub detail: String,
 }
+
+/// A warm pool (`GET /api/v1/pools`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolView {
+    /// Identifies the pool: pack, image digest, agent version and resource class.
+    pub key: String,
+    pub pack: String,
+    pub image: String,
+    #[serde(default)]
+    pub image_id: String,
+    #[serde(default)]
+    pub agent_sha256: String,
+    #[serde(default)]
+    pub resource_class: String,
+    /// Started and registered, waiting for work.
+    pub ready: u32,
+    /// Running an execution.
+    pub busy: u32,
+    /// Being created or waiting for its agent to register.
+    pub starting: u32,
+    pub total_created: u64,
+    pub retired: u64,
+    pub min_idle: u32,
+    pub max: u32,
+}
+
+/// A container the controller manages (`GET /api/v1/containers`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerView {
+    pub container_id: String,
+    /// `idle`, `busy` or `starting` for pool containers; `running` for per-execution ones.
+    pub state: String,
+    #[serde(default)]
+    pub pool: Option<String>,
+    #[serde(default)]
+    pub execution_id: Option<i64>,
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    #[serde(default)]
+    pub image: String,
+    /// Executions this container has run.
+    #[serde(default)]
+    pub uses: u32,
+}

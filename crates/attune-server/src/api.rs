@@ -8,8 +8,8 @@ use crate::docker::DockerOps;
 use crate::scheduler::SchedulerWakeup;
 use crate::signals::ExecutionSignals;
 use attune_protocol::api::{
-    ActionView, ContainerSpec, CreateExecutionRequest, ErrorBody, ExecutionStatus, ExecutionView,
-    List, LogChunkView, PackView,
+    ActionView, ContainerSpec, ContainerView, CreateExecutionRequest, ErrorBody, ExecutionStatus,
+    ExecutionView, List, LogChunkView, PackView, PoolView,
 };
 use attune_protocol::AgentCommand;
 use axum::body::Bytes;
@@ -45,6 +45,8 @@ pub struct AppState {
     pub signals: ExecutionSignals,
     pub wakeup: SchedulerWakeup,
     pub max_pack_bytes: u64,
+    /// For pool and container views.
+    pub controller: crate::controller::Controller,
 }
 
 /// An error response.
@@ -129,6 +131,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/executions/{id}", get(get_execution))
         .route("/api/v1/executions/{id}/logs", get(execution_logs))
         .route("/api/v1/executions/{id}/cancel", post(cancel_execution))
+        .route("/api/v1/pools", get(list_pools))
+        .route("/api/v1/containers", get(list_containers))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state)
 }
@@ -465,4 +469,37 @@ async fn cancel_execution(
     state.signals.cancel(execution_id);
     tracing::info!(execution_id, "cancel requested");
     Ok((StatusCode::ACCEPTED, Json(row.to_view())))
+}
+
+async fn list_pools(State(state): State<AppState>) -> Json<List<PoolView>> {
+    Json(List {
+        items: state.controller.pool_views(),
+    })
+}
+
+/// Warm pool containers from memory, per-execution containers from live executions.
+async fn list_containers(State(state): State<AppState>) -> ApiResult<Json<List<ContainerView>>> {
+    let mut items = state.controller.pool_container_views();
+    let pooled: std::collections::HashSet<String> = items
+        .iter()
+        .map(|view| view.container_id.clone())
+        .collect();
+    for execution in state.store.live_executions().await? {
+        let Some(container_id) = execution.container_id.clone() else {
+            continue;
+        };
+        if pooled.contains(&container_id) {
+            continue;
+        }
+        items.push(ContainerView {
+            container_id,
+            state: execution.status.clone(),
+            pool: None,
+            execution_id: Some(execution.id),
+            agent_id: execution.agent_id.clone(),
+            image: execution.image.clone().unwrap_or_default(),
+            uses: 1,
+        });
+    }
+    Ok(Json(List { items }))
 }

@@ -76,9 +76,18 @@ pub async fn run(
         store.clone(),
         signals.clone(),
     ));
+    let pool_task = {
+        let controller = controller.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            controller
+                .run_pool_maintenance(Duration::from_secs(1), stop)
+                .await
+        })
+    };
     let scheduler_task = tokio::spawn(run_scheduler(
         store.clone(),
-        controller,
+        controller.clone(),
         settings.executor.concurrency,
         wakeup.clone(),
         stop.clone(),
@@ -92,6 +101,7 @@ pub async fn run(
         signals,
         wakeup,
         max_pack_bytes: settings.server.max_pack_bytes,
+        controller,
     };
     let address = listener.local_addr()?;
     tracing::info!(%address, "attune-server listening");
@@ -107,6 +117,9 @@ pub async fn run(
     stop.cancel();
     if let Err(error) = scheduler_task.await {
         tracing::error!(%error, "scheduler task");
+    }
+    if let Err(error) = pool_task.await {
+        tracing::error!(%error, "pool maintenance task");
     }
     broker.close().await;
     events_task.abort();

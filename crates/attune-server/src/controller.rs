@@ -7,12 +7,14 @@
 //! deadline passes, or a cancel asks), then remove it. Every failure ends the execution in a
 //! terminal status with its reason; no container outlives its execution.
 
+pub mod pool;
+
 use crate::broker::AgentChannel;
 use crate::db::{enum_from_name, ActionRow, ExecutionRow, Store, TransitionFields};
 use crate::docker::archive::InjectionArchive;
 use crate::docker::{ContainerCreateSpec, DockerError, DockerOps, ImageInfo};
 use crate::signals::{ExecutionSignal, ExecutionSignals};
-use attune_protocol::api::{ContainerSpec, ExecutionStatus, PullPolicy};
+use attune_protocol::api::{ContainerSpec, ExecutionStatus, PoolSpec, PullPolicy};
 use attune_protocol::queues::{
     AGENT_PATH_IN_CONTAINER, ENV_AGENT_EVENTS_QUEUE, ENV_AGENT_ID, ENV_AGENT_IMAGE, ENV_AGENT_MODE,
     ENV_MESSAGE_QUEUE_URL, PACKS_DIR_IN_CONTAINER,
@@ -33,8 +35,14 @@ pub const LABEL_EXECUTION: &str = "attune.execution";
 pub const LABEL_CONTROLLER: &str = "attune.controller";
 /// Label naming the agent id inside a container.
 pub const LABEL_AGENT_ID: &str = "attune.agent-id";
-/// Label carrying the injected agent's sha256.
+/// Label carrying the agent's sha256 (on containers running it and volumes holding it).
 pub const LABEL_AGENT_SHA256: &str = "attune.agent-sha256";
+/// Label carrying a pack archive's sha256 on the volume holding its files.
+pub const LABEL_PACK_SHA256: &str = "attune.pack-sha256";
+/// Label naming what a helper container is for (e.g. `volume-fill`).
+pub const LABEL_ROLE: &str = "attune.role";
+/// Label naming how the agent reached a container (`volume` or `put-archive`).
+pub const LABEL_AGENT_DELIVERY: &str = "attune.agent-delivery";
 
 /// The static agent binary the controller injects.
 #[derive(Clone)]
@@ -149,6 +157,7 @@ pub struct Controller {
     signals: ExecutionSignals,
     settings: Arc<ControllerSettings>,
     agent: AgentBinary,
+    pools: Arc<pool::Pools>,
 }
 
 /// A container created for an execution.
@@ -173,6 +182,7 @@ impl Controller {
             signals,
             settings: Arc::new(settings),
             agent,
+            pools: Arc::default(),
         }
     }
 
@@ -289,6 +299,11 @@ impl Controller {
         let job = self.job_for(execution, &action, &container_spec)?;
         if self.cancel_requested(execution_id, &signal).await {
             return Err(canceled_before_start());
+        }
+        if let Some(pool_spec) = pooled_isolation(&action) {
+            return self
+                .run_pooled(execution, &action, &container_spec, &image, pool_spec, &mut signal)
+                .await;
         }
 
         let short_id = &uuid::Uuid::new_v4().simple().to_string()[..10];
@@ -722,6 +737,20 @@ impl Controller {
             result.map_err(|error| injection_failed(format!("add pack file {path}: {error}")))?;
         }
         Ok(archive.finish())
+    }
+}
+
+/// The pool settings when the action runs pooled: `isolation: pooled`, or a `pool:` given
+/// without an isolation.
+fn pooled_isolation(action: &ActionRow) -> Option<PoolSpec> {
+    let pool = action
+        .pool
+        .clone()
+        .and_then(|pool| serde_json::from_value::<PoolSpec>(pool).ok());
+    match action.isolation.as_deref() {
+        Some("pooled") => Some(pool.unwrap_or_default()),
+        Some(_) => None,
+        None => pool,
     }
 }
 

@@ -50,6 +50,8 @@ pub struct ActionRow {
     pub id: i64,
     pub pack_id: i64,
     pub pack_ref: String,
+    /// Digest of the pack's files (warm containers are per pack version).
+    pub pack_sha256: String,
     #[sqlx(rename = "ref")]
     pub action_ref: String,
     pub label: String,
@@ -194,7 +196,8 @@ const EXECUTION_COLUMNS: &str = "id, action_ref, action_id, status, parameters, 
     stderr_truncated, result, error, failure_kind, cancel_requested, requested_at, scheduled_at, \
     started_at, finished_at";
 
-const ACTION_COLUMNS: &str = "a.id, a.pack_id, p.ref AS pack_ref, a.ref, a.label, a.description, \
+const ACTION_COLUMNS: &str = "a.id, a.pack_id, p.ref AS pack_ref, \
+    p.archive_sha256 AS pack_sha256, a.ref, a.label, a.description, \
     a.runner_type, a.runtime, a.entry_point, a.entry_point_path, a.parameters_schema, \
     a.secret_parameters, a.parameter_delivery, a.parameter_format, a.timeout_seconds, \
     a.container, a.enabled, a.isolation, a.pool, a.idempotent";
@@ -493,6 +496,26 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// Replaces the failure kind and reason of an execution that already ended `failed` (e.g.
+    /// the agent reported a killed process and the engine then said it was an OOM kill).
+    /// Returns whether a row changed.
+    pub async fn reclassify_failure(
+        &self,
+        execution_id: i64,
+        failure_kind: &str,
+        error: &str,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE executions SET failure_kind = $2, error = $3 WHERE id = $1 AND status = 'failed'",
+        )
+        .bind(execution_id)
+        .bind(failure_kind)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() > 0)
     }
 
     /// Records the container and agent chosen for an execution (before the container starts).

@@ -21,6 +21,7 @@ pub async fn apply_event(
         AgentEvent::Register(registration) => {
             tracing::debug!(agent_id = %registration.agent_id, "agent registered");
             store.record_agent(&registration).await?;
+            signals.registered(&registration.agent_id, &registration.agent_sha256);
         }
         AgentEvent::Running {
             agent_id,

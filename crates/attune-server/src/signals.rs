@@ -6,7 +6,7 @@
 use attune_protocol::api::ExecutionStatus;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 /// What a supervisor has heard about its execution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -19,10 +19,11 @@ pub struct ExecutionSignal {
     pub cancel_requested: bool,
 }
 
-/// Registry of supervised executions.
+/// Registry of supervised executions, and of agents whose registration someone awaits.
 #[derive(Clone, Default)]
 pub struct ExecutionSignals {
     senders: Arc<Mutex<HashMap<i64, watch::Sender<ExecutionSignal>>>>,
+    registrations: Arc<Mutex<HashMap<String, oneshot::Sender<String>>>>,
 }
 
 /// A supervisor's subscription; unregisters on drop.
@@ -80,6 +81,36 @@ impl ExecutionSignals {
         self.update(execution_id, |signal| signal.cancel_requested = true);
     }
 
+    /// Resolves with the agent's reported sha256 when the agent registers.
+    pub fn await_registration(&self, agent_id: &str) -> oneshot::Receiver<String> {
+        let (sender, receiver) = oneshot::channel();
+        self.registrations
+            .lock()
+            .expect("registration registry lock")
+            .insert(agent_id.to_string(), sender);
+        receiver
+    }
+
+    /// Stops waiting for an agent (it will not come).
+    pub fn forget_registration(&self, agent_id: &str) {
+        self.registrations
+            .lock()
+            .expect("registration registry lock")
+            .remove(agent_id);
+    }
+
+    /// An agent registered with this binary sha256.
+    pub fn registered(&self, agent_id: &str, agent_sha256: &str) {
+        let waiter = self
+            .registrations
+            .lock()
+            .expect("registration registry lock")
+            .remove(agent_id);
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(agent_sha256.to_string());
+        }
+    }
+
     /// How many executions are supervised here now.
     pub fn supervised(&self) -> usize {
         self.senders.lock().expect("signal registry lock").len()
@@ -104,5 +135,17 @@ mod tests {
         assert_eq!(signals.supervised(), 1);
         drop(subscription);
         assert_eq!(signals.supervised(), 0);
+    }
+
+    #[tokio::test]
+    async fn registration_reaches_its_waiter_only() {
+        let signals = ExecutionSignals::default();
+        let waiter = signals.await_registration("pool-1");
+        signals.registered("pool-2", "bb");
+        signals.registered("pool-1", "aa");
+        assert_eq!(waiter.await.unwrap(), "aa");
+        let forgotten = signals.await_registration("pool-3");
+        signals.forget_registration("pool-3");
+        assert!(forgotten.await.is_err());
     }
 }

@@ -3,9 +3,12 @@
 mod action;
 mod execution;
 mod pack;
+mod pool;
 mod run;
 
-use crate::cli::{ActionCommand, Cli, Command, ExecutionCommand, PackCommand};
+use crate::cli::{
+    ActionCommand, Cli, Command, ContainerCommand, ExecutionCommand, PackCommand, PoolCommand,
+};
 use crate::client::ApiClient;
 use crate::output::Terminal;
 use attune_protocol::api::LogChunkView;
@@ -86,6 +89,10 @@ async fn dispatch(cli: Cli, terminal: &mut Terminal) -> anyhow::Result<u8> {
         }
         Command::Execution(ExecutionCommand::Cancel { id }) => {
             execution::cancel(&mut context, id).await
+        }
+        Command::Pool(PoolCommand::List { json }) => pool::list_pools(&mut context, json).await,
+        Command::Container(ContainerCommand::List { json }) => {
+            pool::list_containers(&mut context, json).await
         }
     }
 }

@@ -7,18 +7,19 @@
 
 use super::{
     ContainerCreateSpec, ContainerEvent, ContainerState, ContainerSummary, DockerError, DockerOps,
-    EngineInfo, ImageInfo,
+    EngineInfo, ImageInfo, VolumeInfo,
 };
 use async_trait::async_trait;
 use bollard::container::{
-    Config, CreateContainerOptions, InspectContainerOptions, KillContainerOptions,
-    ListContainersOptions, LogsOptions, RemoveContainerOptions, StartContainerOptions,
-    UploadToContainerOptions, WaitContainerOptions,
+    Config, CreateContainerOptions, DownloadFromContainerOptions, InspectContainerOptions,
+    KillContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
+    StartContainerOptions, UploadToContainerOptions, WaitContainerOptions,
 };
 use bollard::errors::Error as BollardError;
 use bollard::image::CreateImageOptions;
 use bollard::models::{HostConfig, ResourcesUlimits};
 use bollard::system::EventsOptions;
+use bollard::volume::{CreateVolumeOptions, RemoveVolumeOptions};
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
 use std::collections::{BTreeMap, HashMap};
@@ -259,6 +260,36 @@ pub(crate) fn container_config(spec: &ContainerCreateSpec) -> Config<String> {
     }
 }
 
+fn volume_info(volume: bollard::models::Volume) -> VolumeInfo {
+    VolumeInfo {
+        name: volume.name,
+        labels: volume.labels.into_iter().collect(),
+        created: volume
+            .created_at
+            .map(|created| created.to_string())
+            .unwrap_or_default(),
+    }
+}
+
+/// The contents of the first regular file in a tar archive; `None` when it holds none.
+fn first_regular_file(tar_bytes: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    let mut archive = tar::Archive::new(tar_bytes);
+    let entries = archive
+        .entries()
+        .map_err(|error| format!("unreadable archive from the engine: {error}"))?;
+    for entry in entries {
+        let mut entry =
+            entry.map_err(|error| format!("unreadable archive from the engine: {error}"))?;
+        if entry.header().entry_type().is_file() {
+            let mut contents = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut contents)
+                .map_err(|error| format!("read file from the engine's archive: {error}"))?;
+            return Ok(Some(contents));
+        }
+    }
+    Ok(None)
+}
+
 /// Now as `seconds.nanoseconds` since the epoch, the form the engine's `since` accepts.
 fn unix_timestamp_now() -> String {
     let elapsed = std::time::SystemTime::now()
@@ -301,12 +332,18 @@ impl DockerOps for BollardEngine {
             .version()
             .await
             .map_err(|error| map_error("read docker engine version", error))?;
+        let system = self
+            .docker
+            .info()
+            .await
+            .map_err(|error| map_error("read docker engine info", error))?;
         Ok(EngineInfo {
             server_version: version.version.unwrap_or_default(),
             api_version: self.api_version(),
             engine_api_version: version.api_version.unwrap_or_default(),
             architecture: version.arch.unwrap_or_default(),
             os: version.os.unwrap_or_default(),
+            cpus: system.ncpu.unwrap_or_default(),
         })
     }
 
@@ -557,6 +594,78 @@ impl DockerOps for BollardEngine {
             bytes.extend_from_slice(&chunk.into_bytes());
         }
         Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    async fn create_volume(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<VolumeInfo, DockerError> {
+        let options = CreateVolumeOptions {
+            name: name.to_string(),
+            driver: "local".to_string(),
+            driver_opts: HashMap::new(),
+            labels: to_hash_map(labels),
+        };
+        self.docker
+            .create_volume(options)
+            .await
+            .map(volume_info)
+            .map_err(|error| map_error(&format!("create volume {name}"), error))
+    }
+
+    async fn inspect_volume(&self, name: &str) -> Result<Option<VolumeInfo>, DockerError> {
+        match self.docker.inspect_volume(name).await {
+            Ok(volume) => Ok(Some(volume_info(volume))),
+            Err(error) if status_of(&error).is_some_and(|(status, _)| status == 404) => Ok(None),
+            Err(error) => Err(map_error(&format!("inspect volume {name}"), error)),
+        }
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), DockerError> {
+        let options = RemoveVolumeOptions { force: false };
+        match self.docker.remove_volume(name, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(error) if status_of(&error).is_some_and(|(status, _)| status == 404) => Ok(()),
+            Err(error) => Err(map_error(&format!("remove volume {name}"), error)),
+        }
+    }
+
+    async fn read_file(
+        &self,
+        container_id: &str,
+        path: &str,
+    ) -> Result<Option<Vec<u8>>, DockerError> {
+        let operation = format!("read {path} from container {container_id}");
+        let options = DownloadFromContainerOptions {
+            path: path.to_string(),
+        };
+        let chunks: Vec<_> = match self
+            .docker
+            .download_from_container(container_id, Some(options))
+            .try_collect()
+            .await
+        {
+            Ok(chunks) => chunks,
+            Err(error) if status_of(&error).is_some_and(|(status, _)| status == 404) => {
+                // The engine answers 404 both for a missing path and a missing container.
+                if self.inspect_container(container_id).await?.is_none() {
+                    return Err(DockerError::NotFound(format!(
+                        "{operation}: No such container: {container_id}"
+                    )));
+                }
+                return Ok(None);
+            }
+            Err(error) => return Err(map_error(&operation, error)),
+        };
+        let mut tar_bytes = Vec::new();
+        for chunk in chunks {
+            tar_bytes.extend_from_slice(&chunk);
+        }
+        first_regular_file(&tar_bytes).map_err(|reason| DockerError::Rejected {
+            operation,
+            reason,
+        })
     }
 
     fn container_events(

@@ -1,13 +1,16 @@
 //! [`RecordingDocker`]: an in-memory [`DockerOps`] that records every call, for controller tests.
 //!
 //! It keeps containers in a map and moves them through created → running → exited the way the
-//! engine does, so list/inspect/wait/remove answer consistently. Tests script it: which images
-//! exist locally (and their architecture), which can be pulled, failures to inject for the next
-//! call of an operation, the exit code a container reports, its logs, and container events.
+//! engine does, so list/inspect/wait/remove answer consistently. Named volumes are kept too:
+//! binds mount them, uploads below a mount point land in the volume (refused when the mount is
+//! read-only), and a container's read-only root refuses uploads outside its volumes, as the
+//! engine does. Tests script it: which images exist locally (and their architecture), which can
+//! be pulled, failures to inject for the next call of an operation, the exit code a container
+//! reports, its logs, and container events.
 
 use super::{
     ContainerCreateSpec, ContainerEvent, ContainerState, ContainerSummary, DockerError, DockerOps,
-    EngineInfo, ImageInfo,
+    EngineInfo, ImageInfo, VolumeInfo,
 };
 use async_trait::async_trait;
 use futures_util::stream::{self, BoxStream, StreamExt};
@@ -32,6 +35,10 @@ pub enum Operation {
     Remove,
     ListContainers,
     ContainerLogs,
+    CreateVolume,
+    InspectVolume,
+    RemoveVolume,
+    ReadFile,
 }
 
 /// One file or directory of an uploaded archive, as recorded.
@@ -70,6 +77,11 @@ pub enum DockerCall {
     ListContainers(Vec<(String, String)>),
     ContainerLogs(String, usize),
     ContainerEvents(Vec<(String, String)>),
+    CreateVolume(String),
+    InspectVolume(String),
+    RemoveVolume(String),
+    /// `(container, path)`.
+    ReadFile(String, String),
 }
 
 /// A container as the fake keeps it.
@@ -87,6 +99,55 @@ pub struct FakeContainer {
     pub created: String,
 }
 
+/// A named volume as the fake keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FakeVolume {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Files and directories in it, keyed by path relative to the volume's root.
+    pub files: BTreeMap<String, UploadedEntry>,
+}
+
+/// A bind of a named volume into a container, parsed from `name:/path[:ro]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct VolumeMount {
+    volume: String,
+    target: String,
+    read_only: bool,
+}
+
+fn parse_bind(bind: &str) -> Option<VolumeMount> {
+    let mut parts = bind.split(':');
+    let volume = parts.next().filter(|name| !name.is_empty())?;
+    let target = parts.next().filter(|path| path.starts_with('/'))?;
+    let read_only = match parts.next() {
+        None | Some("rw") => false,
+        Some("ro") => true,
+        Some(_) => return None,
+    };
+    Some(VolumeMount {
+        volume: volume.to_string(),
+        target: target.trim_end_matches('/').to_string(),
+        read_only,
+    })
+}
+
+fn mounts_of(spec: &ContainerCreateSpec) -> Vec<VolumeMount> {
+    spec.binds.iter().filter_map(|bind| parse_bind(bind)).collect()
+}
+
+/// The mount an absolute path falls under, with the path relative to the mount's root.
+fn mount_for(mounts: &[VolumeMount], path: &str) -> Option<(VolumeMount, String)> {
+    mounts
+        .iter()
+        .filter(|mount| path == mount.target || path.starts_with(&format!("{}/", mount.target)))
+        .max_by_key(|mount| mount.target.len())
+        .map(|mount| {
+            let relative = path[mount.target.len()..].trim_start_matches('/').to_string();
+            (mount.clone(), relative)
+        })
+}
+
 struct EventSubscriber {
     labels: Vec<(String, String)>,
     sender: mpsc::UnboundedSender<Result<ContainerEvent, DockerError>>,
@@ -101,6 +162,7 @@ struct FakeState {
     exit_codes: Vec<(String, i64)>,
     logs: Vec<(String, String)>,
     containers: BTreeMap<String, FakeContainer>,
+    volumes: BTreeMap<String, FakeVolume>,
     subscribers: Vec<EventSubscriber>,
     lifecycle_events: bool,
     engine_info: EngineInfo,
@@ -124,6 +186,13 @@ impl FakeState {
         match (prefixed.next(), prefixed.next()) {
             (Some(id), None) => Some(id.clone()),
             _ => None,
+        }
+    }
+
+    fn file_seen_by(&self, container: &FakeContainer, path: &str) -> Option<UploadedEntry> {
+        match mount_for(&mounts_of(&container.spec), path) {
+            Some((mount, relative)) => self.volumes.get(&mount.volume)?.files.get(&relative).cloned(),
+            None => container.files.get(path).cloned(),
         }
     }
 
@@ -278,7 +347,7 @@ impl std::fmt::Debug for RecordingDocker {
 }
 
 impl RecordingDocker {
-    /// An engine with no images, reporting Docker 20.10 (API 1.41) on amd64.
+    /// An engine with no images, reporting Docker 20.10 (API 1.41) on amd64 with 2 CPUs.
     pub fn new() -> Self {
         let state = FakeState {
             engine_info: EngineInfo {
@@ -287,6 +356,7 @@ impl RecordingDocker {
                 engine_api_version: "1.41".to_string(),
                 architecture: "amd64".to_string(),
                 os: "linux".to_string(),
+                cpus: 2,
             },
             ..Default::default()
         };
@@ -386,24 +456,46 @@ impl RecordingDocker {
         exited
     }
 
-    /// Marks a container as killed for lack of memory (`State.OOMKilled`, exit 137).
+    /// Kills a running container for lack of memory: an `oom` event, then `die` with exit 137
+    /// (the engine's order), and `State.OOMKilled` set.
     pub fn oom_kill_container(&self, container_id_or_name: &str) -> bool {
         let exited = {
             let mut state = self.lock();
             let Some(id) = state.resolve(container_id_or_name) else {
                 return false;
             };
-            let exited = state.exit(&id, 137);
-            if exited {
-                if let Some(container) = state.containers.get_mut(&id) {
-                    container.oom_killed = true;
-                }
-                state.emit_lifecycle("oom", &id);
+            if state.containers.get(&id).map(|c| c.status.as_str()) != Some("running") {
+                return false;
             }
-            exited
+            state.emit_lifecycle("oom", &id);
+            if let Some(container) = state.containers.get_mut(&id) {
+                container.oom_killed = true;
+            }
+            state.exit(&id, 137)
         };
         self.state_changed.notify_waiters();
         exited
+    }
+
+    /// Emits an `oom` event for a running container without changing its state: the kernel
+    /// killed one of its processes, and the engine may or may not set `State.OOMKilled` later.
+    pub fn emit_oom_event(&self, container_id_or_name: &str) -> bool {
+        let mut state = self.lock();
+        let Some(id) = state.resolve(container_id_or_name) else {
+            return false;
+        };
+        state.emit_lifecycle("oom", &id);
+        true
+    }
+
+    /// A snapshot of a named volume.
+    pub fn volume(&self, name: &str) -> Option<FakeVolume> {
+        self.lock().volumes.get(name).cloned()
+    }
+
+    /// Snapshots of every volume that exists.
+    pub fn volumes(&self) -> Vec<FakeVolume> {
+        self.lock().volumes.values().cloned().collect()
     }
 
     /// Sends an event to every open event stream whose label filter it matches.
@@ -445,12 +537,12 @@ impl RecordingDocker {
         self.lock().containers.values().cloned().collect()
     }
 
-    /// A file uploaded into a container, by its absolute path (e.g. `/opt/attune/bin/attune-agent`).
+    /// A file a container sees at an absolute path (e.g. `/opt/attune/bin/attune-agent`):
+    /// uploaded into it, or in a volume mounted there.
     pub fn uploaded_file(&self, container_id_or_name: &str, path: &str) -> Option<UploadedEntry> {
-        self.container(container_id_or_name)?
-            .files
-            .get(path)
-            .cloned()
+        let state = self.lock();
+        let id = state.resolve(container_id_or_name)?;
+        state.file_seen_by(&state.containers[&id], path)
     }
 
     /// Records a call and returns the failure injected for its operation, if any.
@@ -529,6 +621,23 @@ impl DockerOps for RecordingDocker {
                 ),
             });
         }
+        for bind in &spec.binds {
+            let Some(mount) = parse_bind(bind) else {
+                return Err(DockerError::Rejected {
+                    operation,
+                    reason: format!("invalid volume specification: '{bind}' (http 400)"),
+                });
+            };
+            // The engine creates a missing named volume on first use, empty and unlabelled.
+            state
+                .volumes
+                .entry(mount.volume.clone())
+                .or_insert_with(|| FakeVolume {
+                    name: mount.volume.clone(),
+                    labels: BTreeMap::new(),
+                    files: BTreeMap::new(),
+                });
+        }
         state.next_container_number += 1;
         let id = format!("{:064x}", 0xfa4e_0000_u64 + state.next_container_number);
         let now = chrono::Utc::now();
@@ -582,20 +691,37 @@ impl DockerOps for RecordingDocker {
         let id = state
             .resolve(container_id)
             .ok_or_else(|| Self::no_such_container(&operation, container_id))?;
-        let container = state
-            .containers
-            .get_mut(&id)
-            .ok_or_else(|| Self::no_such_container(&operation, container_id))?;
-        if container.spec.read_only_rootfs {
-            return Err(DockerError::Rejected {
-                operation,
-                reason: "container rootfs is marked read-only (http 500)".to_string(),
-            });
+        let mounts = mounts_of(&state.containers[&id].spec);
+        let destination = dest_dir.trim_end_matches('/');
+        match mount_for(&mounts, if destination.is_empty() { "/" } else { destination }) {
+            Some((mount, _)) if mount.read_only => {
+                return Err(DockerError::Rejected {
+                    operation,
+                    reason: "mounted volume is marked read-only (http 500)".to_string(),
+                })
+            }
+            None if state.containers[&id].spec.read_only_rootfs => {
+                return Err(DockerError::Rejected {
+                    operation,
+                    reason: "container rootfs is marked read-only (http 500)".to_string(),
+                })
+            }
+            _ => {}
         }
         for entry in parsed {
-            container
-                .files
-                .insert(join_destination(dest_dir, &entry.path), entry);
+            let path = join_destination(dest_dir, &entry.path);
+            match mount_for(&mounts, &path) {
+                Some((mount, relative)) => {
+                    if let Some(volume) = state.volumes.get_mut(&mount.volume) {
+                        volume.files.insert(relative, entry);
+                    }
+                }
+                None => {
+                    if let Some(container) = state.containers.get_mut(&id) {
+                        container.files.insert(path, entry);
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -774,6 +900,89 @@ impl DockerOps for RecordingDocker {
             .unwrap_or_default();
         let lines: Vec<&str> = output.split_inclusive('\n').collect();
         Ok(lines[lines.len().saturating_sub(tail)..].concat())
+    }
+
+    async fn create_volume(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<VolumeInfo, DockerError> {
+        self.begin(
+            DockerCall::CreateVolume(name.to_string()),
+            Operation::CreateVolume,
+        )?;
+        let mut state = self.lock();
+        let volume = state
+            .volumes
+            .entry(name.to_string())
+            .or_insert_with(|| FakeVolume {
+                name: name.to_string(),
+                labels: labels.clone(),
+                files: BTreeMap::new(),
+            });
+        Ok(VolumeInfo {
+            name: volume.name.clone(),
+            labels: volume.labels.clone(),
+            created: String::new(),
+        })
+    }
+
+    async fn inspect_volume(&self, name: &str) -> Result<Option<VolumeInfo>, DockerError> {
+        self.begin(
+            DockerCall::InspectVolume(name.to_string()),
+            Operation::InspectVolume,
+        )?;
+        Ok(self.lock().volumes.get(name).map(|volume| VolumeInfo {
+            name: volume.name.clone(),
+            labels: volume.labels.clone(),
+            created: String::new(),
+        }))
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), DockerError> {
+        self.begin(
+            DockerCall::RemoveVolume(name.to_string()),
+            Operation::RemoveVolume,
+        )?;
+        let mut state = self.lock();
+        let users: Vec<String> = state
+            .containers
+            .values()
+            .filter(|container| {
+                mounts_of(&container.spec)
+                    .iter()
+                    .any(|mount| mount.volume == name)
+            })
+            .map(|container| container.id.clone())
+            .collect();
+        if let Some(user) = users.first() {
+            return Err(DockerError::Rejected {
+                operation: format!("remove volume {name}"),
+                reason: format!("volume is in use - [{user}] (http 409)"),
+            });
+        }
+        state.volumes.remove(name);
+        Ok(())
+    }
+
+    async fn read_file(
+        &self,
+        container_id: &str,
+        path: &str,
+    ) -> Result<Option<Vec<u8>>, DockerError> {
+        self.begin(
+            DockerCall::ReadFile(container_id.to_string(), path.to_string()),
+            Operation::ReadFile,
+        )?;
+        let operation = format!("read {path} from container {container_id}");
+        let state = self.lock();
+        let id = state
+            .resolve(container_id)
+            .ok_or_else(|| Self::no_such_container(&operation, container_id))?;
+        Ok(state
+            .file_seen_by(&state.containers[&id], path)
+            .filter(|entry| !entry.directory)
+            .map(|entry| entry.bytes))
     }
 
     fn container_events(

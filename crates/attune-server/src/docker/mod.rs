@@ -42,6 +42,8 @@ pub struct EngineInfo {
     pub architecture: String,
     /// `linux`, ...
     pub os: String,
+    /// CPUs the engine's host has (0 when unknown).
+    pub cpus: i64,
 }
 
 /// What the controller needs to know about a local image.
@@ -120,6 +122,15 @@ pub struct ContainerSummary {
     pub created_unix: i64,
 }
 
+/// A named volume as the engine reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VolumeInfo {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// RFC 3339 creation time (may be empty).
+    pub created: String,
+}
+
 /// A lifecycle event of a container (`start`, `die`, `oom`, `destroy`, ...).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ContainerEvent {
@@ -169,6 +180,24 @@ pub trait DockerOps: Send + Sync + 'static {
     ) -> Result<Vec<ContainerSummary>, DockerError>;
     /// The last `tail` lines of a container's combined output.
     async fn container_logs(&self, container_id: &str, tail: usize) -> Result<String, DockerError>;
+    /// Creates a named local volume with labels; an existing volume of that name is returned
+    /// as it is (the engine's create is idempotent).
+    async fn create_volume(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<VolumeInfo, DockerError>;
+    /// `Ok(None)` when the volume does not exist.
+    async fn inspect_volume(&self, name: &str) -> Result<Option<VolumeInfo>, DockerError>;
+    /// Removes a volume; a missing volume is not an error, one in use is `Rejected`.
+    async fn remove_volume(&self, name: &str) -> Result<(), DockerError>;
+    /// Reads one regular file out of a container (created or running) through the archive
+    /// endpoint; `Ok(None)` when the path does not exist.
+    async fn read_file(
+        &self,
+        container_id: &str,
+        path: &str,
+    ) -> Result<Option<Vec<u8>>, DockerError>;
     /// Container events carrying every `key=value` label given, from now on.
     fn container_events(
         &self,

@@ -1,0 +1,580 @@
+//! Warm pools: containers started ahead of need, with a worker-mode agent registered and the
+//! pack's files in place, claimed one execution at a time and returned afterwards.
+//!
+//! A pool is keyed by pack (and its files' digest), image id, agent sha256 and resource class,
+//! so a warm container only ever runs actions of the pack it was made for. Each pool keeps
+//! `min_idle` ready containers while it is in use, never exceeds `max` live containers, retires
+//! a container after `max_uses` executions or `idle_timeout` idle, and drains to nothing when
+//! unused for `idle_timeout`. Per-execution isolation never touches this module.
+
+use super::{Controller, ExecutionFailure, LABEL_AGENT_ID, LABEL_EXECUTION};
+use crate::db::{ActionRow, ExecutionRow};
+use crate::docker::ImageInfo;
+use crate::signals::ExecutionSignal;
+use attune_protocol::api::{ContainerSpec, ContainerView, PoolSpec, PoolView};
+use attune_protocol::queues::ENV_AGENT_MODE;
+use attune_protocol::AgentCommand;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+/// Label naming the pool a warm container belongs to.
+pub const LABEL_POOL: &str = "attune.pool";
+/// Label naming the pack a warm container serves.
+pub const LABEL_PACK: &str = "attune.pack";
+
+/// What makes two warm containers interchangeable.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolKey {
+    pub pack_ref: String,
+    pub pack_sha256: String,
+    pub image: String,
+    pub image_id: String,
+    pub agent_sha256: String,
+    pub resource_class: String,
+}
+
+impl PoolKey {
+    /// A short stable name for labels and the API.
+    pub fn name(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(
+            format!(
+                "{}\n{}\n{}\n{}\n{}\n{}",
+                self.pack_ref,
+                self.pack_sha256,
+                self.image,
+                self.image_id,
+                self.agent_sha256,
+                self.resource_class
+            )
+            .as_bytes(),
+        );
+        let hex: String = digest[..6].iter().map(|byte| format!("{byte:02x}")).collect();
+        format!("{}-{hex}", self.pack_ref)
+    }
+}
+
+/// The resource class of a container spec: its limits, written out.
+pub fn resource_class(spec: &ContainerSpec) -> String {
+    match &spec.resources {
+        None => "default".to_string(),
+        Some(resources) => format!(
+            "memory={},cpus={},pids={},read_only={}",
+            resources.memory.as_deref().unwrap_or("-"),
+            resources
+                .cpus
+                .map(|cpus| cpus.to_string())
+                .unwrap_or_else(|| "-".into()),
+            resources
+                .pids
+                .map(|pids| pids.to_string())
+                .unwrap_or_else(|| "-".into()),
+            spec.read_only
+        ),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct WarmContainer {
+    container_id: String,
+    agent_id: String,
+    uses: u32,
+    idle_since: Instant,
+}
+
+/// What a pool needs to make more containers.
+#[derive(Clone)]
+struct PoolTemplate {
+    action: ActionRow,
+    container_spec: ContainerSpec,
+    image: ImageInfo,
+}
+
+struct Pool {
+    spec: PoolSpec,
+    template: PoolTemplate,
+    idle: VecDeque<WarmContainer>,
+    busy: HashMap<String, (WarmContainer, i64)>,
+    starting: u32,
+    total_created: u64,
+    retired: u64,
+    last_claim: Instant,
+}
+
+impl Pool {
+    fn live(&self) -> u32 {
+        self.idle.len() as u32 + self.busy.len() as u32 + self.starting
+    }
+}
+
+/// Every pool of one controller.
+#[derive(Default)]
+pub struct Pools {
+    pools: Mutex<BTreeMap<PoolKey, Pool>>,
+    /// Woken when a container is returned or retired (claimers waiting at `max`).
+    returned: Notify,
+}
+
+enum Claim {
+    Ready(WarmContainer),
+    Start,
+    Wait,
+}
+
+impl Controller {
+    /// Runs an execution on a warm container of its action's pool.
+    pub(super) async fn run_pooled(
+        &self,
+        execution: &ExecutionRow,
+        action: &ActionRow,
+        container_spec: &ContainerSpec,
+        image: &ImageInfo,
+        pool_spec: PoolSpec,
+        signal: &mut watch::Receiver<ExecutionSignal>,
+    ) -> Result<(), ExecutionFailure> {
+        let execution_id = execution.id;
+        let key = PoolKey {
+            pack_ref: action.pack_ref.clone(),
+            pack_sha256: action.pack_sha256.clone(),
+            image: container_spec.image.clone(),
+            image_id: image.id.clone(),
+            agent_sha256: self.agent.sha256.clone(),
+            resource_class: resource_class(container_spec),
+        };
+        let template = PoolTemplate {
+            action: action.clone(),
+            container_spec: container_spec.clone(),
+            image: image.clone(),
+        };
+        let job = self.job_for(execution, action, container_spec)?;
+        let warm = self
+            .claim_warm(&key, &pool_spec, &template, execution_id, signal)
+            .await?;
+        tracing::debug!(execution_id, container_id = %warm.container_id, pool = %key.name(), "claimed warm container");
+        if let Err(error) = self
+            .store
+            .set_placement(execution_id, &container_spec.image, &warm.container_id, &warm.agent_id)
+            .await
+        {
+            self.release_warm(&key, warm, execution_id, false).await;
+            return Err(ExecutionFailure::failed(
+                "database",
+                format!("record container of execution {execution_id}: {error}"),
+            ));
+        }
+        if let Err(error) = self
+            .agents
+            .send_command(&warm.agent_id, &AgentCommand::Job(job))
+            .await
+        {
+            self.release_warm(&key, warm.clone(), execution_id, false).await;
+            return Err(ExecutionFailure::failed(
+                "message-queue",
+                format!("queue job for agent {}: {error}", warm.agent_id),
+            ));
+        }
+        let timeout = Duration::from_secs(action.timeout_seconds.max(1) as u64);
+        let outcome = self
+            .supervise(
+                execution_id,
+                &warm.container_id,
+                &warm.agent_id,
+                &container_spec.image,
+                timeout,
+                signal,
+            )
+            .await;
+        self.release_warm(&key, warm, execution_id, outcome.is_ok())
+            .await;
+        outcome
+    }
+
+    /// Takes a ready container, starts one when below `max`, or waits for one to come back.
+    async fn claim_warm(
+        &self,
+        key: &PoolKey,
+        pool_spec: &PoolSpec,
+        template: &PoolTemplate,
+        execution_id: i64,
+        signal: &mut watch::Receiver<ExecutionSignal>,
+    ) -> Result<WarmContainer, ExecutionFailure> {
+        let deadline = Instant::now() + self.settings.agent_start_timeout * 4;
+        loop {
+            let returned = self.pools.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            let claim = {
+                let mut pools = self.pools.pools.lock().expect("pools lock");
+                let pool = pools.entry(key.clone()).or_insert_with(|| Pool {
+                    spec: pool_spec.clone(),
+                    template: template.clone(),
+                    idle: VecDeque::new(),
+                    busy: HashMap::new(),
+                    starting: 0,
+                    total_created: 0,
+                    retired: 0,
+                    last_claim: Instant::now(),
+                });
+                pool.spec = pool_spec.clone();
+                pool.template = template.clone();
+                pool.last_claim = Instant::now();
+                if let Some(warm) = pool.idle.pop_front() {
+                    pool.busy
+                        .insert(warm.container_id.clone(), (warm.clone(), execution_id));
+                    Claim::Ready(warm)
+                } else if pool.live() < pool.spec.max {
+                    pool.starting += 1;
+                    Claim::Start
+                } else {
+                    Claim::Wait
+                }
+            };
+            match claim {
+                Claim::Ready(warm) => return Ok(warm),
+                Claim::Start => {
+                    let started = self.start_warm(key, template).await;
+                    let mut pools = self.pools.pools.lock().expect("pools lock");
+                    let pool = pools.get_mut(key);
+                    return match (started, pool) {
+                        (Ok(warm), Some(pool)) => {
+                            pool.starting = pool.starting.saturating_sub(1);
+                            pool.total_created += 1;
+                            pool.busy
+                                .insert(warm.container_id.clone(), (warm.clone(), execution_id));
+                            Ok(warm)
+                        }
+                        (Ok(warm), None) => Ok(warm),
+                        (Err(failure), pool) => {
+                            if let Some(pool) = pool {
+                                pool.starting = pool.starting.saturating_sub(1);
+                            }
+                            self.pools.returned.notify_waiters();
+                            Err(failure)
+                        }
+                    };
+                }
+                Claim::Wait => {
+                    if signal.borrow().cancel_requested {
+                        return Err(super::canceled_before_start());
+                    }
+                    tokio::select! {
+                        _ = &mut returned => {}
+                        _ = signal.changed() => {}
+                        _ = tokio::time::sleep_until(deadline) => {
+                            return Err(ExecutionFailure::failed(
+                                "pool-exhausted",
+                                format!(
+                                    "all {} containers of pool {} stayed busy for {}s",
+                                    pool_spec.max,
+                                    key.name(),
+                                    (self.settings.agent_start_timeout * 4).as_secs()
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Creates, injects and starts a worker container and waits for its agent to register.
+    async fn start_warm(
+        &self,
+        key: &PoolKey,
+        template: &PoolTemplate,
+    ) -> Result<WarmContainer, ExecutionFailure> {
+        let short_id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+        let agent_id = format!("pool-{short_id}");
+        let mut spec = self.create_spec(0, &agent_id, &template.container_spec, &template.image);
+        spec.name = format!("attune-{agent_id}");
+        spec.labels.remove(LABEL_EXECUTION);
+        spec.labels.insert(LABEL_POOL.to_string(), key.name());
+        spec.labels
+            .insert(LABEL_PACK.to_string(), key.pack_ref.clone());
+        for variable in spec.env.iter_mut() {
+            if variable.starts_with(&format!("{ENV_AGENT_MODE}=")) {
+                *variable = format!("{ENV_AGENT_MODE}=worker");
+            }
+        }
+        spec.env.push("ATTUNE_AGENT_CONCURRENCY=1".to_string());
+        let registration = self.signals.await_registration(&agent_id);
+        let container_id = self.docker.create_container(&spec).await.map_err(|error| {
+            ExecutionFailure::docker(&format!("create warm container {}", spec.name), error)
+        })?;
+        let warm = WarmContainer {
+            container_id: container_id.clone(),
+            agent_id: agent_id.clone(),
+            uses: 0,
+            idle_since: Instant::now(),
+        };
+        let prepared = async {
+            let archive = self.injection_archive(&template.action).await?;
+            self.docker
+                .upload_archive(&container_id, "/", archive)
+                .await
+                .map_err(|error| {
+                    ExecutionFailure::failed(
+                        "injection-failed",
+                        format!("inject agent into warm container {}: {error}", spec.name),
+                    )
+                })?;
+            self.agents
+                .declare_agent_queue(&agent_id)
+                .await
+                .map_err(|error| {
+                    ExecutionFailure::failed(
+                        "message-queue",
+                        format!("declare queue of agent {agent_id}: {error}"),
+                    )
+                })?;
+            self.docker
+                .start_container(&container_id)
+                .await
+                .map_err(|error| {
+                    super::classify_start_error(&template.container_spec.image, &self.agent, error)
+                })?;
+            match tokio::time::timeout(self.settings.agent_start_timeout, registration).await {
+                Ok(Ok(agent_sha256)) if agent_sha256.is_empty() || agent_sha256 == self.agent.sha256 => {
+                    Ok(())
+                }
+                Ok(Ok(agent_sha256)) => Err(ExecutionFailure::failed(
+                    "injection-failed",
+                    format!(
+                        "agent in warm container {} reports sha256 {agent_sha256}, expected {}",
+                        spec.name, self.agent.sha256
+                    ),
+                )),
+                _ => {
+                    let logs = self.recent_logs(&container_id).await;
+                    Err(ExecutionFailure::failed(
+                        "injection-failed",
+                        format!(
+                            "agent of warm container {} did not register within {}s{logs}",
+                            spec.name,
+                            self.settings.agent_start_timeout.as_secs()
+                        ),
+                    ))
+                }
+            }
+        };
+        match prepared.await {
+            Ok(()) => {
+                tracing::info!(container_id = %container_id, pool = %key.name(), "warm container ready");
+                Ok(warm)
+            }
+            Err(failure) => {
+                self.signals.forget_registration(&agent_id);
+                self.retire_container(&warm).await;
+                Err(failure)
+            }
+        }
+    }
+
+    /// Returns a container after an execution, or retires it when it is spent or unhealthy.
+    async fn release_warm(&self, key: &PoolKey, warm: WarmContainer, execution_id: i64, healthy: bool) {
+        let retire = {
+            let mut pools = self.pools.pools.lock().expect("pools lock");
+            match pools.get_mut(key) {
+                Some(pool) => {
+                    let mut warm = pool
+                        .busy
+                        .remove(&warm.container_id)
+                        .map(|(warm, _)| warm)
+                        .unwrap_or(warm);
+                    warm.uses += 1;
+                    if healthy && warm.uses < pool.spec.max_uses {
+                        warm.idle_since = Instant::now();
+                        pool.idle.push_back(warm);
+                        None
+                    } else {
+                        pool.retired += 1;
+                        Some(warm)
+                    }
+                }
+                None => Some(warm),
+            }
+        };
+        self.pools.returned.notify_waiters();
+        if let Some(warm) = retire {
+            tracing::debug!(execution_id, container_id = %warm.container_id, uses = warm.uses, healthy, "retiring warm container");
+            self.retire_container(&warm).await;
+        }
+    }
+
+    /// Asks the agent to stop, then removes the container and its queue.
+    async fn retire_container(&self, warm: &WarmContainer) {
+        let shutdown = AgentCommand::Shutdown {
+            deadline_seconds: 1,
+        };
+        if let Err(error) = self.agents.send_command(&warm.agent_id, &shutdown).await {
+            tracing::debug!(agent_id = %warm.agent_id, %error, "ask warm agent to shut down");
+        }
+        if let Err(error) = self.docker.remove_container(&warm.container_id).await {
+            tracing::error!(container_id = %warm.container_id, %error, "remove warm container");
+        }
+        if let Err(error) = self.agents.delete_agent_queue(&warm.agent_id).await {
+            tracing::debug!(agent_id = %warm.agent_id, %error, "delete warm agent queue");
+        }
+    }
+
+    /// One maintenance pass: retire containers idle past `idle_timeout`, refill `min_idle` in
+    /// pools used within `idle_timeout`, forget empty unused pools.
+    pub async fn maintain_pools(&self) {
+        let mut to_retire = Vec::new();
+        let mut to_start = Vec::new();
+        {
+            let mut pools = self.pools.pools.lock().expect("pools lock");
+            let now = Instant::now();
+            pools.retain(|key, pool| {
+                let idle_timeout = Duration::from_secs(pool.spec.idle_timeout_seconds);
+                let in_use = now.duration_since(pool.last_claim) < idle_timeout;
+                let mut kept = VecDeque::new();
+                while let Some(warm) = pool.idle.pop_front() {
+                    if now.duration_since(warm.idle_since) >= idle_timeout {
+                        pool.retired += 1;
+                        to_retire.push(warm);
+                    } else {
+                        kept.push_back(warm);
+                    }
+                }
+                pool.idle = kept;
+                if in_use {
+                    while (pool.idle.len() as u32 + pool.starting) < pool.spec.min_idle
+                        && pool.live() < pool.spec.max
+                    {
+                        pool.starting += 1;
+                        to_start.push((key.clone(), pool.template.clone()));
+                    }
+                }
+                in_use || pool.live() > 0
+            });
+        }
+        for warm in to_retire {
+            tracing::debug!(container_id = %warm.container_id, "retiring idle warm container");
+            self.retire_container(&warm).await;
+        }
+        for (key, template) in to_start {
+            let controller = self.clone();
+            tokio::spawn(async move {
+                let started = controller.start_warm(&key, &template).await;
+                let orphan = {
+                    let mut pools = controller.pools.pools.lock().expect("pools lock");
+                    match (pools.get_mut(&key), started) {
+                        (Some(pool), Ok(warm)) => {
+                            pool.starting = pool.starting.saturating_sub(1);
+                            pool.total_created += 1;
+                            pool.idle.push_back(warm);
+                            None
+                        }
+                        (None, Ok(warm)) => Some(warm),
+                        (pool, Err(failure)) => {
+                            if let Some(pool) = pool {
+                                pool.starting = pool.starting.saturating_sub(1);
+                            }
+                            tracing::error!(pool = %key.name(), reason = %failure.reason, "start warm container");
+                            None
+                        }
+                    }
+                };
+                controller.pools.returned.notify_waiters();
+                if let Some(warm) = orphan {
+                    controller.retire_container(&warm).await;
+                }
+            });
+        }
+    }
+
+    /// Runs maintenance every `interval` until `shutdown`, then retires every idle container.
+    pub async fn run_pool_maintenance(
+        &self,
+        interval: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(interval) => self.maintain_pools().await,
+            }
+        }
+        self.retire_idle_pools().await;
+    }
+
+    /// Retires every idle warm container (at shutdown).
+    pub async fn retire_idle_pools(&self) {
+        let idle: Vec<WarmContainer> = {
+            let mut pools = self.pools.pools.lock().expect("pools lock");
+            pools
+                .values_mut()
+                .flat_map(|pool| {
+                    pool.retired += pool.idle.len() as u64;
+                    pool.idle.drain(..).collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        for warm in idle {
+            self.retire_container(&warm).await;
+        }
+    }
+
+    /// The pools as the API shows them.
+    pub fn pool_views(&self) -> Vec<PoolView> {
+        let pools = self.pools.pools.lock().expect("pools lock");
+        pools
+            .iter()
+            .map(|(key, pool)| PoolView {
+                key: key.name(),
+                pack: key.pack_ref.clone(),
+                image: key.image.clone(),
+                image_id: key.image_id.clone(),
+                agent_sha256: key.agent_sha256.clone(),
+                resource_class: key.resource_class.clone(),
+                ready: pool.idle.len() as u32,
+                busy: pool.busy.len() as u32,
+                starting: pool.starting,
+                total_created: pool.total_created,
+                retired: pool.retired,
+                min_idle: pool.spec.min_idle,
+                max: pool.spec.max,
+            })
+            .collect()
+    }
+
+    /// The warm containers as the API shows them.
+    pub fn pool_container_views(&self) -> Vec<ContainerView> {
+        let pools = self.pools.pools.lock().expect("pools lock");
+        let mut views = Vec::new();
+        for (key, pool) in pools.iter() {
+            for warm in &pool.idle {
+                views.push(ContainerView {
+                    container_id: warm.container_id.clone(),
+                    state: "idle".into(),
+                    pool: Some(key.name()),
+                    execution_id: None,
+                    agent_id: Some(warm.agent_id.clone()),
+                    image: key.image.clone(),
+                    uses: warm.uses,
+                });
+            }
+            for (warm, execution_id) in pool.busy.values() {
+                views.push(ContainerView {
+                    container_id: warm.container_id.clone(),
+                    state: "busy".into(),
+                    pool: Some(key.name()),
+                    execution_id: Some(*execution_id),
+                    agent_id: Some(warm.agent_id.clone()),
+                    image: key.image.clone(),
+                    uses: warm.uses,
+                });
+            }
+        }
+        views
+    }
+}
+
+/// Labels that mark a container as a pool member (for reconcile).
+pub fn is_pool_container(labels: &BTreeMap<String, String>) -> bool {
+    labels.contains_key(LABEL_POOL) && labels.contains_key(LABEL_AGENT_ID)
+}

@@ -1,0 +1,2 @@
+#!/bin/sh
+printf '{"name": "%s"}\n' "$ATTUNE_ACTION_NAME"
