@@ -7,6 +7,7 @@ bash scripts/setup-host.sh >/dev/null
 bash scripts/build-images.sh >/dev/null
 bash scripts/build-agent.sh >/dev/null
 cargo build -q --release -p attune-server -p attune-cli
+bash scripts/server.sh stop >/dev/null
 ATTUNE_SERVER_BIN=target/release/attune-server bash scripts/server.sh start
 target/release/attune pack register scripts/bench/packs/bench --force >/dev/null
 python3 scripts/bench/cold_latency.py --runs "${RUNS:-30}" "$@"

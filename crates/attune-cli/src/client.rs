@@ -1,7 +1,8 @@
 //! A typed client of the Attune server's HTTP API, one method per endpoint.
 
 use attune_protocol::api::{
-    ActionView, ContainerView, CreateExecutionRequest, ErrorBody, ExecutionStatus, ExecutionView, List, LogChunkView, PackView, PoolView,
+    ActionView, ContainerView, CreateExecutionRequest, ErrorBody, ExecutionStatus, ExecutionView,
+    List, LogChunkView, PackView, PoolView,
 };
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;

@@ -332,7 +332,7 @@ async fn register_uploads_the_archive_as_tar() {
     assert!(
         outcome
             .stdout
-            .starts_with("registered pack hello 1.0.0 (5 files, "),
+            .starts_with("registered pack hello 1.0.0 (7 files, "),
         "{}",
         outcome.stdout
     );

@@ -51,6 +51,8 @@ fn built_archive_is_deterministic_and_normalized() {
             "actions/",
             "actions/greet.sh",
             "actions/greet.yaml",
+            "actions/quick.sh",
+            "actions/quick.yaml",
             "actions/stats.py",
             "actions/stats.yaml",
             "pack.yaml"
@@ -58,7 +60,7 @@ fn built_archive_is_deterministic_and_normalized() {
     );
     for (path, mode, mtime, uid, gid, is_dir) in &entries {
         assert_eq!((*mtime, *uid, *gid), (0, 0, 0), "{path}");
-        let expected_mode = if *is_dir || path == "actions/greet.sh" {
+        let expected_mode = if *is_dir || path.ends_with(".sh") {
             0o755
         } else {
             0o644

@@ -95,9 +95,47 @@ pub fn describe_action(action: &ActionView) -> String {
         if let Some(workdir) = &container.workdir {
             lines.push(("workdir", workdir.clone()));
         }
+        if let Some(resources) = &container.resources {
+            let limits: Vec<String> = [
+                resources
+                    .memory
+                    .as_ref()
+                    .map(|memory| format!("memory {memory}")),
+                resources.cpus.map(|cpus| format!("cpus {cpus}")),
+                resources.pids.map(|pids| format!("pids {pids}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            lines.push(("resources", limits.join(", ")));
+        }
+        if container.read_only {
+            lines.push(("read_only", "yes".to_string()));
+        }
+        if !container.cap_add.is_empty() {
+            lines.push(("cap_add", container.cap_add.join(", ")));
+        }
         for (name, value) in &container.env {
             lines.push(("env", format!("{name}={value}")));
         }
+    }
+    if let Some(isolation) = &action.isolation {
+        lines.push(("isolation", enum_name(isolation)));
+    }
+    if let Some(pool) = &action.pool {
+        lines.push((
+            "pool",
+            format!(
+                "min_idle {}, max {}, idle_timeout {}, max_uses {}",
+                pool.min_idle,
+                pool.max,
+                format_seconds(pool.idle_timeout_seconds),
+                pool.max_uses
+            ),
+        ));
+    }
+    if action.idempotent {
+        lines.push(("idempotent", "yes".to_string()));
     }
     let mut text = String::new();
     for (name, value) in lines {
@@ -114,6 +152,26 @@ pub fn describe_action(action: &ActionView) -> String {
             &["PARAMETER", "TYPE", "REQUIRED", "DEFAULT", "DESCRIPTION"],
             &rows,
         ));
+    }
+    text
+}
+
+/// Whole seconds as the pack format writes them: `45s`, `5m`, `1h30m`.
+fn format_seconds(total_seconds: u64) -> String {
+    let (hours, minutes, seconds) = (
+        total_seconds / 3_600,
+        total_seconds % 3_600 / 60,
+        total_seconds % 60,
+    );
+    let mut text = String::new();
+    if hours > 0 {
+        text.push_str(&format!("{hours}h"));
+    }
+    if minutes > 0 {
+        text.push_str(&format!("{minutes}m"));
+    }
+    if seconds > 0 || text.is_empty() {
+        text.push_str(&format!("{seconds}s"));
     }
     text
 }
@@ -178,7 +236,7 @@ fn parameter_rows(schema: &Value) -> Vec<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use attune_protocol::api::ContainerSpec;
+    use attune_protocol::api::{ContainerSpec, Isolation, PoolSpec, ResourceSpec};
     use attune_protocol::{ParameterDelivery, ParameterFormat};
     use serde_json::json;
 
@@ -227,5 +285,91 @@ api_token  string (secret)  no        ********
 text       string           yes                 what to count
 "
         );
+    }
+
+    #[test]
+    fn action_text_shows_isolation_pool_and_container_limits() {
+        let action = ActionView {
+            action_ref: "hello.quick".to_string(),
+            pack: "hello".to_string(),
+            label: String::new(),
+            description: String::new(),
+            runner_type: "shell".to_string(),
+            entry_point: "quick.sh".to_string(),
+            parameters: json!({"type": "object", "properties": {}}),
+            parameter_delivery: ParameterDelivery::Env,
+            parameter_format: ParameterFormat::Dotenv,
+            timeout: 10,
+            container: Some(ContainerSpec {
+                image: "busybox:1.36".to_string(),
+                resources: Some(ResourceSpec {
+                    memory: Some("256Mi".to_string()),
+                    cpus: Some(0.5),
+                    pids: Some(64),
+                }),
+                read_only: true,
+                cap_add: vec!["NET_BIND_SERVICE".to_string(), "CHOWN".to_string()],
+                ..ContainerSpec::default()
+            }),
+            isolation: Some(Isolation::Pooled),
+            pool: Some(PoolSpec {
+                min_idle: 1,
+                max: 4,
+                idle_timeout_seconds: 300,
+                max_uses: 50,
+            }),
+            idempotent: true,
+        };
+        assert_eq!(
+            describe_action(&action),
+            "\
+ref:         hello.quick
+pack:        hello
+runner_type: shell
+entry_point: quick.sh
+timeout:     10s
+parameters:  delivered by env, formatted as dotenv
+image:       busybox:1.36 (pull if-not-present)
+resources:   memory 256Mi, cpus 0.5, pids 64
+read_only:   yes
+cap_add:     NET_BIND_SERVICE, CHOWN
+isolation:   pooled
+pool:        min_idle 1, max 4, idle_timeout 5m, max_uses 50
+idempotent:  yes
+
+no parameters
+"
+        );
+
+        let partial = ActionView {
+            container: Some(ContainerSpec {
+                image: "busybox:1.36".to_string(),
+                resources: Some(ResourceSpec {
+                    pids: Some(32),
+                    ..ResourceSpec::default()
+                }),
+                ..ContainerSpec::default()
+            }),
+            isolation: Some(Isolation::PerExecution),
+            pool: None,
+            idempotent: false,
+            ..action
+        };
+        let text = describe_action(&partial);
+        assert!(text.contains("\nresources:   pids 32\n"), "{text}");
+        assert!(text.contains("\nisolation:   per-execution\n"), "{text}");
+        for absent in ["read_only:", "cap_add:", "pool:", "idempotent:"] {
+            assert!(!text.contains(absent), "{absent} in {text}");
+        }
+    }
+
+    #[test]
+    fn seconds_are_written_like_pack_durations() {
+        assert_eq!(format_seconds(0), "0s");
+        assert_eq!(format_seconds(45), "45s");
+        assert_eq!(format_seconds(300), "5m");
+        assert_eq!(format_seconds(5_400), "1h30m");
+        assert_eq!(format_seconds(86_400), "24h");
+        assert_eq!(format_seconds(3_661), "1h1m1s");
     }
 }
