@@ -32,18 +32,34 @@ has_interpreter() {
   fi
 }
 
+# Prints the path of the rust-lld that ships with the active toolchain, if any.
+toolchain_rust_lld() {
+  local sysroot host
+  sysroot="$(rustc --print sysroot 2>/dev/null)" || return 0
+  host="$(rustc -vV 2>/dev/null | sed -n 's/^host: //p')"
+  if [ -x "$sysroot/lib/rustlib/$host/bin/rust-lld" ]; then
+    printf '%s\n' "$sysroot/lib/rustlib/$host/bin/rust-lld"
+  fi
+}
+
 build_one() {
-  local arch="$1" target linker_variable linker
+  local arch="$1" target linker machine
   target="$arch-unknown-linux-musl"
   case "$arch" in
-    x86_64) ;;
+    x86_64) machine="X86-64" ;;
     aarch64)
-      linker=""
-      for candidate in aarch64-linux-musl-gcc aarch64-linux-gnu-gcc; do
-        if command -v "$candidate" >/dev/null 2>&1; then linker="$candidate"; break; fi
-      done
+      machine="AArch64"
+      # rust-lld links against the musl crt objects and libc.a that the rust-std component of
+      # a musl target ships (self-contained), so no cross C toolchain is needed; a cross gcc
+      # is only a fallback.
+      linker="$(toolchain_rust_lld)"
       if [ -z "$linker" ]; then
-        echo "build-agent.sh: skipping aarch64: no aarch64 linker (aarch64-linux-musl-gcc or aarch64-linux-gnu-gcc)" >&2
+        for candidate in aarch64-linux-musl-gcc aarch64-linux-gnu-gcc; do
+          if command -v "$candidate" >/dev/null 2>&1; then linker="$candidate"; break; fi
+        done
+      fi
+      if [ -z "$linker" ]; then
+        echo "build-agent.sh: skipping aarch64: no linker (rust-lld in the toolchain, aarch64-linux-musl-gcc or aarch64-linux-gnu-gcc)" >&2
         return 0
       fi
       if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
@@ -52,9 +68,7 @@ build_one() {
           return 0
         fi
       fi
-      linker_variable="CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER"
-      export "$linker_variable=$linker"
-      export CC_aarch64_unknown_linux_musl="$linker"
+      export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER="$linker"
       ;;
     *) echo "build-agent.sh: unsupported arch $arch (x86_64 or aarch64)" >&2; exit 2 ;;
   esac
@@ -69,6 +83,11 @@ build_one() {
   if [ "$(has_interpreter "$output.tmp")" = yes ]; then
     rm -f "$output.tmp"
     echo "build-agent.sh: $built is dynamically linked (has a PT_INTERP header); not copied" >&2
+    exit 1
+  fi
+  if command -v readelf >/dev/null 2>&1 && ! readelf -h "$output.tmp" | grep -q "Machine:.*$machine"; then
+    rm -f "$output.tmp"
+    echo "build-agent.sh: $built is not an $machine binary; not copied" >&2
     exit 1
   fi
   mv -f "$output.tmp" "$output"

@@ -8,9 +8,12 @@
 #! Usage: scripts/build-images.sh [--all | IMAGE...]
 #!   (no argument)  busybox:1.36, attune-test/busybox-nonroot, attune-test/noshell,
 #!                  attune-test/entrypoint, python:3.11-slim
-#!   --all          all of the above plus attune-test/polyglot
+#!   --all          all of the above plus attune-test/polyglot and attune-test/python-venv
 #!   IMAGE...       only the named images; short names: busybox, busybox-nonroot, noshell,
-#!                  entrypoint, python, polyglot (full tags are accepted too)
+#!                  entrypoint, python, polyglot, python-venv (full tags are accepted too)
+#!
+#! attune-test/python-venv is python:3.11-slim's Debian python3 plus python3-venv and
+#! python3-pip, for pack environments (requirements.txt) built by the agent.
 #!
 #! Environment: ATTUNE_IMAGE_CACHE (default /var/cache/attune-images) keeps the debootstrap
 #! package cache and the finished Debian rootfs tarballs, so a re-run imports in seconds.
@@ -28,6 +31,7 @@ readonly TAG_NOSHELL="attune-test/noshell:latest"
 readonly TAG_ENTRYPOINT="attune-test/entrypoint:latest"
 readonly TAG_PYTHON="python:3.11-slim"
 readonly TAG_POLYGLOT="attune-test/polyglot:latest"
+readonly TAG_PYTHON_VENV="attune-test/python-venv:latest"
 
 log() { printf '[build-images] %s\n' "$*"; }
 die() { printf '[build-images] error: %s\n' "$*" >&2; exit 1; }
@@ -212,8 +216,10 @@ build_one() {
       build_debian_image "$TAG_PYTHON" python-3.11-slim python3 'CMD ["python3"]' ;;
     polyglot | "$TAG_POLYGLOT" | attune-test/polyglot)
       build_debian_image "$TAG_POLYGLOT" polyglot python3,perl,ruby,nodejs 'CMD ["python3"]' ;;
+    python-venv | "$TAG_PYTHON_VENV" | attune-test/python-venv)
+      build_debian_image "$TAG_PYTHON_VENV" python-venv python3,python3-venv,python3-pip 'CMD ["python3"]' ;;
     *)
-      die "unknown image $1 (known: busybox busybox-nonroot noshell entrypoint python polyglot)" ;;
+      die "unknown image $1 (known: busybox busybox-nonroot noshell entrypoint python polyglot python-venv)" ;;
   esac
 }
 
@@ -223,7 +229,7 @@ main() {
   for arg in "$@"; do
     case "$arg" in
       -h | --help) usage; exit 0 ;;
-      --all) selected+=(busybox busybox-nonroot noshell entrypoint python polyglot) ;;
+      --all) selected+=(busybox busybox-nonroot noshell entrypoint python polyglot python-venv) ;;
       -*) die "unknown option $arg (see --help)" ;;
       *) selected+=("$arg") ;;
     esac

@@ -103,7 +103,10 @@ impl From<JsonRejection> for ApiError {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_body",
-            format!("request body is not valid JSON for this endpoint: {}", rejection.body_text()),
+            format!(
+                "request body is not valid JSON for this endpoint: {}",
+                rejection.body_text()
+            ),
         )
     }
 }
@@ -186,10 +189,17 @@ async fn register_pack(
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "pack_too_large",
-                format!("pack archive is larger than the limit of {} bytes", state.max_pack_bytes),
+                format!(
+                    "pack archive is larger than the limit of {} bytes",
+                    state.max_pack_bytes
+                ),
             )
         } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", rejection.body_text())
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                rejection.body_text(),
+            )
         }
     })?;
     let limits = attune_pack::PackLimits {
@@ -218,9 +228,11 @@ async fn register_pack(
 fn pack_error(error: attune_pack::PackError) -> ApiError {
     use attune_pack::PackError;
     match error {
-        PackError::TooLarge { .. } => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "pack_too_large", error.to_string())
-        }
+        PackError::TooLarge { .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "pack_too_large",
+            error.to_string(),
+        ),
         PackError::NotAnArchive { .. } => {
             ApiError::new(StatusCode::BAD_REQUEST, "not_an_archive", error.to_string())
         }
@@ -333,18 +345,29 @@ async fn create_execution(
             format!("action {} is disabled", action.action_ref),
         ));
     }
-    let parameters = attune_pack::ParameterValidator::from_schema(
-        &action.action_ref,
-        &action.parameters_schema,
-    )
-    .and_then(|validator| validator.validate(request.parameters))
-    .map_err(|error| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_parameters",
-            format!("parameters of action {}: {error}", action.action_ref),
-        )
-    })?;
+    // The operator's image allow-list (the controller checks again before creating).
+    state
+        .controller
+        .settings()
+        .policy
+        .check_action_image(action.container.as_ref())
+        .map_err(|error| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "image_not_allowed",
+                format!("action {}: {error}", action.action_ref),
+            )
+        })?;
+    let parameters =
+        attune_pack::ParameterValidator::from_schema(&action.action_ref, &action.parameters_schema)
+            .and_then(|validator| validator.validate(request.parameters))
+            .map_err(|error| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_parameters",
+                    format!("parameters of action {}: {error}", action.action_ref),
+                )
+            })?;
     let execution = state.store.create_execution(&action, &parameters).await?;
     tracing::info!(execution_id = execution.id, action = %action.action_ref, "execution requested");
     state.wakeup.wake();
@@ -356,7 +379,9 @@ async fn get_execution(
     Path(id): Path<String>,
 ) -> ApiResult<Json<ExecutionView>> {
     let execution_id = parse_execution_id(&id)?;
-    Ok(Json(state.store.get_execution(execution_id).await?.to_view()))
+    Ok(Json(
+        state.store.get_execution(execution_id).await?.to_view(),
+    ))
 }
 
 fn parse_execution_id(id: &str) -> ApiResult<i64> {
@@ -381,12 +406,13 @@ async fn list_executions(
     State(state): State<AppState>,
     Query(query): Query<ExecutionQuery>,
 ) -> ApiResult<Json<List<ExecutionView>>> {
-    let status = match query.status.as_deref() {
-        None | Some("") => None,
-        Some(name) => Some(name.parse::<ExecutionStatus>().map_err(|reason| {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_status", reason)
-        })?),
-    };
+    let status =
+        match query.status.as_deref() {
+            None | Some("") => None,
+            Some(name) => Some(name.parse::<ExecutionStatus>().map_err(|reason| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_status", reason)
+            })?),
+        };
     let limit = query.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::new(
@@ -446,7 +472,8 @@ async fn cancel_execution(
     }
     let marked = state.store.request_cancel(execution_id).await?;
     if marked.status() == ExecutionStatus::Requested {
-        let fields = crate::db::TransitionFields::error("canceled", "canceled before it was scheduled");
+        let fields =
+            crate::db::TransitionFields::error("canceled", "canceled before it was scheduled");
         if let Some(row) = state
             .store
             .transition(execution_id, ExecutionStatus::Canceled, fields)
@@ -480,10 +507,8 @@ async fn list_pools(State(state): State<AppState>) -> Json<List<PoolView>> {
 /// Warm pool containers from memory, per-execution containers from live executions.
 async fn list_containers(State(state): State<AppState>) -> ApiResult<Json<List<ContainerView>>> {
     let mut items = state.controller.pool_container_views();
-    let pooled: std::collections::HashSet<String> = items
-        .iter()
-        .map(|view| view.container_id.clone())
-        .collect();
+    let pooled: std::collections::HashSet<String> =
+        items.iter().map(|view| view.container_id.clone()).collect();
     for execution in state.store.live_executions().await? {
         let Some(container_id) = execution.container_id.clone() else {
             continue;

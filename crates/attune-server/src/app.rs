@@ -1,5 +1,7 @@
-//! Wires the server together: database, broker, Docker engine, controller, scheduler, events
-//! consumer and HTTP API; runs until a shutdown future completes, then drains.
+//! Wires the server together: database, broker, Docker engine, controller, container events
+//! tracker, scheduler, periodic reconcile, events consumer and HTTP API; runs until a shutdown
+//! future completes, then drains. Every background task is aborted when [`run`] is dropped, so
+//! an aborted server (a simulated crash) leaves nothing running behind it.
 
 use crate::api::{router, AppState};
 use crate::broker::{AgentChannel, Broker, BrokerError};
@@ -8,13 +10,34 @@ use crate::controller::{AgentBinary, AgentBinaryError, Controller, ControllerSet
 use crate::db::{Store, StoreError};
 use crate::docker::bollard_engine::BollardEngine;
 use crate::docker::{DockerError, DockerOps};
-use crate::scheduler::{reconcile_at_start, run_scheduler, SchedulerWakeup};
+use crate::scheduler::{
+    reconcile_at_start, run_periodic_reconcile, run_scheduler, SchedulerWakeup,
+};
 use crate::signals::ExecutionSignals;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
+
+/// Aborts the tasks it holds when dropped (the server future was dropped or aborted).
+#[derive(Default)]
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl AbortOnDrop {
+    fn track<T>(&mut self, handle: &JoinHandle<T>) {
+        self.0.push(handle.abort_handle());
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for handle in &self.0 {
+            handle.abort();
+        }
+    }
+}
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -40,17 +63,27 @@ pub async fn run(
     let agent = AgentBinary::load(&settings.docker.agent_binary)?;
     tracing::info!(path = %settings.docker.agent_binary.display(), sha256 = %agent.sha256, architecture = %agent.architecture, "agent binary loaded");
     let store = Store::connect(&settings.database.url, settings.database.max_connections).await?;
-    let broker = Arc::new(Broker::connect(
-        &settings.message_queue.url,
-        &settings.message_queue.events_queue,
-        Duration::from_secs(30),
-    ).await?);
-    let docker: Arc<dyn DockerOps> =
-        Arc::new(BollardEngine::connect(settings.docker.host.as_deref()).await?);
-    match docker.engine_info().await {
-        Ok(info) => tracing::info!(version = %info.server_version, api = %info.api_version, "docker engine connected"),
-        Err(error) => tracing::warn!(%error, "docker engine info"),
-    }
+    let broker = Arc::new(
+        Broker::connect(
+            &settings.message_queue.url,
+            &settings.message_queue.events_queue,
+            Duration::from_secs(30),
+        )
+        .await?,
+    );
+    let engine = BollardEngine::connect(settings.docker.host.as_deref()).await?;
+    let engine_is_local = crate::delivery::engine_is_local(engine.docker_host());
+    let docker: Arc<dyn DockerOps> = Arc::new(engine);
+    let host_cpus = match docker.engine_info().await {
+        Ok(info) => {
+            tracing::info!(version = %info.server_version, api = %info.api_version, cpus = info.cpus, local = engine_is_local, "docker engine connected");
+            Some(info.cpus as f64).filter(|cpus| *cpus > 0.0)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "docker engine info");
+            None
+        }
+    };
 
     let signals = ExecutionSignals::default();
     let wakeup = SchedulerWakeup::default();
@@ -60,22 +93,43 @@ pub async fn run(
         docker.clone(),
         agents.clone(),
         signals.clone(),
-        controller_settings(&settings),
+        controller_settings(&settings, engine_is_local, host_cpus),
         agent,
     );
-
-    match reconcile_at_start(&store, &docker, &controller).await {
-        Ok(report) => tracing::info!(?report, "start-up reconcile done"),
-        Err(error) => tracing::error!(%error, "start-up reconcile"),
-    }
-
+    let mut tasks = AbortOnDrop::default();
     let stop = CancellationToken::new();
+    // Follow container events before anything starts, so no die/oom is missed.
+    let tracker_task = tokio::spawn(controller.lifecycle().clone().run(
+        docker.clone(),
+        settings.executor.controller_id.clone(),
+        stop.clone(),
+    ));
+    tasks.track(&tracker_task);
+
+    // Reports that arrived while no server ran must reach the supervisions adopted below.
     let consumer = broker.consume_events(64).await?;
     let events_task = tokio::spawn(crate::events::consume_events(
         consumer,
         store.clone(),
         signals.clone(),
     ));
+    tasks.track(&events_task);
+
+    let mut adoptions = JoinSet::new();
+    match reconcile_at_start(&store, &docker, &controller, &mut adoptions).await {
+        Ok(report) => tracing::info!(?report, "start-up reconcile done"),
+        Err(error) => tracing::error!(%error, "start-up reconcile"),
+    }
+
+    let reconcile_task = tokio::spawn(run_periodic_reconcile(
+        store.clone(),
+        docker.clone(),
+        settings.executor.controller_id.clone(),
+        Duration::from_secs(settings.executor.reconcile_interval_seconds),
+        Duration::from_secs(settings.executor.reconcile_grace_seconds),
+        stop.clone(),
+    ));
+    tasks.track(&reconcile_task);
     let pool_task = {
         let controller = controller.clone();
         let stop = stop.clone();
@@ -91,7 +145,10 @@ pub async fn run(
         settings.executor.concurrency,
         wakeup.clone(),
         stop.clone(),
+        adoptions,
     ));
+    tasks.track(&pool_task);
+    tasks.track(&scheduler_task);
 
     let state = AppState {
         store,
@@ -122,12 +179,16 @@ pub async fn run(
         tracing::error!(%error, "pool maintenance task");
     }
     broker.close().await;
-    events_task.abort();
+    drop(tasks);
     served?;
     Ok(())
 }
 
-fn controller_settings(settings: &Settings) -> ControllerSettings {
+fn controller_settings(
+    settings: &Settings,
+    engine_is_local: bool,
+    host_cpus: Option<f64>,
+) -> ControllerSettings {
     ControllerSettings {
         controller_id: settings.executor.controller_id.clone(),
         network: Some(settings.docker.network.clone()).filter(|network| !network.is_empty()),
@@ -141,5 +202,11 @@ fn controller_settings(settings: &Settings) -> ControllerSettings {
         kill_grace_seconds: settings.executor.kill_grace_seconds,
         agent_start_timeout: Duration::from_secs(settings.executor.agent_start_timeout_seconds),
         report_grace: Duration::from_secs(3),
+        agent_delivery: settings.docker.agent_delivery,
+        engine_is_local,
+        default_memory_bytes: settings.docker.default_memory_bytes(),
+        host_cpus,
+        policy: settings.docker.execution_policy(),
+        timeout_slack: Duration::from_secs(5),
     }
 }

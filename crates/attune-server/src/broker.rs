@@ -158,7 +158,11 @@ impl Broker {
 
     /// Closes the connection.
     pub async fn close(&self) {
-        if let Err(error) = self.connection.close(200, "server shutting down".into()).await {
+        if let Err(error) = self
+            .connection
+            .close(200, "server shutting down".into())
+            .await
+        {
             tracing::debug!(%error, "close message queue connection");
         }
     }

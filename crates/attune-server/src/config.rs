@@ -1,5 +1,6 @@
 //! Server settings: defaults < config file < `ATTUNE__SECTION__KEY` environment < command-line flags.
 
+use crate::delivery::AgentDelivery;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -62,6 +63,37 @@ pub struct DockerSettings {
     pub pids_limit: i64,
     /// Open-files limit per container.
     pub nofile_limit: i64,
+    /// How the agent reaches action containers: `auto` (a shared read-only volume when the
+    /// engine is local, else put-archive), `volume` or `put-archive`.
+    pub agent_delivery: AgentDelivery,
+    /// Memory limit of actions that set none (`512Mi`, `1G`, bytes; empty or `none`: no
+    /// limit). Swap is never added: memory-swap equals memory.
+    pub default_memory: String,
+    /// Images actions may run in, with `*` and `?` wildcards (`busybox:*`, `python:3.11-*`);
+    /// empty allows every image.
+    pub allowed_images: Vec<String>,
+    /// Capabilities an action may add back after all are dropped (`NET_BIND_SERVICE`);
+    /// empty allows none.
+    pub allowed_capabilities: Vec<String>,
+}
+
+impl DockerSettings {
+    /// `default_memory` in bytes (`None`: no limit).
+    pub fn default_memory_bytes(&self) -> Option<i64> {
+        crate::limits::parse_default_memory(&self.default_memory)
+            .ok()
+            .flatten()
+    }
+
+    /// The allow-lists as a policy (checked valid by [`Settings::load`]).
+    pub fn execution_policy(&self) -> crate::limits::ExecutionPolicy {
+        crate::limits::ExecutionPolicy::new(
+            &self.allowed_images,
+            &self.allowed_capabilities,
+            self.default_image.clone(),
+        )
+        .unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -77,6 +109,11 @@ pub struct ExecutorSettings {
     /// Identity of this controller, put on the labels of every container it creates; it
     /// adopts or removes only containers carrying its own id. Defaults to the host name.
     pub controller_id: String,
+    /// Seconds between sweeps removing containers whose execution ended or is unknown.
+    pub reconcile_interval_seconds: u64,
+    /// A container younger than this many seconds is never swept (its creation may still be
+    /// in flight).
+    pub reconcile_grace_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -125,6 +162,10 @@ agent_binary = "agent-dist/attune-agent-x86_64"
 remove_containers = true
 pids_limit = 512
 nofile_limit = 4096
+agent_delivery = "auto"
+default_memory = "512Mi"
+allowed_images = []
+allowed_capabilities = []
 
 [executor]
 concurrency = 16
@@ -132,6 +173,8 @@ output_limit_bytes = 10485760
 kill_grace_seconds = 5
 agent_start_timeout_seconds = 30
 controller_id = ""
+reconcile_interval_seconds = 30
+reconcile_grace_seconds = 60
 
 [log]
 format = "text"
@@ -161,7 +204,10 @@ impl Settings {
         let mut environment_source = config::Environment::with_prefix("ATTUNE")
             .prefix_separator("__")
             .separator("__")
-            .try_parsing(true);
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("docker.allowed_images")
+            .with_list_parse_key("docker.allowed_capabilities");
         if let Some(environment) = environment {
             environment_source = environment_source.source(Some(environment));
         }
@@ -196,6 +242,28 @@ impl Settings {
         if self.executor.concurrency == 0 {
             return Err(SettingsError::Invalid {
                 key: "executor.concurrency",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if let Err(reason) = crate::limits::parse_default_memory(&self.docker.default_memory) {
+            return Err(SettingsError::Invalid {
+                key: "docker.default_memory",
+                reason,
+            });
+        }
+        if let Err(reason) = crate::limits::ExecutionPolicy::new(
+            &self.docker.allowed_images,
+            &self.docker.allowed_capabilities,
+            None,
+        ) {
+            return Err(SettingsError::Invalid {
+                key: "docker.allowed_capabilities",
+                reason,
+            });
+        }
+        if self.executor.reconcile_interval_seconds == 0 {
+            return Err(SettingsError::Invalid {
+                key: "executor.reconcile_interval_seconds",
                 reason: "must be at least 1".into(),
             });
         }
@@ -238,8 +306,7 @@ mod tests {
     #[test]
     fn defaults_load() {
         let settings =
-            Settings::load_from_env(None, &SettingsOverrides::default(), environment(&[]))
-                .unwrap();
+            Settings::load_from_env(None, &SettingsOverrides::default(), environment(&[])).unwrap();
         assert_eq!(settings.server.bind, "0.0.0.0:8080");
         assert_eq!(settings.docker.network, "host");
         assert!(!settings.executor.controller_id.is_empty());
@@ -278,6 +345,72 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.to_string().contains("log.format"), "{error}");
+    }
+
+    #[test]
+    fn container_defaults_and_lists_from_the_environment() {
+        let settings =
+            Settings::load_from_env(None, &SettingsOverrides::default(), environment(&[])).unwrap();
+        assert_eq!(settings.docker.agent_delivery, AgentDelivery::Auto);
+        assert_eq!(settings.docker.default_memory_bytes(), Some(512 << 20));
+        assert!(settings.docker.allowed_images.is_empty());
+        assert_eq!(settings.executor.reconcile_interval_seconds, 30);
+        assert_eq!(settings.executor.reconcile_grace_seconds, 60);
+
+        let settings = Settings::load_from_env(
+            None,
+            &SettingsOverrides::default(),
+            environment(&[
+                ("ATTUNE__DOCKER__AGENT_DELIVERY", "put-archive"),
+                ("ATTUNE__DOCKER__ALLOWED_IMAGES", "busybox:*,python:3.11-*"),
+                ("ATTUNE__DOCKER__ALLOWED_CAPABILITIES", "NET_BIND_SERVICE"),
+                ("ATTUNE__DOCKER__DEFAULT_MEMORY", "none"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.docker.agent_delivery, AgentDelivery::PutArchive);
+        assert_eq!(
+            settings.docker.allowed_images,
+            vec!["busybox:*".to_string(), "python:3.11-*".to_string()]
+        );
+        assert_eq!(
+            settings.docker.allowed_capabilities,
+            vec!["NET_BIND_SERVICE"]
+        );
+        assert_eq!(settings.docker.default_memory_bytes(), None);
+        let policy = settings.docker.execution_policy();
+        assert!(policy.check_image("busybox:1.36").is_ok());
+        assert!(policy.check_image("ruby:3.3").is_err());
+    }
+
+    #[test]
+    fn bad_container_settings_are_named() {
+        for (key, value, named) in [
+            ("ATTUNE__DOCKER__AGENT_DELIVERY", "copy", "agent_delivery"),
+            (
+                "ATTUNE__DOCKER__DEFAULT_MEMORY",
+                "512m",
+                "docker.default_memory",
+            ),
+            (
+                "ATTUNE__DOCKER__ALLOWED_CAPABILITIES",
+                "NOT_A_CAP",
+                "docker.allowed_capabilities",
+            ),
+            (
+                "ATTUNE__EXECUTOR__RECONCILE_INTERVAL_SECONDS",
+                "0",
+                "executor.reconcile_interval_seconds",
+            ),
+        ] {
+            let error = Settings::load_from_env(
+                None,
+                &SettingsOverrides::default(),
+                environment(&[(key, value)]),
+            )
+            .unwrap_err();
+            assert!(error.to_string().contains(named), "{key}={value}: {error}");
+        }
     }
 
     #[test]

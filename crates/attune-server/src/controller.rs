@@ -1,31 +1,43 @@
 //! The controller: runs one execution in a fresh container made from its action's image.
 //!
 //! Steps: resolve the image (honouring the pull policy), check its architecture against the
-//! agent binary, create a labelled, hardened container whose entrypoint is the agent, upload the
-//! agent and the pack's files with put_archive, queue the job on the agent's own queue, start
-//! the container, supervise it until the execution is terminal (or the container dies, a
-//! deadline passes, or a cancel asks), then remove it. Every failure ends the execution in a
-//! terminal status with its reason; no container outlives its execution.
+//! agent binary and the action's container settings against the operator's allow-lists and
+//! limits, create a labelled, hardened container whose entrypoint is the agent, deliver the
+//! agent (a shared read-only volume, or put_archive) and the pack's files, queue the job on the
+//! agent's own queue, start the container, supervise it until the execution is terminal (or the
+//! container dies, a deadline passes, or a cancel asks), then remove it. Every failure ends the
+//! execution in a terminal status with its reason; no container outlives its execution.
 
 pub mod pool;
 
 use crate::broker::AgentChannel;
 use crate::db::{enum_from_name, ActionRow, ExecutionRow, Store, TransitionFields};
+use crate::delivery::{
+    agent_volume_name, pack_volume_name, AgentDelivery, VolumeContent, VolumeError, VolumeFiller,
+};
 use crate::docker::archive::InjectionArchive;
 use crate::docker::{ContainerCreateSpec, DockerError, DockerOps, ImageInfo};
+use crate::lifecycle::{ContainerWatch, LifecycleTracker};
+use crate::limits::{container_limits, ExecutionPolicy};
 use crate::signals::{ExecutionSignal, ExecutionSignals};
-use attune_protocol::api::{ContainerSpec, ExecutionStatus, PoolSpec, PullPolicy};
+use attune_protocol::api::{ContainerSpec, ExecutionStatus, PoolSpec};
 use attune_protocol::queues::{
     AGENT_PATH_IN_CONTAINER, ENV_AGENT_EVENTS_QUEUE, ENV_AGENT_ID, ENV_AGENT_IMAGE, ENV_AGENT_MODE,
-    ENV_MESSAGE_QUEUE_URL, PACKS_DIR_IN_CONTAINER,
+    ENV_AGENT_WORKDIR, ENV_MESSAGE_QUEUE_URL, PACKS_DIR_IN_CONTAINER,
 };
 use attune_protocol::{AgentCommand, Job, Runtime, PROTOCOL_VERSION};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// The tmpfs a read-only container works in (it counts against the memory limit).
+pub const READ_ONLY_WORK_DIR: &str = "/tmp";
+const READ_ONLY_WORK_DIR_OPTIONS: &str = "rw,nosuid,nodev,mode=1777,size=64m";
+/// How long `auto` delivery copies the agent after a volume operation failed.
+const VOLUME_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// Label marking every container Attune manages.
 pub const LABEL_MANAGED: &str = "attune.managed";
@@ -119,6 +131,45 @@ pub struct ControllerSettings {
     pub agent_start_timeout: Duration,
     /// How long to wait for the agent's report after its container exited.
     pub report_grace: Duration,
+    /// How the agent reaches containers (`auto`, `volume`, `put-archive`).
+    pub agent_delivery: AgentDelivery,
+    /// Whether the engine runs on this host (`auto` delivery uses the volume only then).
+    pub engine_is_local: bool,
+    /// Memory limit (and memory-swap: no swap) of actions that set none; `None` for no limit.
+    pub default_memory_bytes: Option<i64>,
+    /// CPUs of the Docker host; bounds an action's `resources.cpus` when known.
+    pub host_cpus: Option<f64>,
+    /// The operator's allow-lists of images and capabilities.
+    pub policy: ExecutionPolicy,
+    /// Slack after the agent start timeout, the action's timeout and the kill grace before the
+    /// controller kills a container whose agent never reported.
+    pub timeout_slack: Duration,
+}
+
+impl Default for ControllerSettings {
+    /// The defaults of `attune-server`'s settings, for a local engine.
+    fn default() -> Self {
+        ControllerSettings {
+            controller_id: "attune-controller".to_string(),
+            network: Some("host".to_string()),
+            agent_mq_url: "amqp://guest:guest@127.0.0.1:5672/%2f".to_string(),
+            events_queue: attune_protocol::queues::AGENT_EVENTS_QUEUE.to_string(),
+            remove_containers: true,
+            default_image: None,
+            pids_limit: 512,
+            nofile_limit: 4096,
+            output_limit_bytes: attune_protocol::DEFAULT_OUTPUT_LIMIT_BYTES,
+            kill_grace_seconds: attune_protocol::DEFAULT_KILL_GRACE_SECONDS,
+            agent_start_timeout: Duration::from_secs(30),
+            report_grace: Duration::from_secs(3),
+            agent_delivery: AgentDelivery::Auto,
+            engine_is_local: true,
+            default_memory_bytes: Some(512 * 1024 * 1024),
+            host_cpus: None,
+            policy: ExecutionPolicy::default(),
+            timeout_slack: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Why an execution could not run; becomes its terminal status and reason.
@@ -158,6 +209,12 @@ pub struct Controller {
     settings: Arc<ControllerSettings>,
     agent: AgentBinary,
     pools: Arc<pool::Pools>,
+    tracker: LifecycleTracker,
+    filler: VolumeFiller,
+    /// Until when `auto` delivery skips the volume after a failure.
+    volume_paused_until: Arc<Mutex<Option<Instant>>>,
+    /// Pull policy, inspection cache, one pull per image.
+    images: Arc<crate::images::ImageResolver>,
 }
 
 /// A container created for an execution.
@@ -175,19 +232,37 @@ impl Controller {
         settings: ControllerSettings,
         agent: AgentBinary,
     ) -> Controller {
+        let filler = VolumeFiller::new(docker.clone(), &settings.controller_id);
         Controller {
             store,
-            docker,
+            docker: docker.clone(),
             agents,
             signals,
             settings: Arc::new(settings),
             agent,
             pools: Arc::default(),
+            tracker: LifecycleTracker::new(),
+            filler,
+            volume_paused_until: Arc::default(),
+            images: Arc::new(crate::images::ImageResolver::new(
+                docker.clone(),
+                Duration::from_secs(30),
+            )),
         }
     }
 
     pub fn settings(&self) -> &ControllerSettings {
         &self.settings
+    }
+
+    /// The tracker of this controller's containers; run it with [`LifecycleTracker::run`].
+    pub fn lifecycle(&self) -> &LifecycleTracker {
+        &self.tracker
+    }
+
+    /// The agent binary this controller delivers.
+    pub fn agent(&self) -> &AgentBinary {
+        &self.agent
     }
 
     /// Runs a scheduled execution to a terminal status. Never returns an error: every failure
@@ -227,18 +302,24 @@ impl Controller {
             None => 3600,
         };
         let image = execution.image.clone().unwrap_or_default();
+        let mut watch = self.tracker.watch(&container_id);
         let outcome = self
-            .supervise(
+            .supervise_watched(
                 execution_id,
                 &container_id,
                 &agent_id,
                 &image,
                 Duration::from_secs(timeout_seconds),
                 &mut receiver,
+                &mut watch,
             )
             .await;
-        if let Err(failure) = outcome {
-            self.finish_with_failure(execution_id, &failure).await;
+        match outcome {
+            Ok(()) => {
+                self.record_oom_after_report(execution_id, &container_id, &mut watch)
+                    .await
+            }
+            Err(failure) => self.finish_with_failure(execution_id, &failure).await,
         }
         let placement = Placement {
             container_id,
@@ -257,7 +338,10 @@ impl Controller {
         {
             Ok(Some(_)) => self.signals.terminal(execution_id, failure.status),
             Ok(None) => {
-                tracing::debug!(execution_id, "execution already terminal; failure not recorded")
+                tracing::debug!(
+                    execution_id,
+                    "execution already terminal; failure not recorded"
+                )
             }
             Err(error) => {
                 tracing::error!(execution_id, %error, "record failure of execution")
@@ -266,6 +350,7 @@ impl Controller {
     }
 
     async fn clean_up(&self, execution_id: i64, placement: &Placement) {
+        self.signals.forget_registration(&placement.agent_id);
         if self.settings.remove_containers {
             if let Err(error) = self.docker.remove_container(&placement.container_id).await {
                 tracing::error!(execution_id, container_id = %placement.container_id, %error, "remove container");
@@ -302,29 +387,39 @@ impl Controller {
         }
         if let Some(pool_spec) = pooled_isolation(&action) {
             return self
-                .run_pooled(execution, &action, &container_spec, &image, pool_spec, &mut signal)
+                .run_pooled(
+                    execution,
+                    &action,
+                    &container_spec,
+                    &image,
+                    pool_spec,
+                    &mut signal,
+                )
                 .await;
         }
 
         let short_id = &uuid::Uuid::new_v4().simple().to_string()[..10];
         let agent_id = format!("exec-{execution_id}-{short_id}");
-        let spec = self.create_spec(execution_id, &agent_id, &container_spec, &image);
+        let plan = self.plan_delivery(&action, &container_spec).await?;
+        let mut spec = self.create_spec(execution_id, &agent_id, &container_spec, &image);
+        plan.apply_to(&mut spec);
         let container_name = spec.name.clone();
-        let container_id = self
-            .docker
-            .create_container(&spec)
-            .await
-            .map_err(|error| {
-                ExecutionFailure::docker(&format!("create container {container_name}"), error)
-            })?;
+        let container_id = self.docker.create_container(&spec).await.map_err(|error| {
+            ExecutionFailure::docker(&format!("create container {container_name}"), error)
+        })?;
         *placement_slot = Some(Placement {
             container_id: container_id.clone(),
             agent_id: agent_id.clone(),
         });
-        tracing::info!(execution_id, %container_id, image = %container_spec.image, "container created");
+        tracing::info!(execution_id, %container_id, image = %container_spec.image, agent_delivery = plan.agent_delivery(), "container created");
         if let Err(error) = self
             .store
-            .set_placement(execution_id, &container_spec.image, &container_id, &agent_id)
+            .set_placement(
+                execution_id,
+                &container_spec.image,
+                &container_id,
+                &agent_id,
+            )
             .await
         {
             return Err(ExecutionFailure::failed(
@@ -332,37 +427,235 @@ impl Controller {
                 format!("record container of execution {execution_id}: {error}"),
             ));
         }
+        // Watch before starting, so no event of this container is missed.
+        let mut watch = self.tracker.watch(&container_id);
 
-        let archive = self.injection_archive(&action).await?;
-        self.docker
-            .upload_archive(&container_id, "/", archive)
-            .await
-            .map_err(|error| {
-                let reason = format!("inject agent into container {container_name}: {error}");
-                ExecutionFailure::failed("injection-failed", reason)
-            })?;
+        if let Some(archive) = plan.upload {
+            self.docker
+                .upload_archive(&container_id, "/", archive)
+                .await
+                .map_err(|error| {
+                    let reason = format!("inject agent into container {container_name}: {error}");
+                    ExecutionFailure::failed("injection-failed", reason)
+                })?;
+        }
         self.agents
             .declare_agent_queue(&agent_id)
             .await
-            .and(self.agents.send_command(&agent_id, &AgentCommand::Job(job)).await)
+            .and(
+                self.agents
+                    .send_command(&agent_id, &AgentCommand::Job(job))
+                    .await,
+            )
             .map_err(|error| {
-                ExecutionFailure::failed("message-queue", format!("queue job for agent {agent_id}: {error}"))
+                ExecutionFailure::failed(
+                    "message-queue",
+                    format!("queue job for agent {agent_id}: {error}"),
+                )
             })?;
         if self.cancel_requested(execution_id, &signal).await {
             return Err(canceled_before_start());
         }
+        let registration = self.signals.await_registration(&agent_id);
         if let Err(error) = self.docker.start_container(&container_id).await {
-            return Err(classify_start_error(&container_spec.image, &self.agent, error));
+            if let Some(volume) = &plan.agent_volume {
+                if error.to_string().contains("no such file or directory") {
+                    // The volume lost the agent behind our back: check it again next time.
+                    self.filler.forget(volume);
+                    return Err(ExecutionFailure::failed(
+                        "injection-failed",
+                        format!("the agent volume {volume} does not hold the agent ({error}); it is refilled for the next execution"),
+                    ));
+                }
+            }
+            return Err(classify_start_error(
+                &container_spec.image,
+                &self.agent,
+                error,
+            ));
         }
         tracing::debug!(execution_id, %container_id, "container started");
 
         let timeout = Duration::from_secs(action.timeout_seconds.max(1) as u64);
-        self.supervise(execution_id, &container_id, &agent_id, &container_spec.image, timeout, &mut signal)
-            .await
+        let labelled_sha256 = spec
+            .labels
+            .get(LABEL_AGENT_SHA256)
+            .cloned()
+            .unwrap_or_default();
+        let verification =
+            verify_registration(execution_id, &container_id, labelled_sha256, registration);
+        let supervision = self.supervise_watched(
+            execution_id,
+            &container_id,
+            &agent_id,
+            &container_spec.image,
+            timeout,
+            &mut signal,
+            &mut watch,
+        );
+        alongside(supervision, verification).await?;
+        self.record_oom_after_report(execution_id, &container_id, &mut watch)
+            .await;
+        Ok(())
     }
 
-    /// Waits until the execution is terminal, ending it ourselves when the container dies
-    /// first, a deadline passes, or a cancel is not honoured in time.
+    /// Decides how the agent and the pack's files reach a new container, filling the shared
+    /// volumes when they are used. A read-only root filesystem needs both volumes; otherwise a
+    /// volume failure falls back to put_archive with a warning.
+    async fn plan_delivery(
+        &self,
+        action: &ActionRow,
+        container_spec: &ContainerSpec,
+    ) -> Result<DeliveryPlan, ExecutionFailure> {
+        let injection_failed =
+            |reason: String| ExecutionFailure::failed("injection-failed", reason);
+        let read_only = container_spec.read_only;
+        let helper_image = container_spec.image.as_str();
+        let mut plan = DeliveryPlan::default();
+        if read_only || self.volume_delivery_active() {
+            let content = self.agent_volume_content();
+            match self.filler.ensure(&content, helper_image).await {
+                Ok(()) => {
+                    plan.binds
+                        .push(format!("{}:{}:ro", content.volume, agent_directory()));
+                    plan.agent_volume = Some(content.volume);
+                }
+                Err(error) if read_only => {
+                    return Err(injection_failed(format!(
+                        "action {} has a read-only root filesystem, which needs the agent volume: {error}",
+                        action.action_ref
+                    )))
+                }
+                Err(error) => self.volume_delivery_failed(&error),
+            }
+        }
+        let pack_archive = self
+            .store
+            .pack_archive(action.pack_id)
+            .await
+            .map_err(|error| {
+                injection_failed(format!("read files of pack {}: {error}", action.pack_ref))
+            })?;
+        let pack_entries = pack_entries(&action.pack_ref, &pack_archive)?;
+        let pack_dir = format!("{PACKS_DIR_IN_CONTAINER}/{}", action.pack_ref);
+        let mut archive = InjectionArchive::new();
+        if plan.agent_volume.is_none() {
+            archive
+                .add_file(
+                    AGENT_PATH_IN_CONTAINER.trim_start_matches('/'),
+                    0o755,
+                    self.agent.bytes.as_slice(),
+                )
+                .map_err(|error| injection_failed(format!("add agent to archive: {error}")))?;
+        }
+        if read_only {
+            let content = pack_volume_content(&pack_archive, &pack_entries);
+            self.filler
+                .ensure(&content, helper_image)
+                .await
+                .map_err(|error| {
+                    injection_failed(format!(
+                        "action {} has a read-only root filesystem, which needs the files of pack {} in a volume: {error}",
+                        action.action_ref, action.pack_ref
+                    ))
+                })?;
+            plan.binds.push(format!("{}:{pack_dir}:ro", content.volume));
+        } else {
+            add_pack_entries(&mut archive, &pack_dir, &pack_entries)?;
+        }
+        plan.upload = (!archive.is_empty()).then(|| archive.finish());
+        Ok(plan)
+    }
+
+    fn volume_delivery_active(&self) -> bool {
+        if !self
+            .settings
+            .agent_delivery
+            .prefers_volume(self.settings.engine_is_local)
+        {
+            return false;
+        }
+        let paused_until = *self.volume_paused_until.lock().expect("volume pause lock");
+        paused_until.is_none_or(|until| Instant::now() >= until)
+    }
+
+    fn volume_delivery_failed(&self, error: &VolumeError) {
+        if self.settings.agent_delivery == AgentDelivery::Auto {
+            *self.volume_paused_until.lock().expect("volume pause lock") =
+                Some(Instant::now() + VOLUME_RETRY_AFTER);
+            tracing::warn!(%error, retry_after_seconds = VOLUME_RETRY_AFTER.as_secs(), "agent volume unavailable; copying the agent into containers (put-archive) for now");
+        } else {
+            tracing::warn!(%error, "agent volume unavailable; copying the agent into this container (put-archive)");
+        }
+    }
+
+    fn agent_volume_content(&self) -> VolumeContent {
+        let file_name = AGENT_PATH_IN_CONTAINER
+            .rsplit('/')
+            .next()
+            .unwrap_or("attune-agent");
+        VolumeContent {
+            volume: agent_volume_name(&self.agent.sha256),
+            labels: [
+                (LABEL_MANAGED, "true".to_string()),
+                (LABEL_AGENT_SHA256, self.agent.sha256.clone()),
+            ]
+            .into_iter()
+            .map(|(key, value)| (key.to_string(), value))
+            .collect(),
+            identity_label: LABEL_AGENT_SHA256,
+            digest: self.agent.sha256.clone(),
+            directories: Vec::new(),
+            files: vec![(file_name.to_string(), 0o755, self.agent.bytes.clone())],
+        }
+    }
+
+    /// After a `failed` report: when the kernel killed something in the container for lack of
+    /// memory (an `oom` event, or `State.OOMKilled` once the container stopped), the failure is
+    /// an out-of-memory one whatever the agent saw (usually a process killed by signal 9).
+    async fn record_oom_after_report(
+        &self,
+        execution_id: i64,
+        container_id: &str,
+        watch: &mut ContainerWatch,
+    ) {
+        let Ok(row) = self.store.get_execution(execution_id).await else {
+            return;
+        };
+        if row.status() != ExecutionStatus::Failed || row.failure_kind.as_deref() == Some("oom") {
+            return;
+        }
+        // A oneshot agent exits right after its report; by then the engine knows.
+        let seen = watch.wait_died(self.settings.report_grace).await;
+        let oom_killed = seen.oom
+            || self
+                .docker
+                .inspect_container(container_id)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|state| state.oom_killed);
+        if !oom_killed {
+            return;
+        }
+        let mut reason =
+            "the container hit its memory limit and the kernel killed a process in it (out of memory)"
+                .to_string();
+        if let Some(error) = row.error.filter(|error| !error.is_empty()) {
+            reason.push_str(&format!("; the agent reported: {error}"));
+        }
+        match self
+            .store
+            .reclassify_failure(execution_id, "oom", &reason)
+            .await
+        {
+            Ok(true) => tracing::warn!(execution_id, "execution failed out of memory"),
+            Ok(false) => {}
+            Err(error) => tracing::error!(execution_id, %error, "record out-of-memory failure"),
+        }
+    }
+
+    /// [`Controller::supervise_watched`] for a container not watched yet.
     async fn supervise(
         &self,
         execution_id: i64,
@@ -372,11 +665,41 @@ impl Controller {
         timeout: Duration,
         signal: &mut tokio::sync::watch::Receiver<ExecutionSignal>,
     ) -> Result<(), ExecutionFailure> {
+        let mut watch = self.tracker.watch(container_id);
+        self.supervise_watched(
+            execution_id,
+            container_id,
+            agent_id,
+            image,
+            timeout,
+            signal,
+            &mut watch,
+        )
+        .await
+    }
+
+    /// Waits until the execution is terminal, ending it ourselves when the container dies
+    /// first (seen on the events stream or by waiting on the container), a deadline passes, or
+    /// a cancel is not honoured in time.
+    #[allow(clippy::too_many_arguments)]
+    async fn supervise_watched(
+        &self,
+        execution_id: i64,
+        container_id: &str,
+        agent_id: &str,
+        image: &str,
+        timeout: Duration,
+        signal: &mut tokio::sync::watch::Receiver<ExecutionSignal>,
+        watch: &mut ContainerWatch,
+    ) -> Result<(), ExecutionFailure> {
         let grace = Duration::from_secs(self.settings.kill_grace_seconds);
         let started = Instant::now();
         let start_deadline = started + self.settings.agent_start_timeout;
-        let hard_deadline =
-            started + self.settings.agent_start_timeout + timeout + grace + Duration::from_secs(5);
+        let hard_deadline = started
+            + self.settings.agent_start_timeout
+            + timeout
+            + grace
+            + self.settings.timeout_slack;
         let mut cancel_deadline: Option<Instant> = None;
         let docker = self.docker.clone();
         let wait_id = container_id.to_string();
@@ -384,6 +707,7 @@ impl Controller {
         tokio::pin!(container_exit);
         let mut database_check = tokio::time::interval(Duration::from_secs(5));
         database_check.tick().await;
+        let mut events_open = true;
 
         loop {
             let current = *signal.borrow_and_update();
@@ -414,8 +738,23 @@ impl Controller {
                         return Ok(());
                     }
                 }
+                changed = watch.receiver.changed(), if events_open => {
+                    if changed.is_err() {
+                        events_open = false;
+                    } else if watch.current().died {
+                        let exit_code = watch.current().exit_code;
+                        return self.after_container_exit(execution_id, container_id, image, exit_code, signal, watch).await;
+                    }
+                }
                 exit = &mut container_exit => {
-                    return self.after_container_exit(execution_id, container_id, image, exit, signal).await;
+                    let exit_code = match exit {
+                        Ok(code) => Some(code),
+                        Err(error) => {
+                            tracing::debug!(execution_id, container_id, %error, "wait for container");
+                            None
+                        }
+                    };
+                    return self.after_container_exit(execution_id, container_id, image, exit_code, signal, watch).await;
                 }
                 _ = database_check.tick() => {
                     if self.is_terminal_in_database(execution_id).await {
@@ -464,8 +803,9 @@ impl Controller {
         execution_id: i64,
         container_id: &str,
         image: &str,
-        exit: Result<i64, DockerError>,
+        exit_code: Option<i64>,
         signal: &mut tokio::sync::watch::Receiver<ExecutionSignal>,
+        watch: &mut ContainerWatch,
     ) -> Result<(), ExecutionFailure> {
         // The agent publishes its report (confirmed) before it exits, but the events consumer
         // may still be storing it: give it a moment.
@@ -478,12 +818,26 @@ impl Controller {
         if reported || self.is_terminal_in_database(execution_id).await {
             return Ok(());
         }
-        let exit_code = exit.ok();
-        let state = self.docker.inspect_container(container_id).await.ok().flatten();
+        // The engine sends `oom` before `die`: once `die` is in, so is any `oom`.
+        let seen = if self.tracker.is_following() {
+            watch.wait_died(Duration::from_secs(1)).await
+        } else {
+            watch.current()
+        };
+        let inspected = self.docker.inspect_container(container_id).await;
+        let state = inspected.as_ref().ok().cloned().flatten();
         let logs = self.recent_logs(container_id).await;
-        let oom_killed = state.as_ref().is_some_and(|state| state.oom_killed);
-        let engine_error = state.map(|state| state.error).unwrap_or_default();
-        Err(classify_exit(image, &self.agent, exit_code, oom_killed, &engine_error, &logs))
+        let evidence = ExitEvidence {
+            exit_code: exit_code
+                .or(seen.exit_code)
+                .or(state.as_ref().and_then(|state| state.exit_code)),
+            oom_killed: state.as_ref().is_some_and(|state| state.oom_killed),
+            oom_event: seen.oom,
+            removed: matches!(inspected, Ok(None)) || seen.destroyed,
+            engine_error: state.map(|state| state.error).unwrap_or_default(),
+            logs,
+        };
+        Err(classify_exit(image, &self.agent, &evidence))
     }
 
     async fn is_terminal_in_database(&self, execution_id: i64) -> bool {
@@ -527,12 +881,41 @@ impl Controller {
         }
     }
 
+    /// The action's container settings, checked against the allow-lists and limits.
     fn container_spec(&self, action: &ActionRow) -> Result<ContainerSpec, ExecutionFailure> {
+        let spec = self.stored_container_spec(action)?;
+        let policy = &self.settings.policy;
+        let not_allowed = |error: crate::limits::LimitError| {
+            ExecutionFailure::failed(
+                "not-allowed",
+                format!("action {}: {error}", action.action_ref),
+            )
+        };
+        policy.check_image(&spec.image).map_err(not_allowed)?;
+        let limits = container_limits(&spec, self.settings.host_cpus).map_err(|error| {
+            ExecutionFailure::failed(
+                "invalid-action",
+                format!(
+                    "container settings of action {}: {error}",
+                    action.action_ref
+                ),
+            )
+        })?;
+        policy
+            .check_capabilities(&limits.cap_add)
+            .map_err(not_allowed)?;
+        Ok(spec)
+    }
+
+    fn stored_container_spec(&self, action: &ActionRow) -> Result<ContainerSpec, ExecutionFailure> {
         if let Some(container) = &action.container {
             return serde_json::from_value(container.clone()).map_err(|error| {
                 ExecutionFailure::failed(
                     "invalid-action",
-                    format!("container settings of action {}: {error}", action.action_ref),
+                    format!(
+                        "container settings of action {}: {error}",
+                        action.action_ref
+                    ),
                 )
             });
         }
@@ -553,36 +936,13 @@ impl Controller {
 
     /// Finds the image locally or pulls it, as the pull policy says.
     async fn ensure_image(&self, spec: &ContainerSpec) -> Result<ImageInfo, ExecutionFailure> {
-        let image = &spec.image;
-        let inspect = |error| ExecutionFailure::docker(&format!("inspect image {image}"), error);
-        if spec.pull_policy != PullPolicy::Always {
-            if let Some(info) = self.docker.inspect_image(image).await.map_err(inspect)? {
-                return Ok(info);
-            }
-            if spec.pull_policy == PullPolicy::Never {
-                return Err(ExecutionFailure::failed(
-                    "pull-failed",
-                    format!("image {image} is not present locally and its pull_policy is never"),
-                ));
-            }
-        }
-        if let Err(error) = self.docker.pull_image(image).await {
-            let reason = match error {
-                DockerError::PullFailed { reason, .. } => reason,
-                other => other.to_string(),
+        self.images.resolve(spec).await.map_err(|error| {
+            let kind = match error {
+                crate::images::ImageError::Inspect { .. } => "docker-error",
+                _ => "pull-failed",
             };
-            return Err(ExecutionFailure::failed(
-                "pull-failed",
-                format!("image {image} is not present locally and could not be pulled: {reason}"),
-            ));
-        }
-        self.docker
-            .inspect_image(image)
-            .await
-            .map_err(inspect)?
-            .ok_or_else(|| {
-                ExecutionFailure::failed("pull-failed", format!("image {image} is missing after its pull"))
-            })
+            ExecutionFailure::failed(kind, error.to_string())
+        })
     }
 
     fn check_architecture(&self, image: &str, info: &ImageInfo) -> Result<(), ExecutionFailure> {
@@ -659,84 +1019,277 @@ impl Controller {
             .clone()
             .or_else(|| Some(image.user.clone()).filter(|user| !user.is_empty()))
             .unwrap_or_else(|| "0".to_string());
+        // Checked by `container_spec` before any container is made.
+        let limits = container_limits(container_spec, self.settings.host_cpus).unwrap_or_default();
+        let mut env = vec![
+            format!("{ENV_MESSAGE_QUEUE_URL}={}", self.settings.agent_mq_url),
+            format!("{ENV_AGENT_ID}={agent_id}"),
+            format!("{ENV_AGENT_MODE}=oneshot"),
+            format!("{ENV_AGENT_IMAGE}={}", container_spec.image),
+            format!("{ENV_AGENT_EVENTS_QUEUE}={}", self.settings.events_queue),
+        ];
+        let mut tmpfs = BTreeMap::new();
+        if limits.read_only {
+            env.push(format!("{ENV_AGENT_WORKDIR}={READ_ONLY_WORK_DIR}"));
+            tmpfs.insert(
+                READ_ONLY_WORK_DIR.to_string(),
+                READ_ONLY_WORK_DIR_OPTIONS.to_string(),
+            );
+        }
         ContainerCreateSpec {
             name: format!("attune-{agent_id}"),
             image: container_spec.image.clone(),
             entrypoint: vec![AGENT_PATH_IN_CONTAINER.to_string()],
             cmd: Vec::new(),
-            env: vec![
-                format!("{ENV_MESSAGE_QUEUE_URL}={}", self.settings.agent_mq_url),
-                format!("{ENV_AGENT_ID}={agent_id}"),
-                format!("{ENV_AGENT_MODE}=oneshot"),
-                format!("{ENV_AGENT_IMAGE}={}", container_spec.image),
-                format!("{ENV_AGENT_EVENTS_QUEUE}={}", self.settings.events_queue),
-            ],
+            env,
             labels,
             user: Some(user),
             working_dir: Some(container_spec.workdir.clone().unwrap_or_else(|| "/".into())),
             network_mode: self.settings.network.clone(),
             init: true,
             cap_drop: vec!["ALL".to_string()],
+            cap_add: limits.cap_add,
             security_opt: vec!["no-new-privileges".to_string()],
-            pids_limit: Some(self.settings.pids_limit),
+            pids_limit: Some(limits.pids.unwrap_or(self.settings.pids_limit)),
+            memory_bytes: limits.memory_bytes.or(self.settings.default_memory_bytes),
+            nano_cpus: limits.nano_cpus,
             nofile_limit: Some(self.settings.nofile_limit),
-            ..Default::default()
+            read_only_rootfs: limits.read_only,
+            tmpfs,
+            binds: Vec::new(),
         }
     }
 
     /// The agent binary and the pack's files, as one tar extracted at `/`.
     async fn injection_archive(&self, action: &ActionRow) -> Result<Vec<u8>, ExecutionFailure> {
-        let injection_failed = |reason: String| ExecutionFailure::failed("injection-failed", reason);
+        let injection_failed =
+            |reason: String| ExecutionFailure::failed("injection-failed", reason);
         let pack_archive = self
             .store
             .pack_archive(action.pack_id)
             .await
-            .map_err(|error| injection_failed(format!("read files of pack {}: {error}", action.pack_ref)))?;
+            .map_err(|error| {
+                injection_failed(format!("read files of pack {}: {error}", action.pack_ref))
+            })?;
         let mut archive = InjectionArchive::new();
         let agent_path = AGENT_PATH_IN_CONTAINER.trim_start_matches('/');
         archive
             .add_file(agent_path, 0o755, self.agent.bytes.as_slice())
             .map_err(|error| injection_failed(format!("add agent to archive: {error}")))?;
-        let pack_root = format!(
-            "{}/{}",
-            PACKS_DIR_IN_CONTAINER.trim_start_matches('/'),
-            action.pack_ref
-        );
-        archive
-            .add_dir(&pack_root, 0o755)
-            .map_err(|error| injection_failed(format!("add pack directory: {error}")))?;
-        let mut reader = tar::Archive::new(pack_archive.as_slice());
-        let entries = reader
-            .entries()
-            .map_err(|error| injection_failed(format!("read files of pack {}: {error}", action.pack_ref)))?;
-        for entry in entries {
-            let mut entry = entry
-                .map_err(|error| injection_failed(format!("read files of pack {}: {error}", action.pack_ref)))?;
-            let path = entry
-                .path()
-                .map_err(|error| injection_failed(format!("pack file path: {error}")))?
-                .to_string_lossy()
-                .trim_end_matches('/')
-                .to_string();
-            if path.is_empty() || path == "." {
-                continue;
-            }
-            let target = format!("{pack_root}/{}", path.trim_start_matches("./"));
-            let executable = entry.header().mode().unwrap_or(0o644) & 0o111 != 0;
-            let result = if entry.header().entry_type().is_dir() {
-                archive.add_dir(&target, 0o755).map(|_| ())
-            } else if entry.header().entry_type().is_file() {
-                let mut contents = Vec::new();
-                std::io::Read::read_to_end(&mut entry, &mut contents)
-                    .map_err(|error| injection_failed(format!("read pack file {path}: {error}")))?;
-                let mode = if executable { 0o755 } else { 0o644 };
-                archive.add_file(&target, mode, contents).map(|_| ())
-            } else {
-                Ok(())
-            };
-            result.map_err(|error| injection_failed(format!("add pack file {path}: {error}")))?;
-        }
+        let entries = pack_entries(&action.pack_ref, &pack_archive)?;
+        let pack_dir = format!("{PACKS_DIR_IN_CONTAINER}/{}", action.pack_ref);
+        add_pack_entries(&mut archive, &pack_dir, &entries)?;
         Ok(archive.finish())
+    }
+}
+
+/// Compares the sha256 an agent registers with its container's `attune.agent-sha256` label;
+/// a mismatch (a stale or tampered volume, a foreign binary) is logged as an error. The agent's
+/// reported digest is stored with its registration.
+async fn verify_registration(
+    execution_id: i64,
+    container_id: &str,
+    labelled_sha256: String,
+    registration: tokio::sync::oneshot::Receiver<String>,
+) {
+    let Ok(reported_sha256) = registration.await else {
+        return;
+    };
+    match check_agent_sha256(&labelled_sha256, &reported_sha256) {
+        AgentIdentity::Matches => tracing::debug!(execution_id, "agent registered"),
+        AgentIdentity::Unreported => {
+            tracing::warn!(
+                execution_id,
+                container_id,
+                "agent registered without its sha256"
+            )
+        }
+        AgentIdentity::Mismatch => tracing::error!(
+            execution_id,
+            container_id,
+            labelled = %labelled_sha256,
+            reported = %reported_sha256,
+            "agent binary mismatch: the agent in the container is not the one its label names"
+        ),
+    }
+}
+
+/// How an agent's reported digest compares with its container's label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentIdentity {
+    Matches,
+    /// The agent sent no digest (an old agent).
+    Unreported,
+    Mismatch,
+}
+
+/// Compares a container's `attune.agent-sha256` label with what its agent reported.
+pub fn check_agent_sha256(labelled_sha256: &str, reported_sha256: &str) -> AgentIdentity {
+    if reported_sha256.is_empty() {
+        AgentIdentity::Unreported
+    } else if reported_sha256.eq_ignore_ascii_case(labelled_sha256) {
+        AgentIdentity::Matches
+    } else {
+        AgentIdentity::Mismatch
+    }
+}
+
+/// Runs `main` to its end while also driving `side`, which is dropped if still unfinished.
+async fn alongside<T>(
+    main: impl std::future::Future<Output = T>,
+    side: impl std::future::Future<Output = ()>,
+) -> T {
+    tokio::pin!(main);
+    tokio::pin!(side);
+    let mut side_done = false;
+    loop {
+        tokio::select! {
+            output = &mut main => return output,
+            _ = &mut side, if !side_done => side_done = true,
+        }
+    }
+}
+
+/// How the agent and the pack's files reach one container.
+#[derive(Default)]
+struct DeliveryPlan {
+    /// `volume:/path:ro` binds to add.
+    binds: Vec<String>,
+    /// The agent volume, when the agent goes that way.
+    agent_volume: Option<String>,
+    /// What put_archive copies in at `/`, if anything.
+    upload: Option<Vec<u8>>,
+}
+
+impl DeliveryPlan {
+    fn agent_delivery(&self) -> &'static str {
+        if self.agent_volume.is_some() {
+            AgentDelivery::Volume.as_str()
+        } else {
+            AgentDelivery::PutArchive.as_str()
+        }
+    }
+
+    fn apply_to(&self, spec: &mut ContainerCreateSpec) {
+        spec.binds.extend(self.binds.iter().cloned());
+        spec.labels.insert(
+            LABEL_AGENT_DELIVERY.to_string(),
+            self.agent_delivery().to_string(),
+        );
+    }
+}
+
+/// The directory the agent binary sits in (where its volume is mounted).
+fn agent_directory() -> &'static str {
+    AGENT_PATH_IN_CONTAINER
+        .rsplit_once('/')
+        .map_or("/", |(directory, _)| directory)
+}
+
+/// One file or directory of a pack, relative to the pack's root.
+struct PackEntry {
+    path: String,
+    /// `None` for a directory.
+    contents: Option<Arc<Vec<u8>>>,
+    mode: u32,
+}
+
+/// The pack's files from its stored archive: directories 0755, files 0755 when executable
+/// else 0644, owned by root.
+fn pack_entries(pack_ref: &str, pack_archive: &[u8]) -> Result<Vec<PackEntry>, ExecutionFailure> {
+    let injection_failed = |reason: String| ExecutionFailure::failed("injection-failed", reason);
+    let mut reader = tar::Archive::new(pack_archive);
+    let entries = reader
+        .entries()
+        .map_err(|error| injection_failed(format!("read files of pack {pack_ref}: {error}")))?;
+    let mut pack_entries = Vec::new();
+    for entry in entries {
+        let mut entry = entry
+            .map_err(|error| injection_failed(format!("read files of pack {pack_ref}: {error}")))?;
+        let path = entry
+            .path()
+            .map_err(|error| injection_failed(format!("pack file path: {error}")))?
+            .to_string_lossy()
+            .trim_end_matches('/')
+            .trim_start_matches("./")
+            .to_string();
+        if path.is_empty() || path == "." {
+            continue;
+        }
+        let executable = entry.header().mode().unwrap_or(0o644) & 0o111 != 0;
+        if entry.header().entry_type().is_dir() {
+            pack_entries.push(PackEntry {
+                path,
+                contents: None,
+                mode: 0o755,
+            });
+        } else if entry.header().entry_type().is_file() {
+            let mut contents = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut contents)
+                .map_err(|error| injection_failed(format!("read pack file {path}: {error}")))?;
+            pack_entries.push(PackEntry {
+                path,
+                contents: Some(Arc::new(contents)),
+                mode: if executable { 0o755 } else { 0o644 },
+            });
+        }
+    }
+    Ok(pack_entries)
+}
+
+/// Adds the pack's directory and files under `pack_dir` (absolute) to a put_archive archive.
+fn add_pack_entries(
+    archive: &mut InjectionArchive,
+    pack_dir: &str,
+    entries: &[PackEntry],
+) -> Result<(), ExecutionFailure> {
+    let injection_failed = |reason: String| ExecutionFailure::failed("injection-failed", reason);
+    let pack_root = pack_dir.trim_start_matches('/');
+    archive
+        .add_dir(pack_root, 0o755)
+        .map_err(|error| injection_failed(format!("add pack directory: {error}")))?;
+    for entry in entries {
+        let target = format!("{pack_root}/{}", entry.path);
+        let added = match &entry.contents {
+            None => archive.add_dir(&target, entry.mode).map(|_| ()),
+            Some(contents) => archive
+                .add_file(&target, entry.mode, contents.as_slice())
+                .map(|_| ()),
+        };
+        added
+            .map_err(|error| injection_failed(format!("add pack file {}: {error}", entry.path)))?;
+    }
+    Ok(())
+}
+
+/// The volume holding a pack's files, named and labelled by the stored archive's digest.
+fn pack_volume_content(pack_archive: &[u8], entries: &[PackEntry]) -> VolumeContent {
+    let digest = hex(&Sha256::digest(pack_archive));
+    VolumeContent {
+        volume: pack_volume_name(&digest),
+        labels: [
+            (LABEL_MANAGED, "true".to_string()),
+            (LABEL_PACK_SHA256, digest.clone()),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_string(), value))
+        .collect(),
+        identity_label: LABEL_PACK_SHA256,
+        digest,
+        directories: entries
+            .iter()
+            .filter(|entry| entry.contents.is_none())
+            .map(|entry| entry.path.clone())
+            .collect(),
+        files: entries
+            .iter()
+            .filter_map(|entry| {
+                entry
+                    .contents
+                    .as_ref()
+                    .map(|contents| (entry.path.clone(), entry.mode, contents.clone()))
+            })
+            .collect(),
     }
 }
 
@@ -785,22 +1338,43 @@ fn classify_start_error(image: &str, agent: &AgentBinary, error: DockerError) ->
     ExecutionFailure::docker("start container", error)
 }
 
-/// Names why a container ended without its agent reporting a result.
+/// What is known about a container that ended without its agent reporting a result.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExitEvidence {
+    pub exit_code: Option<i64>,
+    /// `State.OOMKilled` (often false even when the kernel killed for memory).
+    pub oom_killed: bool,
+    /// The engine sent an `oom` event for the container.
+    pub oom_event: bool,
+    /// The container no longer exists (someone removed it).
+    pub removed: bool,
+    /// The engine's error text (e.g. "exec format error" when start failed).
+    pub engine_error: String,
+    /// The container's last output, as a suffix for a reason (` (container output: ...)`).
+    pub logs: String,
+}
+
+/// Names why a container ended without its agent reporting a result: `oom` (an `oom` event or
+/// OOMKilled), `exec-format`, `killed` (exit 137 otherwise, or the container was removed), or
+/// `agent-exited`. Ends the controller caused itself (timeout, cancel) never get here.
 pub fn classify_exit(
     image: &str,
     agent: &AgentBinary,
-    exit_code: Option<i64>,
-    oom_killed: bool,
-    engine_error: &str,
-    logs: &str,
+    evidence: &ExitEvidence,
 ) -> ExecutionFailure {
-    if oom_killed {
+    let logs = &evidence.logs;
+    if evidence.oom_killed || evidence.oom_event {
+        let how = if evidence.oom_killed {
+            "OOMKilled"
+        } else {
+            "the engine reported an oom event"
+        };
         return ExecutionFailure::failed(
             "oom",
-            format!("the container ran out of memory and was killed (OOMKilled){logs}"),
+            format!("the container ran out of memory and was killed ({how}){logs}"),
         );
     }
-    if engine_error.contains("exec format error") || logs.contains("exec format error") {
+    if evidence.engine_error.contains("exec format error") || logs.contains("exec format error") {
         return ExecutionFailure::failed(
             "exec-format",
             format!(
@@ -809,7 +1383,13 @@ pub fn classify_exit(
             ),
         );
     }
-    match exit_code {
+    if evidence.removed {
+        return ExecutionFailure::failed(
+            "killed",
+            "the container was removed while the action ran".to_string(),
+        );
+    }
+    match evidence.exit_code {
         Some(137) => ExecutionFailure::failed(
             "killed",
             format!("the container was killed (exit code 137, possibly out of memory){logs}"),

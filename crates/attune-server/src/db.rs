@@ -191,7 +191,8 @@ pub struct NewPack<'a> {
     pub archive: &'a [u8],
 }
 
-const EXECUTION_COLUMNS: &str = "id, action_ref, action_id, status, parameters, secret_parameters, \
+const EXECUTION_COLUMNS: &str =
+    "id, action_ref, action_id, status, parameters, secret_parameters, \
     image, container_id, agent_id, exit_code, signal, stdout, stderr, stdout_truncated, \
     stderr_truncated, result, error, failure_kind, cancel_requested, requested_at, scheduled_at, \
     started_at, finished_at";
@@ -246,10 +247,11 @@ impl Store {
     ) -> Result<PackRow, StoreError> {
         let pack = new_pack.pack;
         let mut transaction = self.pool.begin().await?;
-        let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM packs WHERE ref = $1 FOR UPDATE")
-            .bind(&pack.pack_ref)
-            .fetch_optional(&mut *transaction)
-            .await?;
+        let existing: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM packs WHERE ref = $1 FOR UPDATE")
+                .bind(&pack.pack_ref)
+                .fetch_optional(&mut *transaction)
+                .await?;
         if existing.is_some() && !replace {
             return Err(StoreError::Conflict(format!(
                 "pack {} is already registered; register with --force (?force=true) to replace it",

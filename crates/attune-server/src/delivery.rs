@@ -11,9 +11,7 @@
 //! the full digest, so a fill cut short is noticed and redone. Each volume is checked or filled
 //! once per process; concurrent first users wait for the same fill.
 
-use crate::controller::{
-    LABEL_CONTROLLER, LABEL_MANAGED, LABEL_ROLE,
-};
+use crate::controller::{LABEL_CONTROLLER, LABEL_MANAGED, LABEL_ROLE};
 use crate::docker::archive::InjectionArchive;
 use crate::docker::{ContainerCreateSpec, DockerError, DockerOps};
 use std::collections::{BTreeMap, HashMap};
@@ -70,9 +68,7 @@ impl FromStr for AgentDelivery {
             "auto" => Ok(AgentDelivery::Auto),
             "volume" => Ok(AgentDelivery::Volume),
             "put-archive" => Ok(AgentDelivery::PutArchive),
-            other => Err(format!(
-                "{other:?} is not one of auto, volume, put-archive"
-            )),
+            other => Err(format!("{other:?} is not one of auto, volume, put-archive")),
         }
     }
 }
@@ -135,8 +131,9 @@ pub struct VolumeContent {
     pub identity_label: &'static str,
     /// Full digest of the content; written into the ready marker.
     pub digest: String,
-    /// Files to write, relative to the volume's root: `(path, mode, bytes)`; directories are
-    /// created as needed.
+    /// Directories to create, relative to the volume's root (parents of files are implied).
+    pub directories: Vec<String>,
+    /// Files to write, relative to the volume's root: `(path, mode, bytes)`.
     pub files: Vec<(String, u32, Arc<Vec<u8>>)>,
 }
 
@@ -281,6 +278,9 @@ impl VolumeFiller {
             reason: error.to_string(),
         };
         let mut archive = InjectionArchive::new();
+        for directory in &content.directories {
+            archive.add_dir(directory, 0o755).map_err(archive_error)?;
+        }
         for (path, mode, bytes) in &content.files {
             archive
                 .add_file(path, *mode, bytes.as_slice())
@@ -315,6 +315,7 @@ mod tests {
             ]),
             identity_label: LABEL_AGENT_SHA256,
             digest,
+            directories: Vec::new(),
             files: vec![("attune-agent".to_string(), 0o755, Arc::new(bytes.to_vec()))],
         }
     }
@@ -328,7 +329,10 @@ mod tests {
     #[test]
     fn settings_and_names() {
         assert_eq!("put-archive".parse(), Ok(AgentDelivery::PutArchive));
-        assert!("copy".parse::<AgentDelivery>().unwrap_err().contains("auto, volume"));
+        assert!("copy"
+            .parse::<AgentDelivery>()
+            .unwrap_err()
+            .contains("auto, volume"));
         assert!(AgentDelivery::Auto.prefers_volume(true));
         assert!(!AgentDelivery::Auto.prefers_volume(false));
         assert!(AgentDelivery::Volume.prefers_volume(false));
@@ -337,7 +341,10 @@ mod tests {
         assert!(engine_is_local("/var/run/docker.sock"));
         assert!(engine_is_local("tcp://127.0.0.1:2375"));
         assert!(!engine_is_local("tcp://10.0.0.5:2376"));
-        assert_eq!(agent_volume_name(&"0123456789abcdef".repeat(4)), "attune-agent-0123456789ab");
+        assert_eq!(
+            agent_volume_name(&"0123456789abcdef".repeat(4)),
+            "attune-agent-0123456789ab"
+        );
         assert_eq!(pack_volume_name("ffee"), "attune-pack-ffee");
     }
 
@@ -359,12 +366,17 @@ mod tests {
             .filter(|call| matches!(call, DockerCall::CreateContainer(_)))
             .count();
         assert_eq!(creates, 1, "one fill for three callers: {calls:#?}");
-        assert!(!calls.iter().any(|call| matches!(call, DockerCall::Start(_))));
+        assert!(!calls
+            .iter()
+            .any(|call| matches!(call, DockerCall::Start(_))));
         assert!(docker.containers().is_empty(), "helper removed");
         let volume = docker.volume(&content.volume).unwrap();
         assert_eq!(volume.labels[LABEL_AGENT_SHA256], content.digest);
         let agent = &volume.files["attune-agent"];
-        assert_eq!((agent.mode, agent.bytes.as_slice()), (0o755, &b"\x7fELF-agent"[..]));
+        assert_eq!(
+            (agent.mode, agent.bytes.as_slice()),
+            (0o755, &b"\x7fELF-agent"[..])
+        );
         assert_eq!(volume.files[READY_MARKER].bytes, content.digest.as_bytes());
     }
 
@@ -407,7 +419,11 @@ mod tests {
             .calls()
             .iter()
             .any(|call| matches!(call, DockerCall::UploadArchive { .. })));
-        assert!(docker.volume("attune-agent-partial").unwrap().files.contains_key(READY_MARKER));
+        assert!(docker
+            .volume("attune-agent-partial")
+            .unwrap()
+            .files
+            .contains_key(READY_MARKER));
     }
 
     #[tokio::test]
@@ -427,8 +443,14 @@ mod tests {
             .await
             .unwrap_err()
             .to_string();
-        assert!(error.contains(&content.volume) && error.contains("disk full"), "{error}");
-        assert!(docker.containers().is_empty(), "helper removed after a failure");
+        assert!(
+            error.contains(&content.volume) && error.contains("disk full"),
+            "{error}"
+        );
+        assert!(
+            docker.containers().is_empty(),
+            "helper removed after a failure"
+        );
         filler.ensure(&content, "busybox:1.36").await.unwrap();
 
         let foreign = VolumeContent {

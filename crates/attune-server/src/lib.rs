@@ -17,6 +17,7 @@ pub mod db;
 pub mod delivery;
 pub mod docker;
 pub mod events;
+pub mod images;
 pub mod lifecycle;
 pub mod limits;
 pub mod scheduler;

@@ -55,9 +55,15 @@ impl ContainerObservation {
 /// The events a tracker handles; everything else is ignored.
 pub const TRACKED_ACTIONS: [&str; 4] = ["start", "die", "oom", "destroy"];
 
+/// A watched container: its observation and how many watches share it.
+struct Watched {
+    sender: watch::Sender<ContainerObservation>,
+    watches: usize,
+}
+
 #[derive(Default)]
 struct TrackerState {
-    watched: Mutex<HashMap<String, watch::Sender<ContainerObservation>>>,
+    watched: Mutex<HashMap<String, Watched>>,
     following: AtomicBool,
     connections: AtomicU64,
 }
@@ -77,12 +83,13 @@ pub struct ContainerWatch {
 
 impl Drop for ContainerWatch {
     fn drop(&mut self) {
-        self.tracker
-            .state
-            .watched
-            .lock()
-            .expect("tracker lock")
-            .remove(&self.container_id);
+        let mut watched = self.tracker.state.watched.lock().expect("tracker lock");
+        if let Some(entry) = watched.get_mut(&self.container_id) {
+            entry.watches -= 1;
+            if entry.watches == 0 {
+                watched.remove(&self.container_id);
+            }
+        }
     }
 }
 
@@ -104,14 +111,19 @@ impl LifecycleTracker {
         Self::default()
     }
 
-    /// Starts watching a container. Register before starting it so no event is missed.
+    /// Starts watching a container (watches of the same container share what is known).
+    /// Register before starting it so no event is missed.
     pub fn watch(&self, container_id: &str) -> ContainerWatch {
-        let (sender, receiver) = watch::channel(ContainerObservation::default());
-        self.state
-            .watched
-            .lock()
-            .expect("tracker lock")
-            .insert(container_id.to_string(), sender);
+        let mut watched = self.state.watched.lock().expect("tracker lock");
+        let entry = watched
+            .entry(container_id.to_string())
+            .or_insert_with(|| Watched {
+                sender: watch::channel(ContainerObservation::default()).0,
+                watches: 0,
+            });
+        entry.watches += 1;
+        let receiver = entry.sender.subscribe();
+        drop(watched);
         ContainerWatch {
             container_id: container_id.to_string(),
             tracker: self.clone(),
@@ -140,7 +152,7 @@ impl LifecycleTracker {
             return;
         }
         let watched = self.state.watched.lock().expect("tracker lock");
-        if let Some(sender) = watched.get(&event.container_id) {
+        if let Some(Watched { sender, .. }) = watched.get(&event.container_id) {
             sender.send_if_modified(|seen| {
                 let before = *seen;
                 seen.merge_event(event);
@@ -162,7 +174,7 @@ impl LifecycleTracker {
         for container_id in container_ids {
             let inspected = docker.inspect_container(&container_id).await;
             let watched = self.state.watched.lock().expect("tracker lock");
-            let Some(sender) = watched.get(&container_id) else {
+            let Some(Watched { sender, .. }) = watched.get(&container_id) else {
                 continue;
             };
             match inspected {
@@ -284,15 +296,27 @@ mod tests {
     #[tokio::test]
     async fn oom_before_die_is_recorded_and_other_controllers_are_ignored() {
         let docker = RecordingDocker::new();
-        docker.add_image("busybox:1.36", "amd64").set_lifecycle_events(true);
+        docker
+            .add_image("busybox:1.36", "amd64")
+            .set_lifecycle_events(true);
         let engine: Arc<dyn DockerOps> = Arc::new(docker.clone());
         let tracker = LifecycleTracker::new();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(tracker.clone().run(engine.clone(), "mine".into(), stop.clone()));
+        let task = tokio::spawn(
+            tracker
+                .clone()
+                .run(engine.clone(), "mine".into(), stop.clone()),
+        );
         wait_until(|| tracker.is_following(), "the stream").await;
 
-        let ours = engine.create_container(&spec("ours", "mine")).await.unwrap();
-        let theirs = engine.create_container(&spec("theirs", "other")).await.unwrap();
+        let ours = engine
+            .create_container(&spec("ours", "mine"))
+            .await
+            .unwrap();
+        let theirs = engine
+            .create_container(&spec("theirs", "other"))
+            .await
+            .unwrap();
         let mut watch = tracker.watch(&ours);
         let other_watch = tracker.watch(&theirs);
         engine.start_container(&ours).await.unwrap();
@@ -308,7 +332,14 @@ mod tests {
             ContainerObservation::default(),
             "another controller's container is not followed"
         );
+        let second_look = tracker.watch(&ours);
+        assert!(
+            second_look.current().oom,
+            "a second watch shares what is known"
+        );
         drop(watch);
+        assert_eq!(tracker.watched(), 2, "still watched by the second look");
+        drop(second_look);
         drop(other_watch);
         assert_eq!(tracker.watched(), 0);
         stop.cancel();
@@ -318,11 +349,17 @@ mod tests {
     #[tokio::test]
     async fn reconnects_after_the_stream_fails_and_replays_what_was_missed() {
         let docker = RecordingDocker::new();
-        docker.add_image("busybox:1.36", "amd64").set_lifecycle_events(true);
+        docker
+            .add_image("busybox:1.36", "amd64")
+            .set_lifecycle_events(true);
         let engine: Arc<dyn DockerOps> = Arc::new(docker.clone());
         let tracker = LifecycleTracker::new();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(tracker.clone().run(engine.clone(), "mine".into(), stop.clone()));
+        let task = tokio::spawn(
+            tracker
+                .clone()
+                .run(engine.clone(), "mine".into(), stop.clone()),
+        );
         wait_until(|| tracker.connections() == 1, "the first connection").await;
 
         let container = engine.create_container(&spec("c1", "mine")).await.unwrap();
@@ -336,7 +373,10 @@ mod tests {
         assert!(docker.oom_kill_container(&container));
         docker.set_lifecycle_events(true);
         let seen = watch.wait_died(DEADLINE).await;
-        assert!(seen.died && seen.oom, "replay found the exit and OOMKilled: {seen:?}");
+        assert!(
+            seen.died && seen.oom,
+            "replay found the exit and OOMKilled: {seen:?}"
+        );
         assert!(tracker.connections() >= 2);
 
         // A container removed while the stream is down is seen as destroyed.

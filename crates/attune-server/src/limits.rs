@@ -293,7 +293,9 @@ mod tests {
             cpus: Some(3.0),
             ..Default::default()
         });
-        let error = container_limits(&too_many, Some(2.0)).unwrap_err().to_string();
+        let error = container_limits(&too_many, Some(2.0))
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             error,
             "resources.cpus 3 is more than the 2 CPUs of the docker host"
@@ -303,13 +305,19 @@ mod tests {
             ..Default::default()
         });
         let error = container_limits(&memory, None).unwrap_err().to_string();
-        assert!(error.starts_with("resources: memory") && error.contains("lots"), "{error}");
+        assert!(
+            error.starts_with("resources: memory") && error.contains("lots"),
+            "{error}"
+        );
         let pids = spec_with(ResourceSpec {
             pids: Some(8),
             ..Default::default()
         });
         let error = container_limits(&pids, None).unwrap_err().to_string();
-        assert!(error.contains("pids must be between 16 and 32768"), "{error}");
+        assert!(
+            error.contains("pids must be between 16 and 32768"),
+            "{error}"
+        );
         let zero_cpus = spec_with(ResourceSpec {
             cpus: Some(0.0),
             ..Default::default()
@@ -320,7 +328,10 @@ mod tests {
             ..Default::default()
         };
         let error = container_limits(&capability, None).unwrap_err().to_string();
-        assert!(error.starts_with("cap_add:") && error.contains("NOT_A_CAP"), "{error}");
+        assert!(
+            error.starts_with("cap_add:") && error.contains("NOT_A_CAP"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -358,7 +369,10 @@ mod tests {
         assert!(wildcard_match("python:3.11-*", "python:3.11-slim"));
         assert!(!wildcard_match("python:3.11-*", "python:3.12-slim"));
         assert!(wildcard_match("*", "anything/at:all"));
-        assert!(wildcard_match("attune-test/*", "attune-test/noshell:latest"));
+        assert!(wildcard_match(
+            "attune-test/*",
+            "attune-test/noshell:latest"
+        ));
         assert!(wildcard_match("busybox:1.3?", "busybox:1.36"));
         assert!(!wildcard_match("busybox:1.3?", "busybox:1.360"));
         assert!(wildcard_match("a*b*c", "aXXbYYc"));
@@ -379,7 +393,10 @@ mod tests {
         .unwrap();
         assert!(policy.check_image("busybox:1.36").is_ok());
         assert!(policy.check_image("python:3.11-slim").is_ok());
-        assert!(policy.check_image("busybox").is_ok(), "busybox means busybox:latest");
+        assert!(
+            policy.check_image("busybox").is_ok(),
+            "busybox means busybox:latest"
+        );
         assert!(policy.check_image("alpine").is_ok());
         let error = policy.check_image("ruby:3.3").unwrap_err();
         assert!(error.is_policy());
@@ -407,7 +424,9 @@ mod tests {
             "capability NET_ADMIN is not allowed (docker.allowed_capabilities: none)"
         );
         let some = ExecutionPolicy::new(&[], &["CAP_NET_BIND_SERVICE".into()], None).unwrap();
-        assert!(some.check_capabilities(&["NET_BIND_SERVICE".into()]).is_ok());
+        assert!(some
+            .check_capabilities(&["NET_BIND_SERVICE".into()])
+            .is_ok());
         assert!(some.check_capabilities(&["SYS_ADMIN".into()]).is_err());
         assert!(some.check_capabilities(&[]).is_ok());
         assert!(ExecutionPolicy::new(&[], &["not a cap".into()], None).is_err());

@@ -1,6 +1,7 @@
 //! The scheduler: claims requested executions from Postgres and hands each to the controller,
 //! never running more than the configured concurrency at once. Also the start-up reconcile that
-//! makes a restarted server adopt or clean up what its predecessor left.
+//! makes a restarted server adopt or clean up what its predecessor left, and the periodic sweep
+//! that removes containers whose execution ended or is unknown.
 
 use crate::controller::{
     Controller, LABEL_AGENT_ID, LABEL_CONTROLLER, LABEL_EXECUTION, LABEL_MANAGED,
@@ -8,10 +9,11 @@ use crate::controller::{
 use crate::db::{Store, TransitionFields};
 use crate::docker::DockerOps;
 use attune_protocol::api::ExecutionStatus;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// Wakes the scheduler when an execution is requested.
@@ -24,16 +26,19 @@ impl SchedulerWakeup {
     }
 }
 
-/// Claims and launches executions until `shutdown`; then waits for running ones to end.
+/// Claims and launches executions until `shutdown`; then waits for running ones (and the
+/// `adopted` supervisions from the start-up reconcile) to end. Dropping the returned future
+/// aborts every execution task it owns.
 pub async fn run_scheduler(
     store: Store,
     controller: Controller,
     concurrency: usize,
     wakeup: SchedulerWakeup,
     shutdown: CancellationToken,
+    adopted: JoinSet<()>,
 ) {
     let permits = Arc::new(Semaphore::new(concurrency));
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut tasks = adopted;
     loop {
         if shutdown.is_cancelled() {
             break;
@@ -71,7 +76,10 @@ pub async fn run_scheduler(
             _ = async { permits.clone().acquire_owned().await.map(drop) }, if free == 0 => {}
         }
     }
-    tracing::info!(running = tasks.len(), "scheduler stopping; waiting for running executions");
+    tracing::info!(
+        running = tasks.len(),
+        "scheduler stopping; waiting for running executions"
+    );
     while tasks.join_next().await.is_some() {}
 }
 
@@ -83,12 +91,15 @@ pub struct ReconcileReport {
     pub failed: usize,
 }
 
-/// Compares managed containers with live executions: adopts containers whose execution is still
-/// live, removes the rest, and fails live executions whose container is gone.
+/// Compares managed containers with live executions: adopts started containers whose execution
+/// is still live (the supervisions are spawned into `adoptions`), removes the rest, and fails
+/// live executions whose container is gone or never started. Start the events consumer first,
+/// so reports sent while no server was running reach the adopted supervisions.
 pub async fn reconcile_at_start(
     store: &Store,
     docker: &Arc<dyn DockerOps>,
     controller: &Controller,
+    adoptions: &mut JoinSet<()>,
 ) -> Result<ReconcileReport, String> {
     let mut report = ReconcileReport::default();
     let controller_id = controller.settings().controller_id.clone();
@@ -108,18 +119,20 @@ pub async fn reconcile_at_start(
             .and_then(|id| id.parse::<i64>().ok());
         let agent_id = container.labels.get(LABEL_AGENT_ID).cloned();
         match (execution_id.and_then(|id| live_by_id.remove(&id)), agent_id) {
-            (Some(execution), Some(agent_id)) if container.state == "running" => {
+            // Started containers are adopted even when they already stopped: the agent's report
+            // may be waiting in the events queue, and the supervisor classifies the exit if not.
+            (Some(execution), Some(agent_id)) if container.state != "created" => {
                 tracing::info!(execution_id = execution.id, container_id = %container.id, "adopting container");
                 let controller = controller.clone();
                 let container_id = container.id.clone();
-                tokio::spawn(async move {
+                adoptions.spawn(async move {
                     controller.adopt(execution, container_id, agent_id).await;
                 });
                 report.adopted += 1;
             }
             (execution, _) => {
                 if let Some(execution) = execution {
-                    // Its container never started (or stopped): the execution cannot continue.
+                    // Its container never started: the execution cannot continue.
                     fail_orphaned(store, execution.id).await;
                     report.failed += 1;
                 }
@@ -149,5 +162,88 @@ async fn fail_orphaned(store: &Store, execution_id: i64) {
         .await
     {
         tracing::error!(execution_id, %error, "fail orphaned execution");
+    }
+}
+
+/// What one periodic sweep did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub removed: usize,
+    /// Containers to remove that are still inside the creation grace period.
+    pub too_young: usize,
+}
+
+/// Removes this controller's containers whose execution is terminal or unknown (helpers that
+/// fill volumes included), except those created less than `grace` ago: a container whose
+/// create response is still in flight must not vanish. Warm pool containers belong to the
+/// running controller's pools and are left alone.
+pub async fn sweep_containers(
+    store: &Store,
+    docker: &Arc<dyn DockerOps>,
+    controller_id: &str,
+    grace: Duration,
+) -> Result<SweepReport, String> {
+    let containers = docker
+        .list_containers(&[(LABEL_MANAGED, "true"), (LABEL_CONTROLLER, controller_id)])
+        .await
+        .map_err(|error| format!("list managed containers: {error}"))?;
+    let live: HashSet<i64> = store
+        .live_executions()
+        .await
+        .map_err(|error| format!("list live executions: {error}"))?
+        .into_iter()
+        .map(|row| row.id)
+        .collect();
+    let now = chrono::Utc::now().timestamp();
+    let mut report = SweepReport::default();
+    for container in containers {
+        if crate::controller::pool::is_pool_container(&container.labels) {
+            continue;
+        }
+        let execution_id = container
+            .labels
+            .get(LABEL_EXECUTION)
+            .and_then(|id| id.parse::<i64>().ok());
+        if execution_id.is_some_and(|id| live.contains(&id)) {
+            continue;
+        }
+        if now - container.created_unix < grace.as_secs() as i64 {
+            report.too_young += 1;
+            continue;
+        }
+        tracing::info!(container_id = %container.id, execution_id, "removing container whose execution ended or is unknown");
+        match docker.remove_container(&container.id).await {
+            Ok(()) => report.removed += 1,
+            Err(error) => {
+                tracing::error!(container_id = %container.id, %error, "remove stale container")
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Sweeps every `interval` until `stop` (the first sweep after one interval: the start-up
+/// reconcile has just run).
+pub async fn run_periodic_reconcile(
+    store: Store,
+    docker: Arc<dyn DockerOps>,
+    controller_id: String,
+    interval: Duration,
+    grace: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match sweep_containers(&store, &docker, &controller_id, grace).await {
+            Ok(report) if report.removed > 0 => tracing::info!(?report, "periodic reconcile"),
+            Ok(report) => tracing::debug!(?report, "periodic reconcile"),
+            Err(error) => tracing::warn!(%error, "periodic reconcile"),
+        }
     }
 }

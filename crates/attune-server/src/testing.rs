@@ -2,6 +2,8 @@
 //! and its own controller id on the shared broker and Docker engine, listening on a free port.
 //!
 //! Dropping a [`TestServer`] stops it; [`TestServer::stop`] also drops its database.
+//! [`TestServer::crash`] ends one abruptly and [`TestServer::restart`] starts its successor on
+//! the same database, controller id and events queue, as a restarted server would.
 
 use crate::config::{Settings, SettingsOverrides};
 use sqlx::Connection;
@@ -68,10 +70,13 @@ impl TestDatabase {
         let mut admin = sqlx::PgConnection::connect(&self.admin_database_url)
             .await
             .map_err(|error| format!("connect to drop test database: {error}"))?;
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-            .execute(&mut admin)
-            .await
-            .map_err(|error| format!("drop test database {}: {error}", self.name))?;
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await
+        .map_err(|error| format!("drop test database {}: {error}", self.name))?;
         Ok(())
     }
 }
@@ -80,6 +85,8 @@ impl TestDatabase {
 pub struct TestServer {
     pub base_url: String,
     pub controller_id: String,
+    /// The queue this server's agents report to.
+    pub events_queue: String,
     pub database: TestDatabase,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), crate::app::ServerError>>>,
@@ -88,16 +95,57 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server; `extra` adds `ATTUNE__...` settings (e.g. `ATTUNE__EXECUTOR__KILL_GRACE_SECONDS`).
     pub async fn start(extra: &[(&str, &str)]) -> Result<TestServer, String> {
-        let environment = TestEnvironment::from_env();
         let unique = uuid::Uuid::new_v4().simple().to_string();
         let database = TestDatabase::create().await?;
-        let database_url = database.url.clone();
         let controller_id = format!("test-{}", &unique[..12]);
         let events_queue = format!("attune.test.{}.events", &unique[..12]);
+        Self::start_with_identity(extra, database, controller_id, events_queue).await
+    }
+
+    /// Starts the successor of this server: same database, controller id and events queue,
+    /// with `extra` settings. A server still running is stopped first (draining, database
+    /// kept); a crashed one is simply replaced.
+    pub async fn restart(mut self, extra: &[(&str, &str)]) -> Result<TestServer, String> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(format!("test server failed: {error}")),
+                Err(error) if error.is_cancelled() => {}
+                Err(error) => return Err(format!("test server task: {error}")),
+            }
+        }
+        let database = TestDatabase {
+            url: self.database.url.clone(),
+            name: self.database.name.clone(),
+            admin_database_url: self.database.admin_database_url.clone(),
+        };
+        Self::start_with_identity(
+            extra,
+            database,
+            self.controller_id.clone(),
+            self.events_queue.clone(),
+        )
+        .await
+    }
+
+    async fn start_with_identity(
+        extra: &[(&str, &str)],
+        database: TestDatabase,
+        controller_id: String,
+        events_queue: String,
+    ) -> Result<TestServer, String> {
+        let environment = TestEnvironment::from_env();
+        let database_url = database.url.clone();
         let mut variables: HashMap<String, String> = [
             ("ATTUNE__DATABASE__URL", database_url.as_str()),
             ("ATTUNE__DATABASE__MAX_CONNECTIONS", "8"),
-            ("ATTUNE__MESSAGE_QUEUE__URL", environment.message_queue_url.as_str()),
+            (
+                "ATTUNE__MESSAGE_QUEUE__URL",
+                environment.message_queue_url.as_str(),
+            ),
             ("ATTUNE__MESSAGE_QUEUE__EVENTS_QUEUE", events_queue.as_str()),
             ("ATTUNE__EXECUTOR__CONTROLLER_ID", controller_id.as_str()),
             ("ATTUNE__DOCKER__NETWORK", "host"),
@@ -127,6 +175,7 @@ impl TestServer {
         let server = TestServer {
             base_url: format!("http://{address}"),
             controller_id,
+            events_queue,
             database,
             stop: Some(stop),
             task: Some(task),
@@ -169,10 +218,12 @@ impl TestServer {
         self.database.drop_database().await
     }
 
-    /// Ends the server abruptly, as a crash would: no drain, containers stay.
-    pub fn crash(&mut self) {
+    /// Ends the server abruptly, as a crash would: no drain, containers stay. Returns once
+    /// the server and every task it started are gone.
+    pub async fn crash(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
+            let _ = task.await;
         }
         self.stop.take();
     }

@@ -1,17 +1,23 @@
 //! Controller logic against the recording Docker fake and a scripted agent channel, with a real
-//! Postgres for state: every path ends in a terminal status with its reason, and every created
-//! container is removed.
+//! Postgres for state: every path ends in a terminal status with its reason (each exit class:
+//! oom, killed, exec-format, injection-failed, pull-failed, agent-exited, timeout, canceled),
+//! every created container is removed, the agent arrives by volume or put_archive, limits and
+//! allow-lists reach (or stop) the container, and the periodic sweep removes only what it may.
 
 use async_trait::async_trait;
 use attune_protocol::api::ExecutionStatus;
 use attune_protocol::{AgentCommand, AgentEvent, Job, JobOutcome, JobReport};
 use attune_server::broker::{AgentChannel, BrokerError};
-use attune_server::controller::{AgentBinary, Controller, ControllerSettings};
+use attune_server::controller::{
+    check_agent_sha256, AgentBinary, AgentIdentity, Controller, ControllerSettings,
+};
 use attune_server::db::{ExecutionRow, NewPack, Store};
+use attune_server::delivery::AgentDelivery;
 use attune_server::docker::fake::{DockerCall, Operation, RecordingDocker};
 use attune_server::docker::{DockerError, DockerOps};
 use attune_server::events::apply_event;
-use attune_server::scheduler::reconcile_at_start;
+use attune_server::limits::ExecutionPolicy;
+use attune_server::scheduler::{reconcile_at_start, sweep_containers};
 use attune_server::signals::ExecutionSignals;
 use attune_server::testing::TestDatabase;
 use serde_json::json;
@@ -19,6 +25,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 /// Records commands; hands jobs to the test, which plays the agent.
 #[derive(Clone)]
@@ -61,6 +69,7 @@ struct Harness {
     agents: ScriptedAgents,
     jobs: mpsc::UnboundedReceiver<(String, Job)>,
     controller: Controller,
+    stop_tracker: CancellationToken,
 }
 
 fn settings(agent_start_timeout: Duration) -> ControllerSettings {
@@ -77,6 +86,12 @@ fn settings(agent_start_timeout: Duration) -> ControllerSettings {
         kill_grace_seconds: 1,
         agent_start_timeout,
         report_grace: Duration::from_millis(200),
+        agent_delivery: AgentDelivery::PutArchive,
+        engine_is_local: true,
+        default_memory_bytes: Some(512 << 20),
+        host_cpus: Some(2.0),
+        policy: ExecutionPolicy::default(),
+        timeout_slack: Duration::from_millis(500),
     }
 }
 
@@ -90,10 +105,14 @@ fn fake_agent_binary(machine: u16) -> AgentBinary {
 
 impl Harness {
     async fn new(agent_start_timeout: Duration) -> Harness {
+        Harness::with_settings(settings(agent_start_timeout)).await
+    }
+
+    /// A harness whose controller follows the fake's container events, as in production.
+    async fn with_settings(settings: ControllerSettings) -> Harness {
         let database = TestDatabase::create().await.unwrap();
         let store = Store::connect(&database.url, 4).await.unwrap();
-        let pack_dir =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/packs/hello");
+        let pack_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/packs/hello");
         let pack = attune_pack::load_pack_dir(&pack_dir).unwrap();
         let archive = pack.to_archive().unwrap();
         store
@@ -118,9 +137,24 @@ impl Harness {
             Arc::new(docker.clone()),
             Arc::new(agents.clone()),
             signals.clone(),
-            settings(agent_start_timeout),
+            settings,
             fake_agent_binary(62),
         );
+        docker.set_lifecycle_events(true);
+        let stop_tracker = CancellationToken::new();
+        tokio::spawn(controller.lifecycle().clone().run(
+            Arc::new(docker.clone()),
+            controller.settings().controller_id.clone(),
+            stop_tracker.clone(),
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !controller.lifecycle().is_following() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "tracker never followed events"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         Harness {
             database,
             store,
@@ -129,6 +163,58 @@ impl Harness {
             agents,
             jobs,
             controller,
+            stop_tracker,
+        }
+    }
+
+    /// Replaces the stored `container` settings of an action (keys merged over the current).
+    async fn set_container(&self, action_ref: &str, changes: serde_json::Value) {
+        let action = self.store.get_action(action_ref).await.unwrap();
+        let mut container = action.container.unwrap_or_else(|| json!({}));
+        for (key, value) in changes.as_object().unwrap() {
+            container[key] = value.clone();
+        }
+        sqlx::query("UPDATE actions SET container = $1 WHERE ref = $2")
+            .bind(container)
+            .bind(action_ref)
+            .execute(self.store.pool())
+            .await
+            .unwrap();
+    }
+
+    /// The spec of the one container created for an agent's job.
+    fn created_spec(&self) -> attune_server::docker::ContainerCreateSpec {
+        let specs: Vec<_> = self
+            .docker
+            .calls()
+            .into_iter()
+            .filter_map(|call| match call {
+                DockerCall::CreateContainer(spec)
+                    if spec.labels.contains_key("attune.execution") =>
+                {
+                    Some(spec)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(specs.len(), 1, "one action container: {specs:#?}");
+        specs[0].clone()
+    }
+
+    /// Waits until the container running an agent's job has started.
+    async fn wait_started(&self, container_id: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self
+            .docker
+            .container(container_id)
+            .map(|container| container.status)
+            != Some("running".to_string())
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "container never started"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -151,7 +237,12 @@ impl Harness {
             .containers()
             .into_iter()
             .find(|container| {
-                container.spec.labels.get("attune.agent-id").map(String::as_str) == Some(agent_id)
+                container
+                    .spec
+                    .labels
+                    .get("attune.agent-id")
+                    .map(String::as_str)
+                    == Some(agent_id)
             })
             .map(|container| container.id)
             .expect("container for agent")
@@ -166,7 +257,9 @@ impl Harness {
             execution_id: job.execution_id,
             pid: Some(7),
         };
-        apply_event(&self.store, &self.signals, running).await.unwrap();
+        apply_event(&self.store, &self.signals, running)
+            .await
+            .unwrap();
         let report = AgentEvent::Finished(JobReport {
             agent_id,
             execution_id: job.execution_id,
@@ -182,11 +275,14 @@ impl Harness {
             error: None,
             duration_ms: 3,
         });
-        apply_event(&self.store, &self.signals, report).await.unwrap();
+        apply_event(&self.store, &self.signals, report)
+            .await
+            .unwrap();
         self.docker.exit_container(&container_id, exit_code as i64);
     }
 
     async fn finish(self) {
+        self.stop_tracker.cancel();
         self.database.drop_database().await.unwrap();
     }
 }
@@ -197,9 +293,14 @@ fn count(calls: &[DockerCall], matches: impl Fn(&DockerCall) -> bool) -> usize {
 
 fn assert_all_removed(docker: &RecordingDocker) {
     let calls = docker.calls();
-    let created = count(&calls, |call| matches!(call, DockerCall::CreateContainer(_)));
+    let created = count(&calls, |call| {
+        matches!(call, DockerCall::CreateContainer(_))
+    });
     let removed = count(&calls, |call| matches!(call, DockerCall::Remove(_)));
-    assert_eq!(created, removed, "every created container is removed: {calls:#?}");
+    assert_eq!(
+        created, removed,
+        "every created container is removed: {calls:#?}"
+    );
     assert!(docker.containers().is_empty(), "no container left");
 }
 
@@ -213,7 +314,11 @@ async fn happy_path_creates_injects_starts_and_removes_a_hardened_container() {
     harness.agent_reports(JobOutcome::Succeeded, 0).await;
     run.await.unwrap();
 
-    let stored = harness.store.list_executions(&recent_executions()).await.unwrap();
+    let stored = harness
+        .store
+        .list_executions(&recent_executions())
+        .await
+        .unwrap();
     assert_eq!(stored[0].status(), ExecutionStatus::Succeeded);
     assert_eq!(stored[0].result, Some(json!({"ok": true})));
 
@@ -254,9 +359,19 @@ async fn happy_path_creates_injects_starts_and_removes_a_hardened_container() {
             .find(|(entry, _, _)| entry.trim_end_matches('/') == path)
             .map(|(_, mode, _)| *mode)
     };
-    assert_eq!(mode_of("opt/attune/bin/attune-agent"), Some(0o755), "{uploaded:?}");
-    assert_eq!(mode_of("opt/attune/packs/hello/actions/greet.sh"), Some(0o755));
-    assert_eq!(mode_of("opt/attune/packs/hello/actions/greet.yaml"), Some(0o644));
+    assert_eq!(
+        mode_of("opt/attune/bin/attune-agent"),
+        Some(0o755),
+        "{uploaded:?}"
+    );
+    assert_eq!(
+        mode_of("opt/attune/packs/hello/actions/greet.sh"),
+        Some(0o755)
+    );
+    assert_eq!(
+        mode_of("opt/attune/packs/hello/actions/greet.yaml"),
+        Some(0o644)
+    );
     let order: Vec<&str> = calls
         .iter()
         .filter_map(|call| match call {
@@ -298,8 +413,17 @@ async fn image_that_cannot_be_pulled_fails_without_a_container() {
         .unwrap()
         .contains("image busybox:1.36 is not present locally and could not be pulled"));
     let calls = harness.docker.calls();
-    assert_eq!(count(&calls, |call| matches!(call, DockerCall::CreateContainer(_))), 0);
-    assert_eq!(count(&calls, |call| matches!(call, DockerCall::PullImage(_))), 1);
+    assert_eq!(
+        count(&calls, |call| matches!(
+            call,
+            DockerCall::CreateContainer(_)
+        )),
+        0
+    );
+    assert_eq!(
+        count(&calls, |call| matches!(call, DockerCall::PullImage(_))),
+        1
+    );
     harness.finish().await;
 }
 
@@ -313,7 +437,10 @@ async fn pullable_image_is_pulled_once_then_used() {
     harness.agent_reports(JobOutcome::Succeeded, 0).await;
     run.await.unwrap();
     let calls = harness.docker.calls();
-    assert_eq!(count(&calls, |call| matches!(call, DockerCall::PullImage(_))), 1);
+    assert_eq!(
+        count(&calls, |call| matches!(call, DockerCall::PullImage(_))),
+        1
+    );
     assert_all_removed(&harness.docker);
     harness.finish().await;
 }
@@ -325,9 +452,15 @@ async fn image_of_another_architecture_is_refused_before_create() {
     let row = run_unanswered(&harness).await;
     assert_eq!(row.status(), ExecutionStatus::Failed);
     assert_eq!(row.failure_kind.as_deref(), Some("exec-format"));
-    assert!(row.error.unwrap().contains("built for arm64 but the agent binary is for amd64"));
+    assert!(row
+        .error
+        .unwrap()
+        .contains("built for arm64 but the agent binary is for amd64"));
     assert_eq!(
-        count(&harness.docker.calls(), |call| matches!(call, DockerCall::CreateContainer(_))),
+        count(&harness.docker.calls(), |call| matches!(
+            call,
+            DockerCall::CreateContainer(_)
+        )),
         0
     );
     harness.finish().await;
@@ -356,15 +489,22 @@ async fn container_exiting_without_a_report_fails_with_its_output() {
     let harness = Harness::new(Duration::from_secs(10)).await;
     harness.docker.add_image("busybox:1.36", "amd64");
     harness.docker.set_exit("attune-exec-", 2);
-    harness
-        .docker
-        .set_logs("attune-exec-", "attune-agent: connect to message queue: refused");
+    harness.docker.set_logs(
+        "attune-exec-",
+        "attune-agent: connect to message queue: refused",
+    );
     let row = run_unanswered(&harness).await;
     assert_eq!(row.status(), ExecutionStatus::Failed);
     assert_eq!(row.failure_kind.as_deref(), Some("agent-exited"));
     let error = row.error.unwrap();
-    assert!(error.contains("exited with code 2 before reporting"), "{error}");
-    assert!(error.contains("connect to message queue: refused"), "{error}");
+    assert!(
+        error.contains("exited with code 2 before reporting"),
+        "{error}"
+    );
+    assert!(
+        error.contains("connect to message queue: refused"),
+        "{error}"
+    );
     assert_all_removed(&harness.docker);
     harness.finish().await;
 }
@@ -381,7 +521,10 @@ async fn out_of_memory_is_classified_as_oom_never_success() {
     let container_id = harness.container_of(&agent_id);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while harness.docker.container(&container_id).unwrap().status != "running" {
-        assert!(tokio::time::Instant::now() < deadline, "container never started");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "container never started"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(harness.docker.oom_kill_container(&container_id));
@@ -401,7 +544,10 @@ async fn agent_that_never_reports_is_injection_failed_and_killed() {
     assert_eq!(row.status(), ExecutionStatus::Failed);
     assert_eq!(row.failure_kind.as_deref(), Some("injection-failed"));
     let calls = harness.docker.calls();
-    assert_eq!(count(&calls, |call| matches!(call, DockerCall::Kill(_, _))), 1);
+    assert_eq!(
+        count(&calls, |call| matches!(call, DockerCall::Kill(_, _))),
+        1
+    );
     assert_all_removed(&harness.docker);
     harness.finish().await;
 }
@@ -420,7 +566,9 @@ async fn cancel_is_sent_to_the_agent_and_enforced_by_killing() {
         execution_id: id,
         pid: None,
     };
-    apply_event(&harness.store, &harness.signals, running).await.unwrap();
+    apply_event(&harness.store, &harness.signals, running)
+        .await
+        .unwrap();
     harness.store.request_cancel(id).await.unwrap();
     harness.signals.cancel(id);
     // This agent ignores the cancel: the controller must kill after grace (1 s) + 2 s.
@@ -432,7 +580,10 @@ async fn cancel_is_sent_to_the_agent_and_enforced_by_killing() {
         .iter()
         .any(|(_, command)| matches!(command, AgentCommand::Cancel { execution_id } if *execution_id == id)));
     assert_eq!(
-        count(&harness.docker.calls(), |call| matches!(call, DockerCall::Kill(_, _))),
+        count(&harness.docker.calls(), |call| matches!(
+            call,
+            DockerCall::Kill(_, _)
+        )),
         1
     );
     assert_all_removed(&harness.docker);
@@ -450,7 +601,10 @@ async fn cancel_before_start_never_starts_the_container() {
     let row = harness.store.get_execution(id).await.unwrap();
     assert_eq!(row.status(), ExecutionStatus::Canceled);
     assert_eq!(
-        count(&harness.docker.calls(), |call| matches!(call, DockerCall::Start(_))),
+        count(&harness.docker.calls(), |call| matches!(
+            call,
+            DockerCall::Start(_)
+        )),
         0
     );
     harness.finish().await;
@@ -496,7 +650,8 @@ async fn restart_reconcile_adopts_live_removes_orphans_and_fails_the_lost() {
     // A live execution whose container is gone.
     let lost = harness.scheduled_execution("hello.greet").await;
 
-    let report = reconcile_at_start(&harness.store, &docker, &harness.controller)
+    let mut adoptions = JoinSet::new();
+    let report = reconcile_at_start(&harness.store, &docker, &harness.controller, &mut adoptions)
         .await
         .unwrap();
     assert_eq!(report.adopted, 1);
@@ -524,14 +679,636 @@ async fn restart_reconcile_adopts_live_removes_orphans_and_fails_the_lost() {
         error: None,
         duration_ms: 1,
     });
-    apply_event(&harness.store, &harness.signals, report).await.unwrap();
+    apply_event(&harness.store, &harness.signals, report)
+        .await
+        .unwrap();
     harness.docker.exit_container(&live_container, 0);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while harness.docker.container(&live_container).is_some() {
-        assert!(tokio::time::Instant::now() < deadline, "adopted container never removed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "adopted container never removed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let live = harness.store.get_execution(live.id).await.unwrap();
     assert_eq!(live.status(), ExecutionStatus::Succeeded);
     harness.finish().await;
+}
+
+/// Starts an execution of `hello.greet`; returns its id, the agent's id and its container.
+async fn start_greet(harness: &mut Harness) -> (i64, String, String, tokio::task::JoinHandle<()>) {
+    let execution = harness.scheduled_execution("hello.greet").await;
+    let id = execution.id;
+    let controller = harness.controller.clone();
+    let run = tokio::spawn(async move { controller.run_execution(execution).await });
+    let (agent_id, _job) = harness.jobs.recv().await.expect("a job was queued");
+    let container_id = harness.container_of(&agent_id);
+    harness.wait_started(&container_id).await;
+    (id, agent_id, container_id, run)
+}
+
+fn uploads(calls: &[DockerCall]) -> Vec<Vec<(String, u32, u64)>> {
+    calls
+        .iter()
+        .filter_map(|call| match call {
+            DockerCall::UploadArchive { entries, .. } => Some(entries.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn volume_delivery_mounts_the_agent_read_only_filled_once_and_copies_only_pack_files() {
+    let mut harness = Harness::with_settings(ControllerSettings {
+        agent_delivery: AgentDelivery::Volume,
+        ..settings(Duration::from_secs(10))
+    })
+    .await;
+    harness.docker.add_image("busybox:1.36", "amd64");
+    let agent = fake_agent_binary(62);
+    let volume = format!("attune-agent-{}", &agent.sha256[..12]);
+    for round in 0..2 {
+        harness.docker.clear_calls();
+        let execution = harness.scheduled_execution("hello.greet").await;
+        let controller = harness.controller.clone();
+        let run = tokio::spawn(async move { controller.run_execution(execution).await });
+        harness.agent_reports(JobOutcome::Succeeded, 0).await;
+        run.await.unwrap();
+
+        let spec = harness.created_spec();
+        assert!(
+            spec.binds.contains(&format!("{volume}:/opt/attune/bin:ro")),
+            "{:?}",
+            spec.binds
+        );
+        assert_eq!(spec.labels["attune.agent-delivery"], "volume");
+        let calls = harness.docker.calls();
+        let uploaded = uploads(&calls);
+        let action_upload = uploaded.last().expect("pack files uploaded");
+        assert!(
+            !action_upload
+                .iter()
+                .any(|(path, _, _)| path.contains("attune-agent")),
+            "the agent is not copied: {action_upload:?}"
+        );
+        assert!(action_upload.iter().any(|(path, mode, _)| path
+            == "opt/attune/packs/hello/actions/greet.sh"
+            && *mode == 0o755));
+        let helpers = count(
+            &calls,
+            |call| matches!(call, DockerCall::CreateContainer(spec) if spec.labels.get("attune.role").map(String::as_str) == Some("volume-fill")),
+        );
+        assert_eq!(
+            helpers,
+            if round == 0 { 1 } else { 0 },
+            "filled once per process"
+        );
+        assert!(
+            !calls.iter().any(|call| matches!(call, DockerCall::Start(id) if harness.docker.container(id).is_some_and(|c| c.spec.labels.contains_key("attune.role")))),
+            "the fill helper is never started"
+        );
+    }
+    let filled = harness.docker.volume(&volume).expect("agent volume");
+    assert_eq!(filled.labels["attune.agent-sha256"], agent.sha256);
+    assert_eq!(filled.labels["attune.managed"], "true");
+    assert_eq!(filled.files["attune-agent"].mode, 0o755);
+    assert_eq!(filled.files["attune-agent"].bytes, *agent.bytes);
+    assert_all_removed(&harness.docker);
+    harness.finish().await;
+}
+
+#[tokio::test]
+async fn auto_delivery_falls_back_to_put_archive_when_a_volume_operation_fails() {
+    let mut harness = Harness::with_settings(ControllerSettings {
+        agent_delivery: AgentDelivery::Auto,
+        ..settings(Duration::from_secs(10))
+    })
+    .await;
+    harness.docker.add_image("busybox:1.36", "amd64");
+    harness.docker.fail_next(
+        Operation::CreateVolume,
+        DockerError::Rejected {
+            operation: "create volume".into(),
+            reason: "volume driver unavailable".into(),
+        },
+    );
+    let execution = harness.scheduled_execution("hello.greet").await;
+    let controller = harness.controller.clone();
+    let run = tokio::spawn(async move { controller.run_execution(execution).await });
+    harness.agent_reports(JobOutcome::Succeeded, 0).await;
+    run.await.unwrap();
+    let stored = harness
+        .store
+        .list_executions(&recent_executions())
+        .await
+        .unwrap();
+    assert_eq!(stored[0].status(), ExecutionStatus::Succeeded);
+    let spec = harness.created_spec();
+    assert!(spec.binds.is_empty());
+    assert_eq!(spec.labels["attune.agent-delivery"], "put-archive");
+    let uploaded = uploads(&harness.docker.calls());
+    assert!(uploaded[0]
+        .iter()
+        .any(|(path, mode, _)| path == "opt/attune/bin/attune-agent" && *mode == 0o755));
+    assert_all_removed(&harness.docker);
+    harness.finish().await;
+}
+
+#[tokio::test]
+async fn read_only_action_gets_agent_and_pack_volumes_and_a_tmpfs_work_dir() {
+    let mut harness = Harness::new(Duration::from_secs(10)).await;
+    harness.docker.add_image("busybox:1.36", "amd64");
+    harness
+        .set_container("hello.greet", json!({"read_only": true}))
+        .await;
+    let execution = harness.scheduled_execution("hello.greet").await;
+    let controller = harness.controller.clone();
+    let run = tokio::spawn(async move { controller.run_execution(execution).await });
+    harness.agent_reports(JobOutcome::Succeeded, 0).await;
+    run.await.unwrap();
+
+    let spec = harness.created_spec();
+    assert!(spec.read_only_rootfs);
+    assert_eq!(spec.tmpfs["/tmp"], "rw,nosuid,nodev,mode=1777,size=64m");
+    assert!(spec.env.contains(&"ATTUNE_AGENT_WORKDIR=/tmp".to_string()));
+    let agent_bind = spec
+        .binds
+        .iter()
+        .find(|bind| bind.starts_with("attune-agent-"));
+    let pack_bind = spec
+        .binds
+        .iter()
+        .find(|bind| bind.starts_with("attune-pack-"));
+    assert!(
+        agent_bind.is_some_and(|bind| bind.ends_with(":/opt/attune/bin:ro")),
+        "{:?}",
+        spec.binds
+    );
+    assert!(
+        pack_bind.is_some_and(|bind| bind.ends_with(":/opt/attune/packs/hello:ro")),
+        "{:?}",
+        spec.binds
+    );
+    let pack_volume = pack_bind.unwrap().split(':').next().unwrap().to_string();
+    let volume = harness.docker.volume(&pack_volume).unwrap();
+    assert_eq!(volume.files["actions/greet.sh"].mode, 0o755);
+    assert_eq!(volume.files["actions/greet.yaml"].mode, 0o644);
+    let action_uploads = harness
+        .docker
+        .calls()
+        .into_iter()
+        .filter(
+            |call| matches!(call, DockerCall::UploadArchive { dest_dir, .. } if dest_dir == "/"),
+        )
+        .count();
+    assert_eq!(
+        action_uploads, 0,
+        "nothing is copied into a read-only container"
+    );
+    assert_all_removed(&harness.docker);
+    harness.finish().await;
+}
+
+#[tokio::test]
+async fn read_only_action_without_volumes_fails_as_injection_failed() {
+    let harness = Harness::new(Duration::from_secs(10)).await;
+    harness.docker.add_image("busybox:1.36", "amd64");
+    harness
+        .set_container("hello.greet", json!({"read_only": true}))
+        .await;
+    harness.docker.fail_next(
+        Operation::CreateVolume,
+        DockerError::Rejected {
+            operation: "create volume".into(),
+            reason: "volumes are disabled".into(),
+        },
+    );
+    let row = run_unanswered(&harness).await;
+    assert_eq!(row.status(), ExecutionStatus::Failed);
+    assert_eq!(row.failure_kind.as_deref(), Some("injection-failed"));
+    let error = row.error.unwrap();
+    assert!(
+        error.contains("read-only root filesystem") && error.contains("volumes are disabled"),
+        "{error}"
+    );
+    assert_eq!(
+        count(&harness.docker.calls(), |call| matches!(
+            call,
+            DockerCall::Start(_)
+        )),
+        0
+    );
+    assert!(harness.docker.containers().is_empty());
+    harness.finish().await;
+}
+
+#[tokio::test]
+async fn resources_capabilities_and_default_memory_reach_host_config() {
+    let mut harness = Harness::with_settings(ControllerSettings {
+        policy: ExecutionPolicy::new(&[], &["NET_BIND_SERVICE".into()], None).unwrap(),
+        ..settings(Duration::from_secs(10))
+    })
+    .await;
+    harness.docker.add_image("busybox:1.36", "amd64");
+    // Without resources: the default memory, memory-swap the same (no swap), default pids.
+    let execution = harness.scheduled_execution("hello.greet").await;
+    let controller = harness.controller.clone();
+    let run = tokio::spawn(async move { controller.run_execution(execution).await });
+    harness.agent_reports(JobOutcome::Succeeded, 0).await;
+    run.await.unwrap();
+    let spec = harness.created_spec();
+    assert_eq!(spec.memory_bytes, Some(512 << 20));
+    assert_eq!(spec.nano_cpus, None);
+    assert_eq!(spec.pids_limit, Some(512));
+    assert!(spec.cap_add.is_empty());
+    assert!(!spec.read_only_rootfs);
+
+    harness
+        .set_container(
+            "hello.greet",
+            json!({"resources": {"memory": "64Mi", "cpus": 0.5, "pids": 64}, "cap_add": ["CAP_NET_BIND_SERVICE"]}),
+        )
+        .await;
+    harness.docker.clear_calls();
+    let execution = harness.scheduled_execution("hello.greet").await;
+    let controller = harness.controller.clone();
+    let run = tokio::spawn(async move { controller.run_execution(execution).await });
+    harness.agent_reports(JobOutcome::Succeeded, 0).await;
+    run.await.unwrap();
+    let spec = harness.created_spec();
+    assert_eq!(spec.memory_bytes, Some(64 << 20));
+    assert_eq!(spec.nano_cpus, Some(500_000_000));
+    assert_eq!(spec.pids_limit, Some(64));
+    assert_eq!(spec.cap_add, vec!["NET_BIND_SERVICE"]);
+    assert_eq!(spec.cap_drop, vec!["ALL"]);
+    assert_all_removed(&harness.docker);
+    harness.finish().await;
+}
+
+#[tokio::test]
+async fn allow_lists_bad_limits_and_proc_workdirs_are_refused_before_any_container() {
+    let harness = Harness::with_settings(ControllerSettings {
+        policy: ExecutionPolicy::new(&["python:3.11-*".into()], &[], None).unwrap(),
+        ..settings(Duration::from_secs(10))
+    })
+    .await;
+    harness.docker.add_image("busybox:1.36", "amd64");
+    let row = run_unanswered(&harness).await;
+    assert_eq!(row.failure_kind.as_deref(), Some("not-allowed"));
+    assert!(row
+        .error
+        .unwrap()
+        .contains("image busybox:1.36 is not allowed (docker.allowed_images: python:3.11-*)"));
+
+    let harness_open = Harness::new(Duration::from_secs(10)).await;
+    harness_open.docker.add_image("busybox:1.36", "amd64");
+    let cases = [
+        (
+            json!({"cap_add": ["NET_ADMIN"]}),
+            "not-allowed",
+            "capability NET_ADMIN is not allowed",
+        ),
+        (
+            json!({"workdir": "/proc/self/cwd"}),
+            "invalid-action",
+            "/proc",
+        ),
+        (
+            json!({"resources": {"memory": "lots"}}),
+            "invalid-action",
+            "resources: memory",
+        ),
+        (
+            json!({"resources": {"cpus": 64.0}}),
+            "invalid-action",
+            "more than the 2 CPUs",
+        ),
+        (
+            json!({"resources": {"pids": 4}}),
+            "invalid-action",
+            "pids must be between 16 and 32768",
+        ),
+    ];
+    for (changes, kind, text) in cases {
+        harness_open
+            .set_container("hello.greet", changes.clone())
+            .await;
+        let row = run_unanswered(&harness_open).await;
+        assert_eq!(row.status(), ExecutionStatus::Failed, "{changes}");
+        assert_eq!(
+            row.failure_kind.as_deref(),
+            Some(kind),
+            "{changes}: {:?}",
+            row.error
+        );
+        let error = row.error.unwrap();
+        assert!(error.contains(text), "{changes}: {error}");
+        // Reset what this case changed.
+        harness_open
+            .set_container(
+                "hello.greet",
+                json!({"cap_add": [], "workdir": null, "resources": null}),
+            )
+            .await;
+    }
+    for harness in [&harness, &harness_open] {
+        assert_eq!(
+            count(&harness.docker.calls(), |call| matches!(
+                call,
+                DockerCall::CreateContainer(_)
+            )),
+            0
+        );
+    }
+    harness.finish().await;
+    harness_open.finish().await;
+}
+
+#[tokio::test]
+async fn a_container_killed_from_outside_is_failed_as_killed() {
+    let mut harness = Harness::new(Duration::from_secs(10)).await;
+    harness.docker.add_image("busybox:1.36", "amd64");
+    let (id, _agent_id, container_id, run) = start_greet(&mut harness).await;
+    // `docker kill`: SIGKILL, exit 137, no OOMKilled, no oom event, no report.
+    let engine: Arc<dyn DockerOps> = Arc::new(harness.docker.clone());
+    engine
+        .kill_container(&container_id, "SIGKILL")
+        .await
+        .unwrap();
+    run.await.unwrap();
+    let row = harness.store.get_execution(id).await.unwrap();
+    assert_eq!(row.status(), ExecutionStatus::Failed);
+    assert_eq!(row.failure_kind.as_deref(), Some("killed"));
+    assert!(row.error.unwrap().contains("exit code 137"));
+    assert_all_removed(&harness.docker);
+    harness.finish().await;
+}
+
+#[tokio::test]
+async fn an_oom_event_before_die_means_oom_even_without_oom_killed() {
+    let mut harness = Harness::new(Duration::from_secs(10)).await;
+    harness.docker.add_image("busybox:1.36", "amd64");
+    let (id, _agent_id, container_id, run) = start_greet(&mut harness).await;
+    assert!(harness.docker.emit_oom_event(&container_id));
+    assert!(harness.docker.exit_container(&container_id, 137));
+    assert!(!harness.docker.container(&container_id).unwrap().oom_killed);
+    run.await.unwrap();
+    let row = harness.store.get_execution(id).await.unwrap();
+    assert_eq!(row.failure_kind.as_deref(), Some("oom"), "{:?}", row.error);
+    assert!(row.error.unwrap().contains("oom event"));
+    assert_all_removed(&harness.docker);
+    harness.finish().await;
+}
+
+#[tokio::test]
+async fn a_failed_report_after_an_oom_kill_is_reclassified_as_oom() {
+    let mut harness = Harness::new(Duration::from_secs(10)).await;
+    harness.docker.add_image("busybox:1.36", "amd64");
+    let execution = harness.scheduled_execution("hello.greet").await;
+    let id = execution.id;
+    let controller = harness.controller.clone();
+    let run = tokio::spawn(async move { controller.run_execution(execution).await });
+    let (agent_id, _job) = harness.jobs.recv().await.unwrap();
+    let container_id = harness.container_of(&agent_id);
+    harness.wait_started(&container_id).await;
+    // The kernel kills the action's process for memory; the agent survives and reports it.
+    assert!(harness.docker.emit_oom_event(&container_id));
+    let running = AgentEvent::Running {
+        agent_id: agent_id.clone(),
+        execution_id: id,
+        pid: Some(7),
+    };
+    apply_event(&harness.store, &harness.signals, running)
+        .await
+        .unwrap();
+    let report = AgentEvent::Finished(JobReport {
+        agent_id,
+        execution_id: id,
+        outcome: JobOutcome::Failed,
+        failure_kind: Some(attune_protocol::FailureKind::NonZeroExit),
+        exit_code: None,
+        signal: Some(9),
+        stdout: String::new(),
+        stderr: String::new(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        result: None,
+        error: Some("the action was killed by signal 9".into()),
+        duration_ms: 5,
+    });
+    apply_event(&harness.store, &harness.signals, report)
+        .await
+        .unwrap();
+    harness.docker.exit_container(&container_id, 0);
+    run.await.unwrap();
+    let row = harness.store.get_execution(id).await.unwrap();
+    assert_eq!(row.status(), ExecutionStatus::Failed);
+    assert_eq!(row.failure_kind.as_deref(), Some("oom"));
+    let error = row.error.unwrap();
+    assert!(
+        error.contains("out of memory") && error.contains("signal 9"),
+        "{error}"
+    );
+    assert_eq!(row.signal, Some(9), "the agent's report is kept");
+    assert_all_removed(&harness.docker);
+    harness.finish().await;
+}
+
+#[tokio::test]
+async fn a_container_removed_from_outside_is_failed_as_killed() {
+    let mut harness = Harness::new(Duration::from_secs(10)).await;
+    harness.docker.add_image("busybox:1.36", "amd64");
+    let (id, _agent_id, container_id, run) = start_greet(&mut harness).await;
+    let engine: Arc<dyn DockerOps> = Arc::new(harness.docker.clone());
+    engine.remove_container(&container_id).await.unwrap();
+    run.await.unwrap();
+    let row = harness.store.get_execution(id).await.unwrap();
+    assert_eq!(row.failure_kind.as_deref(), Some("killed"));
+    assert!(row.error.unwrap().contains("removed while the action ran"));
+    harness.finish().await;
+}
+
+#[tokio::test]
+async fn a_running_action_past_its_deadline_is_killed_as_timeout() {
+    let mut harness = Harness::new(Duration::from_secs(10)).await;
+    harness.docker.add_image("busybox:1.36", "amd64");
+    sqlx::query("UPDATE actions SET timeout_seconds = 1 WHERE ref = 'hello.greet'")
+        .execute(harness.store.pool())
+        .await
+        .unwrap();
+    let execution = harness.scheduled_execution("hello.greet").await;
+    let id = execution.id;
+    let controller = harness.controller.clone();
+    let run = tokio::spawn(async move { controller.run_execution(execution).await });
+    let (agent_id, _job) = harness.jobs.recv().await.unwrap();
+    // The agent says running, then goes silent (hung): the controller's own deadline ends it.
+    let running = AgentEvent::Running {
+        agent_id,
+        execution_id: id,
+        pid: Some(7),
+    };
+    apply_event(&harness.store, &harness.signals, running)
+        .await
+        .unwrap();
+    run.await.unwrap();
+    let row = harness.store.get_execution(id).await.unwrap();
+    assert_eq!(row.status(), ExecutionStatus::Timeout);
+    assert_eq!(row.failure_kind.as_deref(), Some("timeout"));
+    assert_eq!(
+        count(&harness.docker.calls(), |call| matches!(
+            call,
+            DockerCall::Kill(_, _)
+        )),
+        1
+    );
+    assert_all_removed(&harness.docker);
+    harness.finish().await;
+}
+
+#[tokio::test]
+async fn upload_failure_is_injection_failed_and_exec_format_in_output_is_named() {
+    let harness = Harness::new(Duration::from_secs(10)).await;
+    harness.docker.add_image("busybox:1.36", "amd64");
+    harness.docker.fail_next(
+        Operation::UploadArchive,
+        DockerError::Rejected {
+            operation: "upload".into(),
+            reason: "no space left on device".into(),
+        },
+    );
+    let row = run_unanswered(&harness).await;
+    assert_eq!(row.failure_kind.as_deref(), Some("injection-failed"));
+    assert!(row.error.unwrap().contains("no space left on device"));
+
+    harness.docker.set_exit("attune-exec-", 1);
+    harness.docker.set_logs(
+        "attune-exec-",
+        "exec /opt/attune/bin/attune-agent: exec format error",
+    );
+    let row = run_unanswered(&harness).await;
+    assert_eq!(row.failure_kind.as_deref(), Some("exec-format"));
+    assert_all_removed(&harness.docker);
+    harness.finish().await;
+}
+
+#[tokio::test]
+async fn periodic_sweep_removes_only_old_containers_of_ended_or_unknown_executions() {
+    let harness = Harness::new(Duration::from_secs(10)).await;
+    harness.docker.add_image("busybox:1.36", "amd64");
+    let docker: Arc<dyn DockerOps> = Arc::new(harness.docker.clone());
+    let live = harness.scheduled_execution("hello.greet").await;
+    let ended = harness.scheduled_execution("hello.greet").await;
+    harness
+        .store
+        .transition(
+            ended.id,
+            ExecutionStatus::Failed,
+            attune_server::db::TransitionFields::error("test", "ended"),
+        )
+        .await
+        .unwrap();
+    let labels = |name: &str, extra: &[(&str, &str)]| {
+        let mut labels: std::collections::BTreeMap<String, String> = [
+            ("attune.managed", "true"),
+            ("attune.controller", "controller-under-test"),
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect();
+        labels.insert("test.name".into(), name.into());
+        labels
+    };
+    let mut created = std::collections::HashMap::new();
+    let live_id = live.id.to_string();
+    let ended_id = ended.id.to_string();
+    for (name, extra) in [
+        ("live", vec![("attune.execution", live_id.as_str())]),
+        ("ended", vec![("attune.execution", ended_id.as_str())]),
+        ("unknown", vec![("attune.execution", "999999")]),
+        ("helper", vec![("attune.role", "volume-fill")]),
+        (
+            "pooled",
+            vec![("attune.pool", "hello-abc"), ("attune.agent-id", "pool-1")],
+        ),
+    ] {
+        let spec = attune_server::docker::ContainerCreateSpec {
+            name: format!("attune-sweep-{name}"),
+            image: "busybox:1.36".into(),
+            labels: labels(name, &extra),
+            ..Default::default()
+        };
+        created.insert(name, docker.create_container(&spec).await.unwrap());
+    }
+    let foreign = attune_server::docker::ContainerCreateSpec {
+        name: "attune-sweep-foreign".into(),
+        image: "busybox:1.36".into(),
+        labels: [
+            ("attune.managed", "true"),
+            ("attune.controller", "someone-else"),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect(),
+        ..Default::default()
+    };
+    let foreign = docker.create_container(&foreign).await.unwrap();
+
+    let young = sweep_containers(
+        &harness.store,
+        &docker,
+        "controller-under-test",
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (young.removed, young.too_young),
+        (0, 3),
+        "inside the creation grace period"
+    );
+    let swept = sweep_containers(
+        &harness.store,
+        &docker,
+        "controller-under-test",
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    assert_eq!(swept.removed, 3);
+    for name in ["ended", "unknown", "helper"] {
+        assert!(
+            harness.docker.container(&created[name]).is_none(),
+            "{name} removed"
+        );
+    }
+    for name in ["live", "pooled"] {
+        assert!(
+            harness.docker.container(&created[name]).is_some(),
+            "{name} kept"
+        );
+    }
+    assert!(
+        harness.docker.container(&foreign).is_some(),
+        "another controller's kept"
+    );
+    harness.finish().await;
+}
+
+#[test]
+fn registered_agent_digest_is_compared_with_the_label() {
+    assert_eq!(
+        check_agent_sha256("abc123", "abc123"),
+        AgentIdentity::Matches
+    );
+    assert_eq!(
+        check_agent_sha256("abc123", "ABC123"),
+        AgentIdentity::Matches
+    );
+    assert_eq!(check_agent_sha256("abc123", ""), AgentIdentity::Unreported);
+    assert_eq!(
+        check_agent_sha256("abc123", "def456"),
+        AgentIdentity::Mismatch
+    );
 }

@@ -506,3 +506,134 @@ async fn uploads_are_refused_into_a_read_only_rootfs_and_never_compressed() {
         .await
         .expect("remove");
 }
+
+/// Removes the named volumes when dropped (after the containers' guard, declared before it).
+struct VolumeGuard {
+    names: Vec<String>,
+}
+
+impl Drop for VolumeGuard {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = Command::new("docker")
+                .args(["volume", "rm", "-f", name])
+                .output();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_volume_filled_through_a_created_container_serves_a_read_only_container() {
+    let engine = engine().await;
+    let volume = unique_name("volume");
+    let _volumes = VolumeGuard {
+        names: vec![volume.clone()],
+    };
+    let mut guard = ContainerGuard::new();
+    let run = unique_name("run");
+    let labels = BTreeMap::from([
+        ("attune.test".to_string(), "true".to_string()),
+        ("attune.agent-sha256".to_string(), "f".repeat(64)),
+    ]);
+
+    assert_eq!(engine.inspect_volume(&volume).await.unwrap(), None);
+    let created = engine
+        .create_volume(&volume, &labels)
+        .await
+        .expect("create volume");
+    assert_eq!(created.name, volume);
+    assert_eq!(created.labels, labels);
+    let again = engine
+        .create_volume(&volume, &BTreeMap::new())
+        .await
+        .expect("creating an existing volume returns it");
+    assert_eq!(again.labels, labels, "the existing volume keeps its labels");
+
+    // Fill it through a created, never started container (no shell needed).
+    let filler_name = unique_name("filler");
+    guard.track(&filler_name);
+    let filler = ContainerCreateSpec {
+        name: filler_name.clone(),
+        image: BUSYBOX.to_string(),
+        entrypoint: vec!["/never-started".into()],
+        labels: run_labels(&run),
+        network_mode: Some("none".into()),
+        binds: vec![format!("{volume}:/fill")],
+        ..Default::default()
+    };
+    let filler_id = engine
+        .create_container(&filler)
+        .await
+        .expect("create filler");
+    assert_eq!(
+        engine.read_file(&filler_id, "/fill/run.sh").await.unwrap(),
+        None,
+        "a missing path reads as none"
+    );
+    let mut archive = InjectionArchive::new();
+    archive
+        .add_file("run.sh", EXECUTABLE_MODE, "#!/bin/sh\necho from-the-volume uid=$(id -u)\ntouch /fill-test 2>/dev/null || echo rootfs-read-only\n")
+        .unwrap()
+        .add_file(".ready", FILE_MODE, "digest")
+        .unwrap();
+    engine
+        .upload_archive(&filler_id, "/fill", archive.finish())
+        .await
+        .expect("put_archive into a volume mount of a created container");
+    assert_eq!(
+        engine.read_file(&filler_id, "/fill/.ready").await.unwrap(),
+        Some(b"digest".to_vec())
+    );
+    let in_use = engine.remove_volume(&volume).await.unwrap_err();
+    assert!(
+        matches!(in_use, DockerError::Rejected { ref reason, .. } if reason.contains("in use")),
+        "{in_use:?}"
+    );
+    engine
+        .remove_container(&filler_id)
+        .await
+        .expect("remove filler");
+
+    // Mounted read-only into a read-only container of a non-root user, it runs.
+    let user_name = unique_name("reader");
+    guard.track(&user_name);
+    let reader = ContainerCreateSpec {
+        name: user_name.clone(),
+        image: BUSYBOX.to_string(),
+        entrypoint: vec!["/opt/attune/bin/run.sh".into()],
+        labels: run_labels(&run),
+        user: Some("65534:65534".into()),
+        network_mode: Some("none".into()),
+        init: true,
+        cap_drop: vec!["ALL".into()],
+        read_only_rootfs: true,
+        binds: vec![format!("{volume}:/opt/attune/bin:ro")],
+        ..Default::default()
+    };
+    let reader_id = engine
+        .create_container(&reader)
+        .await
+        .expect("create reader");
+    engine
+        .start_container(&reader_id)
+        .await
+        .expect("start reader");
+    let exit_code = tokio::time::timeout(DEADLINE, engine.wait_container(&reader_id))
+        .await
+        .expect("reader ends before the deadline")
+        .expect("wait");
+    let logs = engine.container_logs(&reader_id, 10).await.unwrap();
+    assert_eq!(exit_code, 0, "{logs}");
+    assert!(logs.contains("from-the-volume uid=65534"), "{logs}");
+    assert!(logs.contains("rootfs-read-only"), "{logs}");
+    engine
+        .remove_container(&reader_id)
+        .await
+        .expect("remove reader");
+    engine.remove_volume(&volume).await.expect("remove volume");
+    assert_eq!(engine.inspect_volume(&volume).await.unwrap(), None);
+    engine
+        .remove_volume(&volume)
+        .await
+        .expect("removing a missing volume is not an error");
+}

@@ -135,7 +135,10 @@ async fn hello_pack_runs_shell_in_busybox_and_python_in_debian() {
     assert_eq!(greet.image.as_deref(), Some("busybox:1.36"));
     assert!(greet.container_id.is_some());
     for timestamp in [&greet.scheduled_at, &greet.started_at, &greet.finished_at] {
-        assert!(timestamp.is_some(), "every step has its timestamp: {greet:?}");
+        assert!(
+            timestamp.is_some(),
+            "every step has its timestamp: {greet:?}"
+        );
     }
 
     let stats = client
@@ -170,23 +173,54 @@ async fn every_parameter_delivery_mode_and_format() {
 
     for action in ["e2e.stdin_json", "e2e.file_json"] {
         let execution = client.run(action, parameters.clone()).await;
-        assert_eq!(execution.status, ExecutionStatus::Succeeded, "{execution:?}");
+        assert_eq!(
+            execution.status,
+            ExecutionStatus::Succeeded,
+            "{execution:?}"
+        );
         let result = execution.result.unwrap();
         assert_eq!(result["name"], "Ada", "{action}");
         assert_eq!(result["count"], 7, "{action}");
-        assert_eq!(result["token"], "s3cret-value", "{action}: secrets reach stdin/file");
+        assert_eq!(
+            result["token"], "s3cret-value",
+            "{action}: secrets reach stdin/file"
+        );
     }
     for action in ["e2e.stdin_yaml", "e2e.file_yaml"] {
         let execution = client.run(action, parameters.clone()).await;
-        assert_eq!(execution.status, ExecutionStatus::Succeeded, "{execution:?}");
-        assert!(execution.stdout.contains("name: Ada"), "{action}: {}", execution.stdout);
-        assert!(execution.stdout.contains("count: 7"), "{action}: {}", execution.stdout);
+        assert_eq!(
+            execution.status,
+            ExecutionStatus::Succeeded,
+            "{execution:?}"
+        );
+        assert!(
+            execution.stdout.contains("name: Ada"),
+            "{action}: {}",
+            execution.stdout
+        );
+        assert!(
+            execution.stdout.contains("count: 7"),
+            "{action}: {}",
+            execution.stdout
+        );
     }
     for action in ["e2e.stdin_dotenv", "e2e.file_dotenv"] {
         let execution = client.run(action, parameters.clone()).await;
-        assert_eq!(execution.status, ExecutionStatus::Succeeded, "{execution:?}");
-        assert!(execution.stdout.contains("name='Ada'"), "{action}: {}", execution.stdout);
-        assert!(execution.stdout.contains("count='7'"), "{action}: {}", execution.stdout);
+        assert_eq!(
+            execution.status,
+            ExecutionStatus::Succeeded,
+            "{execution:?}"
+        );
+        assert!(
+            execution.stdout.contains("name='Ada'"),
+            "{action}: {}",
+            execution.stdout
+        );
+        assert!(
+            execution.stdout.contains("count='7'"),
+            "{action}: {}",
+            execution.stdout
+        );
     }
 
     let python = client.run("e2e.python_json", parameters.clone()).await;
@@ -207,7 +241,10 @@ async fn non_zero_exit_fails_and_keeps_the_code_and_output() {
 
     let logs: List<LogChunkView> = client
         .http
-        .get(format!("{}/api/v1/executions/{}/logs", client.base_url, execution.id))
+        .get(format!(
+            "{}/api/v1/executions/{}/logs",
+            client.base_url, execution.id
+        ))
         .send()
         .await
         .unwrap()
@@ -215,7 +252,10 @@ async fn non_zero_exit_fails_and_keeps_the_code_and_output() {
         .await
         .unwrap();
     let joined: String = logs.items.iter().map(|chunk| chunk.data.as_str()).collect();
-    assert!(joined.contains("about to fail"), "live log chunks stored: {joined}");
+    assert!(
+        joined.contains("about to fail"),
+        "live log chunks stored: {joined}"
+    );
     finish(server).await;
 }
 
@@ -251,7 +291,9 @@ async fn missing_interpreters_and_images_are_named() {
     assert_eq!(missing.status, ExecutionStatus::Failed);
     let error = missing.error.unwrap();
     assert!(
-        error.contains("attune-test/does-not-exist:1.0 is not present locally and could not be pulled"),
+        error.contains(
+            "attune-test/does-not-exist:1.0 is not present locally and could not be pulled"
+        ),
         "{error}"
     );
     assert!(missing.container_id.is_none(), "no container was created");
@@ -270,7 +312,11 @@ async fn awkward_images_non_root_user_and_foreign_entrypoint() {
     assert_eq!(nonroot.result.unwrap()["uid"], 65534);
 
     let entrypoint = client.run("e2e.entrypoint_override", json!({})).await;
-    assert_eq!(entrypoint.status, ExecutionStatus::Succeeded, "{entrypoint:?}");
+    assert_eq!(
+        entrypoint.status,
+        ExecutionStatus::Succeeded,
+        "{entrypoint:?}"
+    );
     assert_eq!(entrypoint.result.unwrap()["uid"], 0);
     finish(server).await;
 }
@@ -282,7 +328,10 @@ async fn bad_requests_get_clear_errors() {
     let unknown = client.submit("e2e.nope", json!({})).await;
     assert_eq!(unknown.status(), 404);
     let body: ErrorBody = unknown.json().await.unwrap();
-    assert!(body.detail.contains("action e2e.nope not found"), "{body:?}");
+    assert!(
+        body.detail.contains("action e2e.nope not found"),
+        "{body:?}"
+    );
 
     let missing = client.submit("e2e.strict", json!({})).await;
     assert_eq!(missing.status(), 422);
@@ -312,11 +361,17 @@ async fn bad_requests_get_clear_errors() {
         .json()
         .await
         .unwrap();
-    assert!(executions.items.is_empty(), "refused requests store nothing");
+    assert!(
+        executions.items.is_empty(),
+        "refused requests store nothing"
+    );
 
     let cancel_unknown = client
         .http
-        .post(format!("{}/api/v1/executions/999999/cancel", client.base_url))
+        .post(format!(
+            "{}/api/v1/executions/999999/cancel",
+            client.base_url
+        ))
         .send()
         .await
         .unwrap();
@@ -400,9 +455,10 @@ async fn bad_packs_are_refused_with_file_and_reason() {
     for (case, archive, expected_status, expected_text) in cases {
         let response = client.upload(archive, false).await;
         let status = response.status().as_u16();
-        let body: ErrorBody = response.json().await.unwrap_or_else(|error| {
-            panic!("{case}: error body is JSON: {error}")
-        });
+        let body: ErrorBody = response
+            .json()
+            .await
+            .unwrap_or_else(|error| panic!("{case}: error body is JSON: {error}"));
         assert_eq!(status, expected_status, "{case}: {body:?}");
         assert!(
             body.detail.contains(expected_text),
@@ -422,9 +478,16 @@ async fn bad_packs_are_refused_with_file_and_reason() {
 
     client.register(&hello_pack_dir()).await;
     let again = client
-        .upload(attune_pack::build_pack_archive(hello_pack_dir()).unwrap(), false)
+        .upload(
+            attune_pack::build_pack_archive(hello_pack_dir()).unwrap(),
+            false,
+        )
         .await;
-    assert_eq!(again.status(), 409, "registering twice without force conflicts");
+    assert_eq!(
+        again.status(),
+        409,
+        "registering twice without force conflicts"
+    );
     finish(server).await;
 }
 
@@ -440,7 +503,10 @@ async fn cancel_stops_a_running_execution_and_finished_ones_conflict() {
     }
     let cancel = client
         .http
-        .post(format!("{}/api/v1/executions/{}/cancel", client.base_url, created.id))
+        .post(format!(
+            "{}/api/v1/executions/{}/cancel",
+            client.base_url, created.id
+        ))
         .send()
         .await
         .unwrap();
@@ -450,7 +516,10 @@ async fn cancel_stops_a_running_execution_and_finished_ones_conflict() {
 
     let again = client
         .http
-        .post(format!("{}/api/v1/executions/{}/cancel", client.base_url, created.id))
+        .post(format!(
+            "{}/api/v1/executions/{}/cancel",
+            client.base_url, created.id
+        ))
         .send()
         .await
         .unwrap();
@@ -473,7 +542,9 @@ async fn readiness_checks_every_dependency() {
     for dependency in ["database", "message_queue", "docker"] {
         assert_eq!(body["checks"][dependency], "ok", "{body}");
     }
-    let live = reqwest::get(format!("{}/livez", server.base_url)).await.unwrap();
+    let live = reqwest::get(format!("{}/livez", server.base_url))
+        .await
+        .unwrap();
     assert_eq!(live.status(), 200);
     finish(server).await;
 }

@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 fn pack_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/packs").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/packs")
+        .join(name)
 }
 
 struct Client {
@@ -29,7 +31,12 @@ impl Client {
             .await
             .unwrap();
         let status = response.status();
-        assert_eq!(status, 201, "register {name}: {}", response.text().await.unwrap());
+        assert_eq!(
+            status,
+            201,
+            "register {name}: {}",
+            response.text().await.unwrap()
+        );
     }
 
     async fn submit(&self, action: &str, parameters: Value) -> i64 {
@@ -107,7 +114,11 @@ async fn warm_containers_are_reused_retired_and_kept_per_pack() {
             .submit("pooled.quick", json!({"name": format!("round {round}")}))
             .await;
         let execution = client.wait_terminal(id).await;
-        assert_eq!(execution.status, ExecutionStatus::Succeeded, "{execution:?}");
+        assert_eq!(
+            execution.status,
+            ExecutionStatus::Succeeded,
+            "{execution:?}"
+        );
         assert_eq!(execution.result.unwrap()["name"], format!("round {round}"));
         containers.push(execution.container_id.unwrap());
     }
@@ -132,7 +143,10 @@ async fn warm_containers_are_reused_retired_and_kept_per_pack() {
     let controller_id = server.controller_id.clone();
     server.stop().await.unwrap();
     let left = leftover_containers(&controller_id);
-    assert!(left.is_empty(), "warm containers removed at shutdown: {left}");
+    assert!(
+        left.is_empty(),
+        "warm containers removed at shutdown: {left}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,10 +186,17 @@ async fn concurrent_executions_never_exceed_the_pool_max() {
     };
     for id in ids {
         let execution = client.wait_terminal(id).await;
-        assert_eq!(execution.status, ExecutionStatus::Succeeded, "{execution:?}");
+        assert_eq!(
+            execution.status,
+            ExecutionStatus::Succeeded,
+            "{execution:?}"
+        );
         seen_containers.insert(execution.container_id.unwrap());
     }
-    assert!(seen_containers.len() <= 2, "max 2 containers: {seen_containers:?}");
+    assert!(
+        seen_containers.len() <= 2,
+        "max 2 containers: {seen_containers:?}"
+    );
     let most_live = watcher.await.unwrap();
     assert!(most_live <= 2, "pool exceeded max: {most_live}");
     let controller_id = server.controller_id.clone();

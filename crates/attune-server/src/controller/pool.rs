@@ -52,7 +52,10 @@ impl PoolKey {
             )
             .as_bytes(),
         );
-        let hex: String = digest[..6].iter().map(|byte| format!("{byte:02x}")).collect();
+        let hex: String = digest[..6]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
         format!("{}-{hex}", self.pack_ref)
     }
 }
@@ -156,7 +159,12 @@ impl Controller {
         tracing::debug!(execution_id, container_id = %warm.container_id, pool = %key.name(), "claimed warm container");
         if let Err(error) = self
             .store
-            .set_placement(execution_id, &container_spec.image, &warm.container_id, &warm.agent_id)
+            .set_placement(
+                execution_id,
+                &container_spec.image,
+                &warm.container_id,
+                &warm.agent_id,
+            )
             .await
         {
             self.release_warm(&key, warm, execution_id, false).await;
@@ -170,7 +178,8 @@ impl Controller {
             .send_command(&warm.agent_id, &AgentCommand::Job(job))
             .await
         {
-            self.release_warm(&key, warm.clone(), execution_id, false).await;
+            self.release_warm(&key, warm.clone(), execution_id, false)
+                .await;
             return Err(ExecutionFailure::failed(
                 "message-queue",
                 format!("queue job for agent {}: {error}", warm.agent_id),
@@ -337,7 +346,9 @@ impl Controller {
                     super::classify_start_error(&template.container_spec.image, &self.agent, error)
                 })?;
             match tokio::time::timeout(self.settings.agent_start_timeout, registration).await {
-                Ok(Ok(agent_sha256)) if agent_sha256.is_empty() || agent_sha256 == self.agent.sha256 => {
+                Ok(Ok(agent_sha256))
+                    if agent_sha256.is_empty() || agent_sha256 == self.agent.sha256 =>
+                {
                     Ok(())
                 }
                 Ok(Ok(agent_sha256)) => Err(ExecutionFailure::failed(
@@ -374,7 +385,13 @@ impl Controller {
     }
 
     /// Returns a container after an execution, or retires it when it is spent or unhealthy.
-    async fn release_warm(&self, key: &PoolKey, warm: WarmContainer, execution_id: i64, healthy: bool) {
+    async fn release_warm(
+        &self,
+        key: &PoolKey,
+        warm: WarmContainer,
+        execution_id: i64,
+        healthy: bool,
+    ) {
         let retire = {
             let mut pools = self.pools.pools.lock().expect("pools lock");
             match pools.get_mut(key) {

@@ -662,10 +662,7 @@ impl DockerOps for BollardEngine {
         for chunk in chunks {
             tar_bytes.extend_from_slice(&chunk);
         }
-        first_regular_file(&tar_bytes).map_err(|reason| DockerError::Rejected {
-            operation,
-            reason,
-        })
+        first_regular_file(&tar_bytes).map_err(|reason| DockerError::Rejected { operation, reason })
     }
 
     fn container_events(

@@ -133,7 +133,10 @@ fn parse_bind(bind: &str) -> Option<VolumeMount> {
 }
 
 fn mounts_of(spec: &ContainerCreateSpec) -> Vec<VolumeMount> {
-    spec.binds.iter().filter_map(|bind| parse_bind(bind)).collect()
+    spec.binds
+        .iter()
+        .filter_map(|bind| parse_bind(bind))
+        .collect()
 }
 
 /// The mount an absolute path falls under, with the path relative to the mount's root.
@@ -143,7 +146,9 @@ fn mount_for(mounts: &[VolumeMount], path: &str) -> Option<(VolumeMount, String)
         .filter(|mount| path == mount.target || path.starts_with(&format!("{}/", mount.target)))
         .max_by_key(|mount| mount.target.len())
         .map(|mount| {
-            let relative = path[mount.target.len()..].trim_start_matches('/').to_string();
+            let relative = path[mount.target.len()..]
+                .trim_start_matches('/')
+                .to_string();
             (mount.clone(), relative)
         })
 }
@@ -191,7 +196,12 @@ impl FakeState {
 
     fn file_seen_by(&self, container: &FakeContainer, path: &str) -> Option<UploadedEntry> {
         match mount_for(&mounts_of(&container.spec), path) {
-            Some((mount, relative)) => self.volumes.get(&mount.volume)?.files.get(&relative).cloned(),
+            Some((mount, relative)) => self
+                .volumes
+                .get(&mount.volume)?
+                .files
+                .get(&relative)
+                .cloned(),
             None => container.files.get(path).cloned(),
         }
     }
@@ -693,7 +703,14 @@ impl DockerOps for RecordingDocker {
             .ok_or_else(|| Self::no_such_container(&operation, container_id))?;
         let mounts = mounts_of(&state.containers[&id].spec);
         let destination = dest_dir.trim_end_matches('/');
-        match mount_for(&mounts, if destination.is_empty() { "/" } else { destination }) {
+        match mount_for(
+            &mounts,
+            if destination.is_empty() {
+                "/"
+            } else {
+                destination
+            },
+        ) {
             Some((mount, _)) if mount.read_only => {
                 return Err(DockerError::Rejected {
                     operation,
