@@ -35,6 +35,8 @@ build: agent
 
 bench:
 	bash scripts/bench/cold-latency.sh
+	bash scripts/bench/warm-pool.sh
+	bash scripts/bench/agent-footprint.sh
 
 ## Remove every container Attune created on this host (recovery tool).
 clean-containers:
