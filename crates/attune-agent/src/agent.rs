@@ -451,6 +451,7 @@ pub async fn run(
         image: config.image.clone(),
         workdir_base: config.workdir_base.clone(),
         detector,
+        environments: config.environments.clone(),
     });
     let heartbeat_interval = config.heartbeat_interval;
     let mut agent = Agent {

@@ -1,5 +1,6 @@
 //! Agent settings: command-line flags with environment fallback, parsed by hand.
 
+use crate::environment::{EnvironmentCache, DEFAULT_BUILD_TIMEOUT};
 use attune_protocol::queues;
 use std::fmt;
 use std::path::PathBuf;
@@ -13,11 +14,21 @@ pub const ENV_HEARTBEAT_SECONDS: &str = "ATTUNE_AGENT_HEARTBEAT_SECONDS";
 pub const ENV_SHUTDOWN_SECONDS: &str = "ATTUNE_AGENT_SHUTDOWN_SECONDS";
 /// Environment variable: how long to keep retrying the first broker connection (default 30).
 pub const ENV_CONNECT_SECONDS: &str = "ATTUNE_AGENT_CONNECT_SECONDS";
+/// Environment variable: directory where pack environments are built and reused (a volume
+/// shared by containers; default `<ATTUNE_AGENT_WORKDIR>/attune-envs`).
+pub const ENV_ENVIRONMENT_CACHE: &str = "ATTUNE_AGENT_ENV_CACHE";
+/// Environment variable: the image id (`sha256:...`) environments are keyed by; when unset,
+/// `ATTUNE_AGENT_IMAGE` is used.
+pub const ENV_IMAGE_ID: &str = "ATTUNE_AGENT_IMAGE_ID";
+/// Environment variable: how long building one pack environment may take (default 600).
+pub const ENV_ENVIRONMENT_BUILD_SECONDS: &str = "ATTUNE_AGENT_ENV_BUILD_SECONDS";
 
 const DEFAULT_CONCURRENCY: u16 = 4;
 const DEFAULT_HEARTBEAT_SECONDS: u64 = 5;
 const DEFAULT_SHUTDOWN_SECONDS: u64 = 20;
 const DEFAULT_CONNECT_SECONDS: u64 = 30;
+/// Directory under the work directory base used when no environment cache is given.
+pub const DEFAULT_ENVIRONMENT_CACHE_NAME: &str = "attune-envs";
 
 /// Usage text printed by `--help`.
 pub const USAGE: &str = "\
@@ -35,7 +46,8 @@ options (each falls back to its environment variable):
   --json              with --detect-only: print a JSON array
   --version           print the agent and protocol versions
 
-other environment: ATTUNE_AGENT_IMAGE, ATTUNE_AGENT_WORKDIR, ATTUNE_WORKER_RUNTIMES,
+other environment: ATTUNE_AGENT_IMAGE, ATTUNE_AGENT_IMAGE_ID, ATTUNE_AGENT_WORKDIR,
+  ATTUNE_AGENT_ENV_CACHE, ATTUNE_AGENT_ENV_BUILD_SECONDS, ATTUNE_WORKER_RUNTIMES,
   ATTUNE_AGENT_CONCURRENCY, ATTUNE_AGENT_HEARTBEAT_SECONDS, ATTUNE_AGENT_SHUTDOWN_SECONDS,
   ATTUNE_AGENT_CONNECT_SECONDS, ATTUNE_AGENT_EVENTS_QUEUE
 ";
@@ -75,6 +87,8 @@ pub struct AgentConfig {
     pub image: Option<String>,
     /// Directory under which each job gets `attune-exec-<execution_id>`.
     pub workdir_base: PathBuf,
+    /// Pack environments, keyed by dependency files, image identity and interpreter.
+    pub environments: EnvironmentCache,
     /// Jobs run at once (also the consumer prefetch).
     pub concurrency: u16,
     pub heartbeat_interval: Duration,
@@ -92,7 +106,7 @@ pub enum Invocation {
     Version,
     Help,
     DetectOnly { json: bool },
-    Run(AgentConfig),
+    Run(Box<AgentConfig>),
 }
 
 /// A command line or environment that cannot be used.
@@ -211,21 +225,38 @@ where
     let workdir_base = non_empty(env(queues::ENV_AGENT_WORKDIR))
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/tmp"));
-    let events_queue =
-        non_empty(env(queues::ENV_AGENT_EVENTS_QUEUE)).unwrap_or_else(|| queues::AGENT_EVENTS_QUEUE.to_string());
+    let environment_build_seconds = number_from_env(
+        &env,
+        ENV_ENVIRONMENT_BUILD_SECONDS,
+        DEFAULT_BUILD_TIMEOUT.as_secs(),
+        1,
+    )?;
+    let image = non_empty(env(queues::ENV_AGENT_IMAGE));
+    let environments = EnvironmentCache {
+        root: non_empty(env(ENV_ENVIRONMENT_CACHE))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workdir_base.join(DEFAULT_ENVIRONMENT_CACHE_NAME)),
+        image_identity: non_empty(env(ENV_IMAGE_ID))
+            .or_else(|| image.clone())
+            .unwrap_or_default(),
+        build_timeout: Duration::from_secs(environment_build_seconds),
+    };
+    let events_queue = non_empty(env(queues::ENV_AGENT_EVENTS_QUEUE))
+        .unwrap_or_else(|| queues::AGENT_EVENTS_QUEUE.to_string());
 
-    Ok(Invocation::Run(AgentConfig {
+    Ok(Invocation::Run(Box::new(AgentConfig {
         message_queue_url,
         agent_id,
         mode,
-        image: non_empty(env(queues::ENV_AGENT_IMAGE)),
+        image,
         workdir_base,
+        environments,
         concurrency,
         heartbeat_interval: Duration::from_secs(heartbeat_seconds),
         shutdown_deadline: Duration::from_secs(shutdown_seconds),
         connect_timeout: Duration::from_secs(connect_seconds),
         events_queue,
-    }))
+    })))
 }
 
 /// Agent ids become part of a queue name: keep them short and plain.
@@ -277,7 +308,7 @@ mod tests {
 
     fn run_config(arguments: &[&str], env: &[(&str, &str)]) -> AgentConfig {
         match parse(arguments, env).expect("valid invocation") {
-            Invocation::Run(config) => config,
+            Invocation::Run(config) => *config,
             other => panic!("expected a run invocation, got {other:?}"),
         }
     }
@@ -319,9 +350,48 @@ mod tests {
         assert_eq!(config.concurrency, 1);
         assert_eq!(config.image.as_deref(), Some("busybox:1.36"));
         assert_eq!(config.workdir_base, PathBuf::from("/tmp"));
+        assert_eq!(
+            config.environments,
+            EnvironmentCache {
+                root: PathBuf::from("/tmp/attune-envs"),
+                image_identity: "busybox:1.36".to_string(),
+                build_timeout: Duration::from_secs(600),
+            }
+        );
         assert_eq!(config.heartbeat_interval, Duration::from_secs(5));
         assert_eq!(config.shutdown_deadline, Duration::from_secs(20));
         assert_eq!(config.events_queue, "test.events");
+    }
+
+    #[test]
+    fn environment_cache_settings_come_from_environment() {
+        let config = run_config(
+            &[],
+            &[
+                ("ATTUNE_AGENT_MQ_URL", "amqp://env"),
+                ("ATTUNE_AGENT_ID", "agent-7"),
+                ("ATTUNE_AGENT_IMAGE", "python:3.11-slim"),
+                ("ATTUNE_AGENT_IMAGE_ID", "sha256:0123"),
+                ("ATTUNE_AGENT_WORKDIR", "/work"),
+                ("ATTUNE_AGENT_ENV_CACHE", "/opt/attune/envs"),
+                ("ATTUNE_AGENT_ENV_BUILD_SECONDS", "90"),
+            ],
+        );
+        assert_eq!(config.workdir_base, PathBuf::from("/work"));
+        assert_eq!(config.environments.root, PathBuf::from("/opt/attune/envs"));
+        assert_eq!(config.environments.image_identity, "sha256:0123");
+        assert_eq!(config.environments.build_timeout, Duration::from_secs(90));
+
+        let config = run_config(
+            &[],
+            &[
+                ("ATTUNE_AGENT_MQ_URL", "amqp://env"),
+                ("ATTUNE_AGENT_ID", "agent-7"),
+                ("ATTUNE_AGENT_WORKDIR", "/work"),
+            ],
+        );
+        assert_eq!(config.environments.root, PathBuf::from("/work/attune-envs"));
+        assert_eq!(config.environments.image_identity, "");
     }
 
     #[test]

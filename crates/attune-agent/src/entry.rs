@@ -3,7 +3,7 @@
 
 use crate::config::{parse_invocation, Invocation, USAGE};
 use crate::detect::{format_detected, parse_runtime_list, Detector, SearchPath};
-use crate::{agent, hints};
+use crate::{agent, hints, mq};
 use attune_protocol::{queues, PROTOCOL_VERSION};
 use std::process::ExitCode;
 
@@ -31,7 +31,13 @@ pub fn main_with_arguments(arguments: impl IntoIterator<Item = String>) -> ExitC
             print!("{USAGE}");
             return ExitCode::SUCCESS;
         }
-        Invocation::DetectOnly { .. } | Invocation::Run(_) => {}
+        Invocation::Run(ref config) => {
+            if let Err(error) = mq::agent_uri(&config.message_queue_url) {
+                eprintln!("attune-agent: {error}");
+                return ExitCode::from(USAGE_ERROR);
+            }
+        }
+        Invocation::DetectOnly { .. } => {}
     }
 
     let runtime_hints = match hints::load_default_hints() {
@@ -87,7 +93,7 @@ pub fn main_with_arguments(arguments: impl IntoIterator<Item = String>) -> ExitC
                     return ExitCode::FAILURE;
                 }
             };
-            match agent::run(config, detector, selection, shutdown).await {
+            match agent::run(*config, detector, selection, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("attune-agent: {error}");

@@ -215,7 +215,10 @@ impl ReadyEnvironment {
                     "NODE_PATH",
                     prepend(self.directory.join("node_modules"), node_path),
                 ),
-                ("PATH", prepend(self.directory.join("node_modules/.bin"), path)),
+                (
+                    "PATH",
+                    prepend(self.directory.join("node_modules/.bin"), path),
+                ),
             ],
         }
     }
@@ -361,12 +364,14 @@ impl EnvironmentCache {
         deadline: Instant,
         stop: &mut StopReceiver,
     ) -> Result<BuildLock, StepFailure> {
-        tokio::fs::create_dir_all(&self.root).await.map_err(|error| {
-            StepFailure::plain(format!(
-                "create environment cache {}: {error}",
-                self.root.display()
-            ))
-        })?;
+        tokio::fs::create_dir_all(&self.root)
+            .await
+            .map_err(|error| {
+                StepFailure::plain(format!(
+                    "create environment cache {}: {error}",
+                    self.root.display()
+                ))
+            })?;
         let mut lock_path = directory.as_os_str().to_os_string();
         lock_path.push(".lock");
         let lock_path = PathBuf::from(lock_path);
@@ -404,12 +409,14 @@ impl EnvironmentCache {
         stop: &mut StopReceiver,
     ) -> Result<(), StepFailure> {
         if tokio::fs::symlink_metadata(directory).await.is_ok() {
-            tokio::fs::remove_dir_all(directory).await.map_err(|error| {
-                StepFailure::plain(format!(
-                    "remove incomplete environment {}: {error}",
-                    directory.display()
-                ))
-            })?;
+            tokio::fs::remove_dir_all(directory)
+                .await
+                .map_err(|error| {
+                    StepFailure::plain(format!(
+                        "remove incomplete environment {}: {error}",
+                        directory.display()
+                    ))
+                })?;
         }
         let mut environment = request.process_environment.to_vec();
         match request.kind {
@@ -442,7 +449,11 @@ impl EnvironmentCache {
                         "--no-input",
                         "-r",
                     ])
-                    .arg(request.pack_dir.join(EnvironmentKind::Python.dependency_file()))
+                    .arg(
+                        request
+                            .pack_dir
+                            .join(EnvironmentKind::Python.dependency_file()),
+                    )
                     .current_dir(request.pack_dir);
                 run_installer("pip install", &mut install, &environment, deadline, stop).await?;
             }
@@ -862,7 +873,10 @@ mod tests {
             directory: PathBuf::from("/envs/python-1"),
             built: false,
         };
-        assert_eq!(python.program(), Some(PathBuf::from("/envs/python-1/bin/python")));
+        assert_eq!(
+            python.program(),
+            Some(PathBuf::from("/envs/python-1/bin/python"))
+        );
         assert_eq!(
             python.variables(Some(OsStr::new("/usr/bin:/bin")), None),
             vec![
@@ -879,7 +893,10 @@ mod tests {
         assert_eq!(
             node.variables(None, Some(OsStr::new("/lib/node"))),
             vec![
-                ("NODE_PATH", OsString::from("/envs/node-1/node_modules:/lib/node")),
+                (
+                    "NODE_PATH",
+                    OsString::from("/envs/node-1/node_modules:/lib/node")
+                ),
                 ("PATH", OsString::from("/envs/node-1/node_modules/.bin")),
             ]
         );

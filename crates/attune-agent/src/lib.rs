@@ -4,14 +4,16 @@
 //!
 //! Modules, from the outside in: [`entry`] (what the binary does), [`config`] (flags and
 //! environment), [`agent`] (the service loop), [`mq`] (broker wiring), [`runner`] (one job end
-//! to end), [`delivery`] (parameters), [`output`] (capture and live logs), [`process`] (process
-//! groups), [`detect`] and [`hints`] (interpreters in the image).
+//! to end), [`environment`] (pack venvs and node_modules, built once and reused), [`delivery`]
+//! (parameters), [`output`] (capture and live logs), [`process`] (process groups), [`detect`]
+//! and [`hints`] (interpreters in the image).
 
 pub mod agent;
 pub mod config;
 pub mod delivery;
 pub mod detect;
 pub mod entry;
+pub mod environment;
 pub mod hints;
 pub mod mq;
 pub mod output;

@@ -7,6 +7,7 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
+use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -19,6 +20,11 @@ pub const JOB_QUEUE_EXPIRES_MILLISECONDS: u32 = 600_000;
 const PERSISTENT: u8 = 2;
 /// How often publishing one event is tried before it is dropped.
 const PUBLISH_ATTEMPTS: u32 = 5;
+/// Largest AMQP frame the agent asks for: the protocol's minimum. lapin keeps a receive and a
+/// send buffer of 32 frames each, so RabbitMQ's default of 128 KiB would cost 8 MiB of resident
+/// memory in every container; 8 KiB frames cost 512 KiB. Larger messages (a 10 MiB report)
+/// simply travel as more frames. A `frame_max` in the broker URL wins.
+pub const AGENT_FRAME_MAX: u32 = 8192;
 
 /// A broker operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +35,8 @@ pub enum MqError {
         message: String,
         seconds: u64,
     },
+    #[error("invalid broker url {url}: {message}")]
+    InvalidUrl { url: String, message: String },
     #[error("{operation}: {source}")]
     Broker {
         operation: String,
@@ -55,8 +63,21 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Parses the broker URL and asks for [`AGENT_FRAME_MAX`] unless it names a `frame_max`.
+pub fn agent_uri(url: &str) -> Result<AMQPUri, MqError> {
+    let mut uri: AMQPUri = url.parse().map_err(|message| MqError::InvalidUrl {
+        url: redact_url(url),
+        message,
+    })?;
+    if uri.query.frame_max.is_none() {
+        uri.query.frame_max = Some(AGENT_FRAME_MAX);
+    }
+    Ok(uri)
+}
+
 /// Connects, retrying with backoff (100 ms doubling to 2 s) until `timeout` has passed.
 pub async fn connect(url: &str, agent_id: &str, timeout: Duration) -> Result<Connection, MqError> {
+    let uri = agent_uri(url)?;
     let deadline = Instant::now() + timeout;
     let mut delay = Duration::from_millis(100);
     loop {
@@ -65,7 +86,9 @@ pub async fn connect(url: &str, agent_id: &str, timeout: Duration) -> Result<Con
             .enable_auto_recover();
         let remaining = deadline.saturating_duration_since(Instant::now());
         let message =
-            match tokio::time::timeout(remaining, Connection::connect(url, properties)).await {
+            match tokio::time::timeout(remaining, Connection::connect_uri(uri.clone(), properties))
+                .await
+            {
                 Ok(Ok(connection)) => return Ok(connection),
                 Ok(Err(error)) => error.to_string(),
                 Err(_) => "timed out".to_string(),
@@ -295,6 +318,22 @@ mod tests {
             "amqp://guest:***@127.0.0.1:5672/%2f"
         );
         assert_eq!(redact_url("amqp://127.0.0.1:5672"), "amqp://127.0.0.1:5672");
+    }
+
+    #[test]
+    fn the_agent_asks_for_small_frames_unless_the_url_says_otherwise() {
+        let uri = agent_uri("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
+        assert_eq!(uri.query.frame_max, Some(AGENT_FRAME_MAX));
+        assert_eq!(uri.authority.port, 5672);
+        let uri = agent_uri("amqp://127.0.0.1:5672/%2f?frame_max=131072").unwrap();
+        assert_eq!(uri.query.frame_max, Some(131_072));
+        let error = agent_uri("http://guest:secret@host/").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("invalid broker url http://guest:***@host/: "),
+            "{error}"
+        );
     }
 
     #[test]

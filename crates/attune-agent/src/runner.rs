@@ -1,4 +1,5 @@
-//! Running one job end to end: checks, work dir, parameters, process, logs, timeout, report.
+//! Running one job end to end: checks, pack environment, work dir, parameters, process, logs,
+//! timeout, report.
 //!
 //! [`run_job`] never fails: every problem becomes a [`JobReport`] sent as
 //! [`AgentEvent::Finished`]. Events go to an [`EventSender`] channel, so the runner works the
@@ -6,11 +7,16 @@
 
 use crate::delivery;
 use crate::detect::{Detector, SearchPath};
+use crate::environment::{
+    read_dependency_files, EnvironmentCache, EnvironmentError, EnvironmentKind, EnvironmentRequest,
+    ReadyEnvironment,
+};
 use crate::output::{start_capture, CaptureSettings, CapturedOutput};
 use crate::process::{clean_up_group, inherited_environment, terminate_group};
 use crate::EventSender;
 use attune_protocol::{AgentEvent, FailureKind, Job, JobOutcome, JobReport, Runtime};
 use serde_json::Value;
+use std::ffi::OsString;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -57,6 +63,8 @@ pub struct RunnerContext {
     /// Each job works in `<workdir_base>/attune-exec-<execution_id>`.
     pub workdir_base: PathBuf,
     pub detector: Detector,
+    /// Where pack environments (venvs, node_modules) are built and reused.
+    pub environments: EnvironmentCache,
 }
 
 /// How the process ended, from the runner's point of view.
@@ -194,7 +202,14 @@ async fn execute(
         );
     }
 
-    let (program, mut arguments) = if job.runtime == Runtime::Native {
+    let job_detector = job.env.get("PATH").map(|path| {
+        Detector::new(
+            SearchPath::from_path_variable(Some(std::ffi::OsStr::new(path))),
+            context.detector.hints().clone(),
+        )
+    });
+    let detector = job_detector.as_ref().unwrap_or(&context.detector);
+    let (mut program, mut arguments) = if job.runtime == Runtime::Native {
         if !crate::detect::is_executable_file(&entry_path) {
             return early_report(
                 agent_id,
@@ -211,17 +226,6 @@ async fn execute(
         }
         (entry_path.clone(), Vec::new())
     } else {
-        let job_detector;
-        let detector = match job.env.get("PATH") {
-            Some(path) => {
-                job_detector = Detector::new(
-                    SearchPath::from_path_variable(Some(std::ffi::OsStr::new(path))),
-                    context.detector.hints().clone(),
-                );
-                &job_detector
-            }
-            None => &context.detector,
-        };
         match detector.interpreter_for(job.runtime, &entry_path) {
             Ok(interpreter) => (interpreter.program, interpreter.arguments),
             Err(not_found) => {
@@ -242,6 +246,34 @@ async fn execute(
     };
     if job.runtime != Runtime::Native {
         arguments.push(entry_path.display().to_string());
+    }
+
+    let process_environment = job_environment(job);
+    let mut environment_variables = Vec::new();
+    if let Some(kind) = EnvironmentKind::for_runtime(job.runtime) {
+        let request = EnvironmentSetup {
+            kind,
+            interpreter: &program,
+            search_path: detector.search_path(),
+            process_environment: &process_environment,
+        };
+        match prepare_environment(context, job, request, &mut stop).await {
+            Ok(None) => {}
+            Ok(Some(ready)) => {
+                if let Some(environment_program) = ready.program() {
+                    program = environment_program;
+                }
+                let variable = |name: &str| {
+                    process_environment
+                        .iter()
+                        .rev()
+                        .find(|(existing, _)| existing == name)
+                        .map(|(_, value)| value.as_os_str())
+                };
+                environment_variables = ready.variables(variable("PATH"), variable("NODE_PATH"));
+            }
+            Err(report) => return *report,
+        }
     }
 
     let work_dir = context
@@ -275,8 +307,12 @@ async fn execute(
         .args(&arguments)
         .current_dir(&work_dir)
         .env_clear()
-        .envs(inherited_environment())
-        .envs(&job.env);
+        .envs(
+            process_environment
+                .iter()
+                .map(|(name, value)| (name, value)),
+        )
+        .envs(environment_variables);
     match job.runtime {
         Runtime::Python if !job.env.contains_key("PYTHONUNBUFFERED") => {
             command.env("PYTHONUNBUFFERED", "1");
@@ -440,6 +476,98 @@ async fn execute(
         error,
         duration_ms,
     }
+}
+
+/// The container's environment without the agent's own variables, then the job's `env`.
+fn job_environment(job: &Job) -> Vec<(OsString, OsString)> {
+    let mut environment = inherited_environment();
+    for (name, value) in &job.env {
+        environment.retain(|(existing, _)| existing != name.as_str());
+        environment.push((name.into(), value.into()));
+    }
+    environment
+}
+
+/// What [`prepare_environment`] needs besides the job.
+struct EnvironmentSetup<'a> {
+    kind: EnvironmentKind,
+    interpreter: &'a Path,
+    search_path: &'a SearchPath,
+    process_environment: &'a [(OsString, OsString)],
+}
+
+/// The job's runtime environment when its pack carries a dependency file (built on first use),
+/// or the report that ends the job when it cannot be had.
+async fn prepare_environment(
+    context: &RunnerContext,
+    job: &Job,
+    setup: EnvironmentSetup<'_>,
+    stop: &mut StopReceiver,
+) -> Result<Option<ReadyEnvironment>, Box<JobReport>> {
+    let agent_id = context.agent_id.as_str();
+    let pack_dir = Path::new(&job.pack_dir);
+    let build_failed = |error: String| {
+        Box::new(early_report(
+            agent_id,
+            job,
+            JobOutcome::Failed,
+            Some(FailureKind::Spawn),
+            error,
+        ))
+    };
+    let files = match read_dependency_files(setup.kind, pack_dir) {
+        Ok(Some(files)) => files,
+        Ok(None) => return Ok(None),
+        Err(error) => {
+            return Err(build_failed(format!(
+                "build {} environment for pack {}: {error}",
+                setup.kind.as_str(),
+                job.pack_ref
+            )))
+        }
+    };
+    let request = EnvironmentRequest {
+        kind: setup.kind,
+        pack_ref: &job.pack_ref,
+        pack_dir,
+        interpreter: setup.interpreter,
+        search_path: setup.search_path,
+        files: &files,
+        process_environment: setup.process_environment,
+    };
+    match context.environments.prepare(&request, stop).await {
+        Ok(ready) => Ok(Some(ready)),
+        Err(EnvironmentError::Stopped(request)) => {
+            Err(Box::new(stop_report(agent_id, job, request)))
+        }
+        Err(error @ EnvironmentError::Build { .. }) => {
+            let mut report = build_failed(error.to_string());
+            if let EnvironmentError::Build {
+                installer_output, ..
+            } = error
+            {
+                let (stderr, truncated) = capped(installer_output, job.output_limit_bytes);
+                report.stderr = stderr;
+                report.stderr_truncated = truncated;
+            }
+            Err(report)
+        }
+    }
+}
+
+/// `text` cut to at most `limit` bytes (at a character boundary) with the truncation marker.
+fn capped(text: String, limit: u64) -> (String, bool) {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if text.len() <= limit {
+        return (text, false);
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut cut = text[..end].to_string();
+    cut.push_str(&crate::output::truncation_marker(limit as u64));
+    (cut, true)
 }
 
 /// Grace before SIGKILL when a job is stopped from outside: a cancel honours the job's grace,

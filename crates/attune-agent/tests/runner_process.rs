@@ -3,6 +3,7 @@
 //! live logs and every early failure.
 
 use attune_agent::detect::{Detector, SearchPath};
+use attune_agent::environment::EnvironmentCache;
 use attune_agent::hints::RuntimeHints;
 use attune_agent::runner::{run_job, RunnerContext, StopRequest};
 use attune_protocol::{
@@ -54,6 +55,11 @@ impl Fixture {
             image: Some("attune-test/image:1".to_string()),
             workdir_base: self.work_base.path().to_path_buf(),
             detector: Detector::new(SearchPath::from_environment(), RuntimeHints::default()),
+            environments: EnvironmentCache {
+                root: self.work_base.path().join("attune-envs"),
+                image_identity: "attune-test/image:1".to_string(),
+                build_timeout: Duration::from_secs(60),
+            },
         }
     }
 

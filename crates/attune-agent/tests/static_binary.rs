@@ -1,14 +1,16 @@
 //! Checks that the distributed agent binary is fully static: an ELF file without a PT_INTERP
 //! program header (no dynamic loader), so it runs in images without glibc or without any libc.
 //!
-//! The binary is `agent-dist/attune-agent-x86_64` (built by `scripts/build-agent.sh`) or the file
-//! named by `ATTUNE_AGENT_BINARY`. When it is absent the check is skipped, unless
-//! `ATTUNE_REQUIRE_AGENT_BINARY=1`, which turns absence into a failure (CI sets it).
+//! The binaries are `agent-dist/attune-agent-x86_64` (or the file named by `ATTUNE_AGENT_BINARY`)
+//! and `agent-dist/attune-agent-aarch64` (`scripts/build-agent.sh --arch aarch64`). When one is
+//! absent its check is skipped, unless `ATTUNE_REQUIRE_AGENT_BINARY=1` (x86_64, CI sets it) or
+//! `ATTUNE_REQUIRE_AGENT_BINARY_AARCH64=1` turns absence into a failure.
 
 use std::path::PathBuf;
 
 const PT_INTERP: u32 = 3;
 const EM_X86_64: u16 = 62;
+const EM_AARCH64: u16 = 183;
 
 /// What the program headers of an ELF file say about linking.
 #[derive(Debug, PartialEq, Eq)]
@@ -137,19 +139,14 @@ fn the_elf_reader_finds_pt_interp() {
     assert_eq!(own_summary.has_interpreter, !host_is_static);
 }
 
-#[test]
-fn distributed_agent_binary_is_static() {
-    let path = match std::env::var_os("ATTUNE_AGENT_BINARY") {
-        Some(path) => PathBuf::from(path),
-        None => {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../agent-dist/attune-agent-x86_64")
-        }
-    };
-    let required = std::env::var("ATTUNE_REQUIRE_AGENT_BINARY").is_ok_and(|value| value == "1");
+/// Checks the file at `path` is a static ELF binary for `machine`; a missing file is skipped
+/// unless the environment variable `required_variable` is `1`.
+fn check_distributed_binary(path: PathBuf, machine: u16, required_variable: &str) {
+    let required = std::env::var(required_variable).is_ok_and(|value| value == "1");
     if !path.exists() {
         assert!(
             !required,
-            "agent binary {} is missing and ATTUNE_REQUIRE_AGENT_BINARY=1: run scripts/build-agent.sh",
+            "agent binary {} is missing and {required_variable}=1: run scripts/build-agent.sh",
             path.display()
         );
         eprintln!(
@@ -167,15 +164,43 @@ fn distributed_agent_binary_is_static() {
         "{} has a PT_INTERP program header: it is dynamically linked",
         path.display()
     );
-    if path
+    assert_eq!(
+        summary.machine,
+        machine,
+        "{} is not a binary for ELF machine {machine}",
+        path.display()
+    );
+}
+
+fn agent_dist(file_name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../agent-dist")
+        .join(file_name)
+}
+
+#[test]
+fn distributed_agent_binary_is_static() {
+    let path = match std::env::var_os("ATTUNE_AGENT_BINARY") {
+        Some(path) => PathBuf::from(path),
+        None => agent_dist("attune-agent-x86_64"),
+    };
+    // A binary named by ATTUNE_AGENT_BINARY may be for another machine; the name tells.
+    let machine = if path
         .file_name()
-        .is_some_and(|name| name == "attune-agent-x86_64")
+        .is_some_and(|name| name.to_string_lossy().contains("aarch64"))
     {
-        assert_eq!(
-            summary.machine,
-            EM_X86_64,
-            "{} is not an x86_64 binary",
-            path.display()
-        );
-    }
+        EM_AARCH64
+    } else {
+        EM_X86_64
+    };
+    check_distributed_binary(path, machine, "ATTUNE_REQUIRE_AGENT_BINARY");
+}
+
+#[test]
+fn distributed_aarch64_agent_binary_is_static() {
+    check_distributed_binary(
+        agent_dist("attune-agent-aarch64"),
+        EM_AARCH64,
+        "ATTUNE_REQUIRE_AGENT_BINARY_AARCH64",
+    );
 }

@@ -1059,28 +1059,6 @@ impl Controller {
             binds: Vec::new(),
         }
     }
-
-    /// The agent binary and the pack's files, as one tar extracted at `/`.
-    async fn injection_archive(&self, action: &ActionRow) -> Result<Vec<u8>, ExecutionFailure> {
-        let injection_failed =
-            |reason: String| ExecutionFailure::failed("injection-failed", reason);
-        let pack_archive = self
-            .store
-            .pack_archive(action.pack_id)
-            .await
-            .map_err(|error| {
-                injection_failed(format!("read files of pack {}: {error}", action.pack_ref))
-            })?;
-        let mut archive = InjectionArchive::new();
-        let agent_path = AGENT_PATH_IN_CONTAINER.trim_start_matches('/');
-        archive
-            .add_file(agent_path, 0o755, self.agent.bytes.as_slice())
-            .map_err(|error| injection_failed(format!("add agent to archive: {error}")))?;
-        let entries = pack_entries(&action.pack_ref, &pack_archive)?;
-        let pack_dir = format!("{PACKS_DIR_IN_CONTAINER}/{}", action.pack_ref);
-        add_pack_entries(&mut archive, &pack_dir, &entries)?;
-        Ok(archive.finish())
-    }
 }
 
 /// Compares the sha256 an agent registers with its container's `attune.agent-sha256` label;

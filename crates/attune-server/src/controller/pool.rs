@@ -309,6 +309,10 @@ impl Controller {
             }
         }
         spec.env.push("ATTUNE_AGENT_CONCURRENCY=1".to_string());
+        let plan = self
+            .plan_delivery(&template.action, &template.container_spec)
+            .await?;
+        plan.apply_to(&mut spec);
         let registration = self.signals.await_registration(&agent_id);
         let container_id = self.docker.create_container(&spec).await.map_err(|error| {
             ExecutionFailure::docker(&format!("create warm container {}", spec.name), error)
@@ -320,16 +324,17 @@ impl Controller {
             idle_since: Instant::now(),
         };
         let prepared = async {
-            let archive = self.injection_archive(&template.action).await?;
-            self.docker
-                .upload_archive(&container_id, "/", archive)
-                .await
-                .map_err(|error| {
-                    ExecutionFailure::failed(
-                        "injection-failed",
-                        format!("inject agent into warm container {}: {error}", spec.name),
-                    )
-                })?;
+            if let Some(archive) = plan.upload {
+                self.docker
+                    .upload_archive(&container_id, "/", archive)
+                    .await
+                    .map_err(|error| {
+                        ExecutionFailure::failed(
+                            "injection-failed",
+                            format!("inject agent into warm container {}: {error}", spec.name),
+                        )
+                    })?;
+            }
             self.agents
                 .declare_agent_queue(&agent_id)
                 .await
