@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-host.sh
-bash scripts/build-images.sh
+bash scripts/build-images.sh --all
 bash scripts/build-agent.sh
 
 echo "[test] cargo fmt --check"

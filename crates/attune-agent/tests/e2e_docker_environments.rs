@@ -5,7 +5,7 @@
 //!
 //! Needs `agent-dist/attune-agent-x86_64` (scripts/build-agent.sh) and the image
 //! (`scripts/build-images.sh python-venv`); without them the test is skipped with a note, unless
-//! `ATTUNE_REQUIRE_AGENT_BINARY=1`. Containers are labelled `attune.test=true` and removed with
+//! `ATTUNE_REQUIRE_AGENT_BINARY=1` (set by `make test`), which makes their absence a failure. Containers are labelled `attune.test=true` and removed with
 //! the volume and the queues by a guard, also when the test fails.
 
 use attune_protocol::{
@@ -194,6 +194,11 @@ async fn containers_sharing_a_cache_volume_build_the_environment_once() {
     };
     let inspected = docker(&["image", "inspect", "--format", "{{.Id}}", IMAGE]);
     if !inspected.status.success() {
+        let required = std::env::var("ATTUNE_REQUIRE_AGENT_BINARY").is_ok_and(|value| value == "1");
+        assert!(
+            !required,
+            "image {IMAGE} is missing and ATTUNE_REQUIRE_AGENT_BINARY=1: run scripts/build-images.sh python-venv"
+        );
         eprintln!("skipping: image {IMAGE} missing (run scripts/build-images.sh python-venv)");
         return;
     }

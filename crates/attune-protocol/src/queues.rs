@@ -27,6 +27,15 @@ pub const ENV_WORKER_RUNTIMES: &str = "ATTUNE_WORKER_RUNTIMES";
 /// Environment variable naming the directory where the agent creates work directories.
 pub const ENV_AGENT_WORKDIR: &str = "ATTUNE_AGENT_WORKDIR";
 
+/// Environment variable naming the directory where the agent keeps lazily built pack
+/// environments (venvs, node_modules), shared between containers of one host.
+pub const ENV_AGENT_ENV_CACHE: &str = "ATTUNE_AGENT_ENV_CACHE";
+/// Environment variable holding the image id (`sha256:...`) the agent runs in; pack
+/// environments are keyed by it.
+pub const ENV_AGENT_IMAGE_ID: &str = "ATTUNE_AGENT_IMAGE_ID";
+/// Where the controller mounts the shared environments volume.
+pub const ENVIRONMENTS_DIR_IN_CONTAINER: &str = "/opt/attune/envs";
+
 /// Where the controller puts the agent binary inside a container.
 pub const AGENT_PATH_IN_CONTAINER: &str = "/opt/attune/bin/attune-agent";
 /// Where the controller puts pack files inside a container: `<dir>/<pack_ref>/`.

@@ -22,7 +22,8 @@ use crate::limits::{container_limits, ExecutionPolicy};
 use crate::signals::{ExecutionSignal, ExecutionSignals};
 use attune_protocol::api::{ContainerSpec, ExecutionStatus, PoolSpec};
 use attune_protocol::queues::{
-    AGENT_PATH_IN_CONTAINER, ENV_AGENT_EVENTS_QUEUE, ENV_AGENT_ID, ENV_AGENT_IMAGE, ENV_AGENT_MODE,
+    AGENT_PATH_IN_CONTAINER, ENVIRONMENTS_DIR_IN_CONTAINER, ENV_AGENT_ENV_CACHE,
+    ENV_AGENT_EVENTS_QUEUE, ENV_AGENT_ID, ENV_AGENT_IMAGE, ENV_AGENT_IMAGE_ID, ENV_AGENT_MODE,
     ENV_AGENT_WORKDIR, ENV_MESSAGE_QUEUE_URL, PACKS_DIR_IN_CONTAINER,
 };
 use attune_protocol::{AgentCommand, Job, Runtime, PROTOCOL_VERSION};
@@ -564,6 +565,24 @@ impl Controller {
             add_pack_entries(&mut archive, &pack_dir, &pack_entries)?;
         }
         plan.upload = (!archive.is_empty()).then(|| archive.finish());
+        if needs_environment(action, &pack_entries) {
+            let content = environments_volume_content();
+            match self.filler.ensure(&content, helper_image).await {
+                Ok(()) => {
+                    plan.binds.push(format!(
+                        "{}:{ENVIRONMENTS_DIR_IN_CONTAINER}",
+                        content.volume
+                    ));
+                    plan.env.push(format!(
+                        "{ENV_AGENT_ENV_CACHE}={ENVIRONMENTS_DIR_IN_CONTAINER}/{ENVIRONMENTS_CACHE_DIR}"
+                    ));
+                }
+                // The agent then builds the environment inside this container only.
+                Err(error) => {
+                    tracing::warn!(%error, action = %action.action_ref, "shared environments volume unavailable")
+                }
+            }
+        }
         Ok(plan)
     }
 
@@ -1027,6 +1046,7 @@ impl Controller {
             format!("{ENV_AGENT_MODE}=oneshot"),
             format!("{ENV_AGENT_IMAGE}={}", container_spec.image),
             format!("{ENV_AGENT_EVENTS_QUEUE}={}", self.settings.events_queue),
+            format!("{ENV_AGENT_IMAGE_ID}={}", image.id),
         ];
         let mut tmpfs = BTreeMap::new();
         if limits.read_only {
@@ -1131,8 +1151,10 @@ async fn alongside<T>(
 /// How the agent and the pack's files reach one container.
 #[derive(Default)]
 struct DeliveryPlan {
-    /// `volume:/path:ro` binds to add.
+    /// `volume:/path[:ro]` binds to add.
     binds: Vec<String>,
+    /// `KEY=value` environment entries to add.
+    env: Vec<String>,
     /// The agent volume, when the agent goes that way.
     agent_volume: Option<String>,
     /// What put_archive copies in at `/`, if anything.
@@ -1150,10 +1172,43 @@ impl DeliveryPlan {
 
     fn apply_to(&self, spec: &mut ContainerCreateSpec) {
         spec.binds.extend(self.binds.iter().cloned());
+        spec.env.extend(self.env.iter().cloned());
         spec.labels.insert(
             LABEL_AGENT_DELIVERY.to_string(),
             self.agent_delivery().to_string(),
         );
+    }
+}
+
+/// The shared volume of lazily built pack environments.
+pub const ENVIRONMENTS_VOLUME: &str = "attune-envs";
+/// Its world-writable (sticky) cache directory, so images with any USER can build there.
+const ENVIRONMENTS_CACHE_DIR: &str = "cache";
+
+/// Whether the action's pack carries dependencies its runtime builds an environment from.
+fn needs_environment(action: &ActionRow, entries: &[PackEntry]) -> bool {
+    let dependency_file = match action.runtime.as_str() {
+        "python" => "requirements.txt",
+        "node" => "package.json",
+        _ => return false,
+    };
+    entries.iter().any(|entry| entry.path == dependency_file)
+}
+
+fn environments_volume_content() -> VolumeContent {
+    VolumeContent {
+        volume: ENVIRONMENTS_VOLUME.to_string(),
+        labels: [
+            (LABEL_MANAGED, "true".to_string()),
+            (LABEL_ROLE, "environments".to_string()),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_string(), value))
+        .collect(),
+        identity_label: LABEL_ROLE,
+        digest: "environments-v1".to_string(),
+        directories: vec![(ENVIRONMENTS_CACHE_DIR.to_string(), 0o1777)],
+        files: Vec::new(),
     }
 }
 
@@ -1257,7 +1312,7 @@ fn pack_volume_content(pack_archive: &[u8], entries: &[PackEntry]) -> VolumeCont
         directories: entries
             .iter()
             .filter(|entry| entry.contents.is_none())
-            .map(|entry| entry.path.clone())
+            .map(|entry| (entry.path.clone(), 0o755))
             .collect(),
         files: entries
             .iter()

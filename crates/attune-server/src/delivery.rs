@@ -131,8 +131,9 @@ pub struct VolumeContent {
     pub identity_label: &'static str,
     /// Full digest of the content; written into the ready marker.
     pub digest: String,
-    /// Directories to create, relative to the volume's root (parents of files are implied).
-    pub directories: Vec<String>,
+    /// Directories to create with their modes, relative to the volume's root (parents of files
+    /// are implied, 0755).
+    pub directories: Vec<(String, u32)>,
     /// Files to write, relative to the volume's root: `(path, mode, bytes)`.
     pub files: Vec<(String, u32, Arc<Vec<u8>>)>,
 }
@@ -278,8 +279,8 @@ impl VolumeFiller {
             reason: error.to_string(),
         };
         let mut archive = InjectionArchive::new();
-        for directory in &content.directories {
-            archive.add_dir(directory, 0o755).map_err(archive_error)?;
+        for (directory, mode) in &content.directories {
+            archive.add_dir(directory, *mode).map_err(archive_error)?;
         }
         for (path, mode, bytes) in &content.files {
             archive
