@@ -78,6 +78,8 @@ fn execution(status: ExecutionStatus) -> ExecutionView {
         stdout_truncated: false,
         stderr_truncated: false,
         error: None,
+        failure_kind: None,
+        retry_of: None,
         image: Some("busybox:1.36".to_string()),
         container_id: None,
         agent_id: None,

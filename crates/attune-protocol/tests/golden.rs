@@ -138,6 +138,8 @@ fn execution_view() {
         stdout_truncated: false,
         stderr_truncated: false,
         error: None,
+        failure_kind: None,
+        retry_of: None,
         image: Some("busybox:1.36".into()),
         container_id: Some("c0ffee".into()),
         agent_id: Some("a-1".into()),

@@ -208,5 +208,6 @@ fn controller_settings(
         host_cpus,
         policy: settings.docker.execution_policy(),
         timeout_slack: Duration::from_secs(5),
+        lease: Duration::from_secs(settings.executor.lease_seconds),
     }
 }

@@ -106,6 +106,9 @@ pub struct ExecutorSettings {
     pub kill_grace_seconds: u64,
     /// Seconds an agent may take from container start to reporting `running`.
     pub agent_start_timeout_seconds: u64,
+    /// Seconds a running execution's agent may go without a heartbeat (it beats every 5 s)
+    /// before the execution is ended as `lease-expired`.
+    pub lease_seconds: u64,
     /// Identity of this controller, put on the labels of every container it creates; it
     /// adopts or removes only containers carrying its own id. Defaults to the host name.
     pub controller_id: String,
@@ -172,6 +175,7 @@ concurrency = 16
 output_limit_bytes = 10485760
 kill_grace_seconds = 5
 agent_start_timeout_seconds = 30
+lease_seconds = 20
 controller_id = ""
 reconcile_interval_seconds = 30
 reconcile_grace_seconds = 60

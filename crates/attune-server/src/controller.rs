@@ -145,6 +145,9 @@ pub struct ControllerSettings {
     /// Slack after the agent start timeout, the action's timeout and the kill grace before the
     /// controller kills a container whose agent never reported.
     pub timeout_slack: Duration,
+    /// How long a running execution's agent may stay silent (no heartbeat) before the
+    /// controller takes the execution back; agents beat every 5 s.
+    pub lease: Duration,
 }
 
 impl Default for ControllerSettings {
@@ -169,6 +172,7 @@ impl Default for ControllerSettings {
             host_cpus: None,
             policy: ExecutionPolicy::default(),
             timeout_slack: Duration::from_secs(5),
+            lease: Duration::from_secs(20),
         }
     }
 }
@@ -275,14 +279,63 @@ impl Controller {
         let outcome = self
             .launch_and_supervise(&execution, subscription.receiver.clone(), &mut placement)
             .await;
-        if let Err(failure) = outcome {
+        if let Err(mut failure) = outcome {
             tracing::warn!(execution_id, kind = failure.kind, reason = %failure.reason, "execution did not succeed");
+            if let Some(retry_id) = self.requeue_if_idempotent(&execution, &failure).await {
+                failure.reason =
+                    format!("{}; requeued once as execution {retry_id}", failure.reason);
+            }
             self.finish_with_failure(execution_id, &failure).await;
         }
         if let Some(placement) = placement {
             self.clean_up(execution_id, &placement).await;
         }
         drop(subscription);
+    }
+
+    /// When the agent or its container died under an idempotent action, queues the action again
+    /// (once: a retry is never retried) and returns the new execution's id.
+    async fn requeue_if_idempotent(
+        &self,
+        execution: &ExecutionRow,
+        failure: &ExecutionFailure,
+    ) -> Option<i64> {
+        const AGENT_OR_CONTAINER_DIED: [&str; 4] = [
+            "killed",
+            "agent-exited",
+            "lease-expired",
+            "controller-restarted",
+        ];
+        if execution.retry_of.is_some()
+            || failure.status != ExecutionStatus::Failed
+            || !AGENT_OR_CONTAINER_DIED.contains(&failure.kind)
+        {
+            return None;
+        }
+        let action_id = execution.action_id?;
+        let idempotent = self
+            .store
+            .get_action_by_id(action_id)
+            .await
+            .map(|action| action.idempotent)
+            .unwrap_or(false);
+        if !idempotent {
+            return None;
+        }
+        match self.store.create_retry(execution).await {
+            Ok(retry) => {
+                tracing::info!(
+                    execution_id = execution.id,
+                    retry_id = retry.id,
+                    "idempotent execution requeued"
+                );
+                Some(retry.id)
+            }
+            Err(error) => {
+                tracing::error!(execution_id = execution.id, %error, "requeue idempotent execution");
+                None
+            }
+        }
     }
 
     /// Takes over supervising an execution whose container a previous controller started.
@@ -727,12 +780,22 @@ impl Controller {
         let mut database_check = tokio::time::interval(Duration::from_secs(5));
         database_check.tick().await;
         let mut events_open = true;
+        // The agent's lease on a running execution, renewed by its heartbeats.
+        let mut lease_renewed = Instant::now();
+        let mut heartbeats_seen = 0;
+        let mut was_running = false;
 
         loop {
             let current = *signal.borrow_and_update();
             if current.terminal.is_some() {
                 return Ok(());
             }
+            if current.heartbeats != heartbeats_seen || current.running != was_running {
+                heartbeats_seen = current.heartbeats;
+                was_running = current.running;
+                lease_renewed = Instant::now();
+            }
+            let lease_deadline = lease_renewed + self.settings.lease;
             if current.cancel_requested && cancel_deadline.is_none() {
                 if let Err(error) = self
                     .agents
@@ -746,6 +809,8 @@ impl Controller {
             let mut deadline = hard_deadline;
             if !current.running {
                 deadline = deadline.min(start_deadline);
+            } else {
+                deadline = deadline.min(lease_deadline);
             }
             if let Some(cancel_at) = cancel_deadline {
                 deadline = deadline.min(cancel_at);
@@ -792,6 +857,15 @@ impl Controller {
                             kind: "canceled",
                             reason: format!("canceled; the action did not stop within {}s so its container was killed", grace.as_secs() + 2),
                         });
+                    }
+                    if current.running && now >= lease_deadline && now < hard_deadline {
+                        return Err(ExecutionFailure::failed(
+                            "lease-expired",
+                            format!(
+                                "agent {agent_id} sent no heartbeat for {}s while running the action; its container was killed",
+                                self.settings.lease.as_secs()
+                            ),
+                        ));
                     }
                     if !signal.borrow().running && now >= start_deadline {
                         let logs = self.recent_logs(container_id).await;

@@ -94,6 +94,7 @@ pub struct ExecutionRow {
     pub error: Option<String>,
     pub failure_kind: Option<String>,
     pub cancel_requested: bool,
+    pub retry_of: Option<i64>,
     pub requested_at: DateTime<Utc>,
     pub scheduled_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
@@ -132,6 +133,8 @@ impl ExecutionRow {
             stdout_truncated: self.stdout_truncated,
             stderr_truncated: self.stderr_truncated,
             error: self.error.clone(),
+            failure_kind: self.failure_kind.clone(),
+            retry_of: self.retry_of,
             image: self.image.clone(),
             container_id: self.container_id.clone(),
             agent_id: self.agent_id.clone(),
@@ -194,7 +197,7 @@ pub struct NewPack<'a> {
 const EXECUTION_COLUMNS: &str =
     "id, action_ref, action_id, status, parameters, secret_parameters, \
     image, container_id, agent_id, exit_code, signal, stdout, stderr, stdout_truncated, \
-    stderr_truncated, result, error, failure_kind, cancel_requested, requested_at, scheduled_at, \
+    stderr_truncated, result, error, failure_kind, cancel_requested, retry_of, requested_at, scheduled_at, \
     started_at, finished_at";
 
 const ACTION_COLUMNS: &str = "a.id, a.pack_id, p.ref AS pack_ref, \
@@ -396,6 +399,22 @@ impl Store {
         .bind(action.id)
         .bind(Value::Object(parameters.clone()))
         .bind(&action.secret_parameters)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Requeues an execution once: a new `requested` execution of the same action and
+    /// parameters that points back at it.
+    pub async fn create_retry(&self, original: &ExecutionRow) -> Result<ExecutionRow, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "INSERT INTO executions (action_ref, action_id, status, parameters, secret_parameters, retry_of)
+             VALUES ($1, $2, 'requested', $3, $4, $5) RETURNING {EXECUTION_COLUMNS}"
+        ))
+        .bind(&original.action_ref)
+        .bind(original.action_id)
+        .bind(&original.parameters)
+        .bind(&original.secret_parameters)
+        .bind(original.id)
         .fetch_one(&self.pool)
         .await?)
     }

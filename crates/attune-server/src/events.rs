@@ -55,7 +55,12 @@ pub async fn apply_event(
             let status = apply_report(store, report).await?;
             signals.terminal(execution_id, status);
         }
-        AgentEvent::Heartbeat { agent_id, .. } => store.touch_agent(&agent_id, false).await?,
+        AgentEvent::Heartbeat { agent_id, running } => {
+            for execution_id in running {
+                signals.heartbeat(execution_id);
+            }
+            store.touch_agent(&agent_id, false).await?
+        }
         AgentEvent::Deregister { agent_id, .. } => store.touch_agent(&agent_id, true).await?,
     }
     Ok(())

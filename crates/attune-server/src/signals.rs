@@ -17,6 +17,8 @@ pub struct ExecutionSignal {
     pub terminal: Option<ExecutionStatus>,
     /// Someone asked to cancel it.
     pub cancel_requested: bool,
+    /// Heartbeats received from the agent running it (renews its lease).
+    pub heartbeats: u64,
 }
 
 /// Registry of supervised executions, and of agents whose registration someone awaits.
@@ -75,6 +77,10 @@ impl ExecutionSignals {
 
     pub fn terminal(&self, execution_id: i64, status: ExecutionStatus) {
         self.update(execution_id, |signal| signal.terminal = Some(status));
+    }
+
+    pub fn heartbeat(&self, execution_id: i64) {
+        self.update(execution_id, |signal| signal.heartbeats += 1);
     }
 
     pub fn cancel(&self, execution_id: i64) {

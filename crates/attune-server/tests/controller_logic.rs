@@ -92,6 +92,7 @@ fn settings(agent_start_timeout: Duration) -> ControllerSettings {
         host_cpus: Some(2.0),
         policy: ExecutionPolicy::default(),
         timeout_slack: Duration::from_millis(500),
+        lease: Duration::from_secs(30),
     }
 }
 
@@ -1311,4 +1312,54 @@ fn registered_agent_digest_is_compared_with_the_label() {
         check_agent_sha256("abc123", "def456"),
         AgentIdentity::Mismatch
     );
+}
+
+#[tokio::test]
+async fn silent_agent_loses_its_lease_and_the_execution_fails() {
+    let mut harness = Harness::with_settings(ControllerSettings {
+        lease: Duration::from_millis(600),
+        ..settings(Duration::from_secs(10))
+    })
+    .await;
+    harness.docker.add_image("busybox:1.36", "amd64");
+    let execution = harness.scheduled_execution("hello.greet").await;
+    let id = execution.id;
+    let controller = harness.controller.clone();
+    let run = tokio::spawn(async move { controller.run_execution(execution).await });
+    let (agent_id, _job) = harness.jobs.recv().await.unwrap();
+    let running = AgentEvent::Running {
+        agent_id: agent_id.clone(),
+        execution_id: id,
+        pid: None,
+    };
+    apply_event(&harness.store, &harness.signals, running)
+        .await
+        .unwrap();
+    // Two heartbeats keep the lease (600 ms) alive past its first expiry...
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let heartbeat = AgentEvent::Heartbeat {
+            agent_id: agent_id.clone(),
+            running: vec![id],
+        };
+        apply_event(&harness.store, &harness.signals, heartbeat)
+            .await
+            .unwrap();
+        assert!(!run.is_finished(), "heartbeats renew the lease");
+    }
+    // ...then the agent goes silent.
+    run.await.unwrap();
+    let row = harness.store.get_execution(id).await.unwrap();
+    assert_eq!(row.status(), ExecutionStatus::Failed);
+    assert_eq!(row.failure_kind.as_deref(), Some("lease-expired"));
+    assert!(row.error.unwrap().contains("no heartbeat"));
+    assert_eq!(
+        count(&harness.docker.calls(), |call| matches!(
+            call,
+            DockerCall::Kill(_, _)
+        )),
+        1
+    );
+    assert_all_removed(&harness.docker);
+    harness.finish().await;
 }

@@ -361,6 +361,45 @@ async fn docker_kill_of_a_running_action_fails_it_as_killed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_action_whose_container_dies_is_requeued_once() {
+    let (server, client, _guard) = start(&[]).await;
+    let id = client
+        .submit_ok("lifecycle.nap_idempotent", json!({"seconds": 90}))
+        .await;
+    let running = client.wait_running(id).await;
+    let container_id = running.container_id.expect("container id");
+    let killed = Command::new("docker")
+        .args(["kill", &container_id])
+        .output()
+        .expect("docker kill");
+    assert!(killed.status.success());
+    let done = client.wait_terminal(id).await;
+    assert_eq!(done.status, ExecutionStatus::Failed, "{done:?}");
+    let error = done.error.clone().unwrap_or_default();
+    let retry_id: i64 = error
+        .rsplit("requeued once as execution ")
+        .next()
+        .and_then(|tail| tail.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the reason names the retry: {done:?}"));
+    let retry = client.wait_running(retry_id).await;
+    assert_eq!(retry.retry_of, Some(id), "{retry:?}");
+    assert_eq!(retry.action, "lifecycle.nap_idempotent");
+    // A retry is never retried: killing it again ends it for good.
+    let killed = Command::new("docker")
+        .args(["kill", retry.container_id.as_deref().expect("container id")])
+        .output()
+        .expect("docker kill");
+    assert!(killed.status.success());
+    let retry_done = client.wait_terminal(retry_id).await;
+    assert_eq!(retry_done.status, ExecutionStatus::Failed, "{retry_done:?}");
+    assert!(
+        !retry_done.error.unwrap_or_default().contains("requeued"),
+        "requeued only once"
+    );
+    finish(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_hog_over_its_limit_is_oom_or_killed_never_success() {
     let (server, client, _guard) = start(&[]).await;
     let done = client.run("lifecycle.hog", json!({})).await;

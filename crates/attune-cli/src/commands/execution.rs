@@ -357,6 +357,8 @@ mod tests {
             stdout_truncated: false,
             stderr_truncated: false,
             error: None,
+            failure_kind: None,
+            retry_of: None,
             image: None,
             container_id: None,
             agent_id: None,
