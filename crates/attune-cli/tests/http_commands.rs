@@ -73,6 +73,7 @@ fn execution(status: ExecutionStatus) -> ExecutionView {
         result: None,
         exit_code: None,
         signal: None,
+        duration_ms: None,
         stdout: String::new(),
         stderr: String::new(),
         stdout_truncated: false,

@@ -203,6 +203,9 @@ pub struct ExecutionView {
     pub exit_code: Option<i32>,
     #[serde(default)]
     pub signal: Option<i32>,
+    /// How long the action's process ran, as its agent measured it.
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
     #[serde(default)]
     pub stdout: String,
     #[serde(default)]

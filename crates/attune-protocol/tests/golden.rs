@@ -133,6 +133,7 @@ fn execution_view() {
         result: Some(json!({"greeting": "Hello, Ada"})),
         exit_code: Some(0),
         signal: None,
+        duration_ms: Some(4),
         stdout: "{\"greeting\": \"Hello, Ada\"}\n".into(),
         stderr: String::new(),
         stdout_truncated: false,

@@ -86,6 +86,7 @@ pub struct ExecutionRow {
     pub agent_id: Option<String>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
+    pub duration_ms: Option<i64>,
     pub stdout: String,
     pub stderr: String,
     pub stdout_truncated: bool,
@@ -128,6 +129,7 @@ impl ExecutionRow {
             result: self.result.clone(),
             exit_code: self.exit_code,
             signal: self.signal,
+            duration_ms: self.duration_ms.map(|duration| duration.max(0) as u64),
             stdout: self.stdout.clone(),
             stderr: self.stderr.clone(),
             stdout_truncated: self.stdout_truncated,
@@ -159,6 +161,7 @@ pub struct TransitionFields {
     pub image: Option<String>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
+    pub duration_ms: Option<i64>,
     pub stdout: Option<String>,
     pub stderr: Option<String>,
     pub stdout_truncated: Option<bool>,
@@ -196,7 +199,7 @@ pub struct NewPack<'a> {
 
 const EXECUTION_COLUMNS: &str =
     "id, action_ref, action_id, status, parameters, secret_parameters, \
-    image, container_id, agent_id, exit_code, signal, stdout, stderr, stdout_truncated, \
+    image, container_id, agent_id, exit_code, signal, duration_ms, stdout, stderr, stdout_truncated, \
     stderr_truncated, result, error, failure_kind, cancel_requested, retry_of, requested_at, scheduled_at, \
     started_at, finished_at";
 
@@ -475,6 +478,7 @@ impl Store {
                  image = COALESCE($6, image),
                  exit_code = COALESCE($7, exit_code),
                  signal = COALESCE($8, signal),
+                 duration_ms = COALESCE($16, duration_ms),
                  stdout = COALESCE($9, stdout),
                  stderr = COALESCE($10, stderr),
                  stdout_truncated = COALESCE($11, stdout_truncated),
@@ -500,6 +504,7 @@ impl Store {
         .bind(fields.result)
         .bind(fields.error)
         .bind(fields.failure_kind)
+        .bind(fields.duration_ms)
         .fetch_optional(&self.pool)
         .await?;
         Ok(row)

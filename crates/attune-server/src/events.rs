@@ -89,6 +89,7 @@ async fn apply_report(store: &Store, report: JobReport) -> Result<ExecutionStatu
         agent_id: Some(report.agent_id),
         exit_code: report.exit_code,
         signal: report.signal,
+        duration_ms: Some(report.duration_ms as i64),
         stdout: Some(report.stdout),
         stderr: Some(report.stderr),
         stdout_truncated: Some(report.stdout_truncated),

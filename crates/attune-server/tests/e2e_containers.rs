@@ -132,6 +132,7 @@ async fn hello_pack_runs_shell_in_busybox_and_python_in_debian() {
     assert_eq!(greet.status, ExecutionStatus::Succeeded, "{greet:?}");
     assert_eq!(greet.result.as_ref().unwrap()["greeting"], "Hello, Ada!");
     assert_eq!(greet.exit_code, Some(0));
+    assert!(greet.duration_ms.is_some(), "the agent's measured duration is kept");
     assert_eq!(greet.image.as_deref(), Some("busybox:1.36"));
     assert!(greet.container_id.is_some());
     for timestamp in [&greet.scheduled_at, &greet.started_at, &greet.finished_at] {
@@ -226,6 +227,25 @@ async fn every_parameter_delivery_mode_and_format() {
     let python = client.run("e2e.python_json", parameters.clone()).await;
     assert_eq!(python.status, ExecutionStatus::Succeeded, "{python:?}");
     assert_eq!(python.result.unwrap()["python"], 3);
+    finish(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_image_with_several_interpreters_runs_each_runtime() {
+    let (server, client) = start().await;
+    for language in ["node", "ruby", "perl", "python"] {
+        let action = format!("e2e.poly_{language}");
+        let execution = client.run(&action, json!({"name": "Ada"})).await;
+        assert_eq!(
+            execution.status,
+            ExecutionStatus::Succeeded,
+            "{execution:?}"
+        );
+        let result = execution.result.unwrap();
+        assert_eq!(result["language"], language, "{action}");
+        assert_eq!(result["greeting"], "Hello, Ada", "{action}");
+        assert!(!result["version"].as_str().unwrap().is_empty(), "{action}");
+    }
     finish(server).await;
 }
 

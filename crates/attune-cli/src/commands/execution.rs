@@ -352,6 +352,7 @@ mod tests {
             result: None,
             exit_code: None,
             signal: None,
+            duration_ms: None,
             stdout: String::new(),
             stderr: String::new(),
             stdout_truncated: false,
