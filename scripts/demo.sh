@@ -17,8 +17,15 @@ step attune run hello.greet name=Ada --wait
 $attune run hello.greet name=Ada --wait
 step attune run hello.stats 'text=any image becomes a worker' --wait
 $attune run hello.stats 'text=any image becomes a worker' --wait
+step attune run hello.quick name=pool --wait '(a pooled action: the first run warms a container)'
+$attune run hello.quick name=pool --wait
+step attune run hello.quick name=again --wait '(the same warm container, no container start)'
+$attune run hello.quick name=again --wait
+step attune pool list
+$attune pool list
 step attune execution list
 $attune execution list --limit 5
-leftover=$(docker ps -aq --filter label=attune.managed=true | wc -l)
-printf '\ncontainers left behind: %s\n' "$leftover"
-printf 'The server keeps running: try `%s execution get <id> --json`; stop it with `make down`.\n' "$attune"
+per_execution=$(docker ps -aq --filter label=attune.managed=true --filter label=attune.execution | wc -l)
+warm=$(docker ps -q --filter label=attune.managed=true --filter label=attune.pool | wc -l)
+printf '\nper-execution containers left behind: %s; warm pool containers kept ready: %s\n' "$per_execution" "$warm"
+printf 'The server keeps running: try `%s execution get <id> --json`; `make down` stops it and retires the warm containers.\n' "$attune"

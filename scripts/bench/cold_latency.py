@@ -1,85 +1,113 @@
 #!/usr/bin/env python3
-"""Cold per-execution latency: submit -> terminal status through attune-server, against
-`docker run --rm --network host IMAGE sh -c 'echo hi'` measured in the same run.
+"""Cold per-execution latency: submit -> terminal status of `bench.echo` (a fresh busybox
+container per execution) through two private attune-servers, one per agent delivery path
+(`volume`, `put-archive`), against `docker run --rm --network host IMAGE sh -c 'echo hi'`, all
+three interleaved run by run in one process.
 
-Prints a Markdown table (p50, p90 of both and their ratio). Only talks to 127.0.0.1.
+Per attune run it also records the execution's own timestamps (microseconds, read from the
+server's database) and the moment its container was gone (the controller removes it after the
+terminal status). Before each run the previous run's container must be gone, so no removal
+overlaps a measured run.
+
+Prints Markdown tables. Only talks to 127.0.0.1 and the local Docker socket.
 """
 import argparse
-import json
 import statistics
-import subprocess
 import time
-import urllib.request
+
+from benchlib import BenchServer, DockerApi, docker_run_once, log, percentile
 
 
-def percentile(values, fraction):
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def request(method, url, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as response:
-        return json.loads(response.read())
-
-
-def attune_once(api, action):
+def attune_once(server, docker, action, poll_seconds):
     started = time.perf_counter()
-    created = request("POST", f"{api}/api/v1/executions", {"action": action, "parameters": {}})
-    execution_id = created["id"]
-    while True:
-        execution = request("GET", f"{api}/api/v1/executions/{execution_id}")
-        if execution["status"] not in ("requested", "scheduled", "running"):
-            elapsed = time.perf_counter() - started
-            if execution["status"] != "succeeded":
-                raise SystemExit(f"execution {execution_id} ended {execution['status']}: {execution.get('error')}")
-            return elapsed
-        time.sleep(0.002)
+    execution_id = server.submit(action)
+    server.wait_terminal(execution_id, poll_seconds)
+    terminal = time.perf_counter()
+    gone = docker.wait_gone(f"attune.controller={server.controller_id}",
+                            f"attune.execution={execution_id}")
+    requested, scheduled, running, finished = server.step_times(execution_id)
+    return {
+        "total": terminal - started,
+        "removed": gone - started,
+        "requested→scheduled": scheduled - requested,
+        "scheduled→running": running - scheduled,
+        "running→finished": finished - running,
+        "HTTP + poll (total − requested→finished)": (terminal - started) - (finished - requested),
+    }
 
 
-def docker_once(image):
-    started = time.perf_counter()
-    subprocess.run(["docker", "run", "--rm", "--network", "host", image, "sh", "-c", "echo hi"],
-                   check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
+def ms(value):
+    return f"{value * 1000:.0f} ms"
+
+
+def ms1(value):
+    return f"{value * 1000:.1f} ms"
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--api", default="http://127.0.0.1:8080")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--action", default="bench.echo")
     parser.add_argument("--image", default="busybox:1.36")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--poll", type=float, default=0.002,
+                        help="client poll interval, seconds (adds about half of it on average)")
     args = parser.parse_args()
 
-    for _ in range(args.warmup):
-        attune_once(args.api, args.action)
-        docker_once(args.image)
-    attune, docker = [], []
-    # Interleave so both see the same machine state.
-    for _ in range(args.runs):
-        attune.append(attune_once(args.api, args.action))
-        docker.append(docker_once(args.image))
+    docker = DockerApi()
+    paths = ("volume", "put-archive")
+    with BenchServer("cold-volume", {"ATTUNE__DOCKER__AGENT_DELIVERY": "volume"}) as volume, \
+            BenchServer("cold-put-archive",
+                        {"ATTUNE__DOCKER__AGENT_DELIVERY": "put-archive"}) as put_archive:
+        servers = {"volume": volume, "put-archive": put_archive}
+        for server in servers.values():
+            server.register_pack("bench")
+        log(f"warm-up: {args.warmup} runs of each path")
+        for _ in range(args.warmup):
+            for path in paths:
+                attune_once(servers[path], docker, args.action, args.poll)
+            docker_run_once(args.image, "attune.bench=cold-latency")
+        results = {path: [] for path in paths}
+        baseline = []
+        log(f"measuring: {args.runs} interleaved rounds")
+        for round_number in range(args.runs):
+            for path in paths:
+                results[path].append(attune_once(servers[path], docker, args.action, args.poll))
+            baseline.append(docker_run_once(args.image, "attune.bench=cold-latency"))
+            if (round_number + 1) % 10 == 0:
+                log(f"{round_number + 1}/{args.runs} rounds")
 
-    def ms(value):
-        return f"{value * 1000:.0f} ms"
+    def column(path, key):
+        return [run[key] for run in results[path]]
 
-    rows = [
-        ("attune cold (submit → terminal)", attune),
-        ("docker run --rm --network host", docker),
-    ]
-    print(f"runs: {args.runs} each, interleaved, after {args.warmup} warm-up runs of each\n")
-    print("| path | p50 | p90 | mean |")
-    print("|---|---|---|---|")
-    for name, values in rows:
-        print(f"| {name} | {ms(percentile(values, 0.5))} | {ms(percentile(values, 0.9))} | {ms(statistics.mean(values))} |")
-    print(f"| **ratio attune / docker run** | **{percentile(attune, 0.5) / percentile(docker, 0.5):.2f}** "
-          f"| **{percentile(attune, 0.9) / percentile(docker, 0.9):.2f}** | "
-          f"{statistics.mean(attune) / statistics.mean(docker):.2f} |")
+    print(f"runs: {args.runs} rounds, each round = one run of every path in turn, after "
+          f"{args.warmup} warm-up rounds; client poll interval {args.poll * 1000:.0f} ms\n")
+    print("| path | p50 | p90 | mean | ratio p50 | ratio p90 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    base50, base90 = percentile(baseline, 0.5), percentile(baseline, 0.9)
+    print(f"| `docker run --rm --network host {args.image} sh -c 'echo hi'` | {ms(base50)} | "
+          f"{ms(base90)} | {ms(statistics.mean(baseline))} | 1.00 | 1.00 |")
+    for path in paths:
+        totals = column(path, "total")
+        print(f"| attune, agent delivery `{path}`, submit → terminal | "
+              f"{ms(percentile(totals, 0.5))} | {ms(percentile(totals, 0.9))} | "
+              f"{ms(statistics.mean(totals))} | **{percentile(totals, 0.5) / base50:.2f}** | "
+              f"**{percentile(totals, 0.9) / base90:.2f}** |")
+    for path in paths:
+        removed = column(path, "removed")
+        print(f"| attune `{path}`, submit → container removed | {ms(percentile(removed, 0.5))} | "
+              f"{ms(percentile(removed, 0.9))} | {ms(statistics.mean(removed))} | "
+              f"{percentile(removed, 0.5) / base50:.2f} | {percentile(removed, 0.9) / base90:.2f} |")
+
+    print("\nsteps of the attune runs (execution timestamps from the database), p50 / p90:\n")
+    steps = ("requested→scheduled", "scheduled→running", "running→finished",
+             "HTTP + poll (total − requested→finished)")
+    print("| step | " + " | ".join(f"`{path}`" for path in paths) + " |")
+    print("|---|" + "---:|" * len(paths))
+    for step in steps:
+        cells = [f"{ms1(percentile(column(path, step), 0.5))} / "
+                 f"{ms1(percentile(column(path, step), 0.9))}" for path in paths]
+        print(f"| {step} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

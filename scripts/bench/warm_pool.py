@@ -1,63 +1,79 @@
 #!/usr/bin/env python3
-"""Warm-pool latency and throughput of trivial shell actions, against a bare
-`sh -c 'echo hi'` spawn on the host measured in the same run. Only talks to 127.0.0.1."""
+"""Warm-pool latency and throughput of trivial shell actions (`bench.warm_echo`: `sh echo.sh`
+in a busybox container of a pool with 4 ready workers), through a private attune-server,
+against bare `sh -c 'echo hi'` spawns on the host measured in the same run.
+
+Latency: submit -> terminal as a client sees it, for several client poll intervals (the API
+has no long poll, so a client learns of the end only at its next GET), interleaved run by run
+with a bare spawn; plus the server's own requested -> finished time (microsecond timestamps
+read from its database), which no poll interval affects.
+
+Throughput: N executions queued at once (inserted with one SQL statement, so the HTTP client
+is not what is measured), drained through the pool at its concurrency; rate = N / (the last
+finished_at - the moment of the insert). Baselines at the same
+concurrency: `xargs -P C` running `sh -c 'echo hi'` (a C loop) and a Python thread pool of
+`subprocess.run`.
+
+Only talks to 127.0.0.1 and the local Docker socket.
+"""
 import argparse
 import concurrent.futures
-import json
 import subprocess
 import time
-import urllib.request
+
+from benchlib import BenchServer, log, percentile, spawn_once
+
+ACTION = "bench.warm_echo"
+POOL_MAX = 4  # scripts/bench/packs/bench/actions/warm_echo.yaml
 
 
-def percentile(values, fraction):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
+def attune_once(server, poll_seconds):
+    started = time.perf_counter()
+    execution_id = server.submit(ACTION)
+    server.wait_terminal(execution_id, poll_seconds)
+    elapsed = time.perf_counter() - started
+    requested, scheduled, running, finished = server.step_times(execution_id)
+    return {
+        "client": elapsed,
+        "server": finished - requested,
+        "requested→scheduled": scheduled - requested,
+        "scheduled→running": running - scheduled,
+        "running→finished": finished - running,
+    }
 
 
-def request(method, url, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as response:
-        return json.loads(response.read())
-
-
-def submit(api, action):
-    return request("POST", f"{api}/api/v1/executions", {"action": action, "parameters": {}})["id"]
-
-
-def wait(api, execution_id, poll):
+def queue_and_drain(server, total, deadline_seconds=600):
+    """Inserts `total` requested executions in one statement and waits until all are terminal.
+    Returns (executions per second from the insert to the last finish, failures)."""
+    first_id = int(server.sql("SELECT coalesce(max(id), 0) FROM executions")[0][0]) + 1
+    started = time.time()
+    server.sql(
+        "INSERT INTO executions (action_ref, action_id, status, parameters) "
+        f"SELECT a.ref, a.id, 'requested', '{{}}'::jsonb FROM actions a, "
+        f"generate_series(1, {int(total)}) WHERE a.ref = '{ACTION}'")
+    deadline = time.monotonic() + deadline_seconds
     while True:
-        execution = request("GET", f"{api}/api/v1/executions/{execution_id}")
-        if execution["status"] not in ("requested", "scheduled", "running"):
-            if execution["status"] != "succeeded":
-                raise SystemExit(f"execution {execution_id}: {execution['status']} {execution.get('error')}")
-            return execution
-        time.sleep(poll)
+        done = int(server.sql(
+            f"SELECT count(*) FROM executions WHERE id >= {first_id} AND finished_at IS NOT NULL")[0][0])
+        if done >= total:
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {done} of {total} executions ended within {deadline_seconds} s")
+        time.sleep(0.05)
+    last_finished, failures = server.sql(
+        "SELECT extract(epoch FROM max(finished_at)), count(*) FILTER (WHERE status <> 'succeeded') "
+        f"FROM executions WHERE id >= {first_id}")[0]
+    return total / (float(last_finished) - started), int(failures)
 
 
-def attune_once(api, action):
+def spawn_loop_xargs(total, concurrency):
     started = time.perf_counter()
-    execution_id = submit(api, action)
-    wait(api, execution_id, 0.0005)
-    return time.perf_counter() - started
-
-
-def spawn_once():
-    started = time.perf_counter()
-    subprocess.run(["sh", "-c", "echo hi"], check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
-
-
-def throughput_attune(api, action, total, concurrency):
-    started = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(concurrency) as workers:
-        ids = list(workers.map(lambda _: submit(api, action), range(total)))
-        list(workers.map(lambda execution_id: wait(api, execution_id, 0.005), ids))
+    subprocess.run(f"seq {int(total)} | xargs -P {int(concurrency)} -I{{}} sh -c 'echo hi'",
+                   shell=True, check=True, stdout=subprocess.DEVNULL)
     return total / (time.perf_counter() - started)
 
 
-def throughput_spawn(total, concurrency):
+def spawn_loop_python(total, concurrency):
     started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(concurrency) as workers:
         list(workers.map(lambda _: spawn_once(), range(total)))
@@ -65,42 +81,80 @@ def throughput_spawn(total, concurrency):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--api", default="http://127.0.0.1:8080")
-    parser.add_argument("--action", default="bench.warm_echo")
-    parser.add_argument("--runs", type=int, default=100)
-    parser.add_argument("--throughput-total", type=int, default=400)
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=300, help="latency runs per poll interval")
+    parser.add_argument("--polls", default="0,0.001,0.005",
+                        help="client poll intervals in seconds, comma separated (0: back to back)")
+    parser.add_argument("--throughput-total", type=int, default=2000)
+    parser.add_argument("--throughput-repeats", type=int, default=3)
     args = parser.parse_args()
+    polls = [float(value) for value in args.polls.split(",")]
 
-    for _ in range(10):  # fill the pool and warm caches
-        attune_once(args.api, args.action)
-        spawn_once()
-    attune, spawn = [], []
-    for _ in range(args.runs):
-        attune.append(attune_once(args.api, args.action))
-        spawn.append(spawn_once())
+    with BenchServer("warm-pool") as server:
+        server.register_pack("bench")
+        log("warm-up: 20 runs (fills the pool)")
+        for _ in range(20):
+            attune_once(server, 0.001)
+            spawn_once()
+        spawn, attune = [], {poll: [] for poll in polls}
+        log(f"latency: {args.runs} interleaved rounds")
+        for _ in range(args.runs):
+            spawn.append(spawn_once())
+            for poll in polls:
+                attune[poll].append(attune_once(server, poll))
+
+        log(f"throughput: {args.throughput_repeats} × {args.throughput_total} queued executions, "
+            "interleaved with the baselines")
+        rates = {"attune": [], "xargs": [], "python": []}
+        failures = 0
+        for _ in range(args.throughput_repeats):
+            rate, failed = queue_and_drain(server, args.throughput_total)
+            rates["attune"].append(rate)
+            failures += failed
+            rates["xargs"].append(spawn_loop_xargs(args.throughput_total, POOL_MAX))
+            rates["python"].append(spawn_loop_python(args.throughput_total, POOL_MAX))
+        pools = server.pools()
 
     def ms(value):
         return f"{value * 1000:.1f} ms"
 
-    print(f"latency: {args.runs} runs each, interleaved, after 10 warm-up runs\n")
-    print("| path | p50 | p90 | p99 |")
-    print("|---|---|---|---|")
-    for name, values in (("attune warm pool (submit → terminal)", attune),
-                         ("bare `sh -c 'echo hi'` spawn on the host", spawn)):
-        print(f"| {name} | {ms(percentile(values, 0.5))} | {ms(percentile(values, 0.9))} | {ms(percentile(values, 0.99))} |")
-    print(f"| **overhead (attune − spawn)** | **{ms(percentile(attune, 0.5) - percentile(spawn, 0.5))}** "
-          f"| {ms(percentile(attune, 0.9) - percentile(spawn, 0.9))} | **{ms(percentile(attune, 0.99) - percentile(spawn, 0.99))}** |")
+    print(f"latency: {args.runs} rounds, each = one bare spawn then one attune run per poll "
+          "interval, after 20 warm-up runs\n")
+    print("| path | p50 | p90 | p99 | overhead p50 | overhead p99 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    s50, s90, s99 = (percentile(spawn, q) for q in (0.5, 0.9, 0.99))
+    print(f"| bare `sh -c 'echo hi'` spawn on the host | {ms(s50)} | {ms(s90)} | {ms(s99)} | | |")
+    for poll in polls:
+        for key, name in (("client", f"attune, client submit → terminal, poll {poll * 1000:g} ms"),
+                          ("server", f"attune, server requested → finished (same runs)")):
+            values = [run[key] for run in attune[poll]]
+            v50, v90, v99 = (percentile(values, q) for q in (0.5, 0.9, 0.99))
+            print(f"| {name} | {ms(v50)} | {ms(v90)} | {ms(v99)} | **{ms(v50 - s50)}** | "
+                  f"**{ms(v99 - s99)}** |")
+    print("\nsteps of the attune runs (all poll intervals together), p50 / p99:\n")
+    print("| step | p50 | p99 |")
+    print("|---|---:|---:|")
+    everything = [run for runs in attune.values() for run in runs]
+    for step in ("requested→scheduled", "scheduled→running", "running→finished"):
+        values = [run[step] for run in everything]
+        print(f"| {step} | {ms(percentile(values, 0.5))} | {ms(percentile(values, 0.99))} |")
 
-    attune_rate = throughput_attune(args.api, args.action, args.throughput_total, args.concurrency)
-    spawn_rate = throughput_spawn(args.throughput_total, args.concurrency)
-    print(f"\nthroughput: {args.throughput_total} actions at concurrency {args.concurrency}\n")
-    print("| path | actions/s |")
-    print("|---|---|")
-    print(f"| attune warm pool | {attune_rate:.1f} |")
-    print(f"| bare spawn loop | {spawn_rate:.1f} |")
-    print(f"| **ratio** | **{attune_rate / spawn_rate:.3f}** |")
+    print(f"\nthroughput: {args.throughput_total} trivial actions per repeat, concurrency "
+          f"{POOL_MAX} (pool max {POOL_MAX}), {args.throughput_repeats} repeats interleaved; "
+          f"{failures} failed\n")
+    print("| path | actions/s (median) | all repeats |")
+    print("|---|---:|---|")
+    for key, name in (("attune", "attune warm pool (queued in one INSERT, drained)"),
+                      ("xargs", f"bare spawn loop `xargs -P {POOL_MAX} sh -c 'echo hi'`"),
+                      ("python", f"bare spawn loop, Python threads × {POOL_MAX}")):
+        print(f"| {name} | {percentile(rates[key], 0.5):.0f} | "
+              + ", ".join(f"{rate:.0f}" for rate in rates[key]) + " |")
+    attune_rate = percentile(rates["attune"], 0.5)
+    print(f"| **ratio attune / xargs loop** | **{attune_rate / percentile(rates['xargs'], 0.5):.3f}** | |")
+    print(f"| ratio attune / Python loop | {attune_rate / percentile(rates['python'], 0.5):.3f} | |")
+    print("\npools at the end: " + "; ".join(
+        f"{pool['key']}: ready {pool['ready']}, busy {pool['busy']}, created {pool['total_created']}, "
+        f"retired {pool['retired']}" for pool in pools))
 
 
 if __name__ == "__main__":

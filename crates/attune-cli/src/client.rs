@@ -255,6 +255,23 @@ impl ApiClient {
         .await
     }
 
+    /// `GET /api/v1/executions/{id}?wait_seconds=`: answers when the execution ends or `wait`
+    /// passes, whichever is first.
+    pub async fn wait_execution(
+        &self,
+        execution_id: i64,
+        wait: Duration,
+    ) -> Result<ExecutionView, ClientError> {
+        let id = execution_id.to_string();
+        let wait_seconds = format!("{:.3}", wait.as_secs_f64().min(60.0));
+        self.send(Method::GET, self.url(&["executions", &id]), |request| {
+            request
+                .query(&[("wait_seconds", wait_seconds.as_str())])
+                .timeout(wait + Duration::from_secs(30))
+        })
+        .await
+    }
+
     /// `GET /api/v1/executions?status=&action=&limit=`, newest first.
     pub async fn list_executions(
         &self,

@@ -7,6 +7,7 @@ use crate::db::{ActionRow, ExecutionFilter, NewPack, PackRow, Store, StoreError}
 use crate::docker::DockerOps;
 use crate::scheduler::SchedulerWakeup;
 use crate::signals::ExecutionSignals;
+use crate::status_feed::StatusFeed;
 use attune_protocol::api::{
     ActionView, ContainerSpec, ContainerView, CreateExecutionRequest, ErrorBody, ExecutionStatus,
     ExecutionView, List, LogChunkView, PackView, PoolView,
@@ -23,6 +24,7 @@ use serde::Deserialize;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Reports whether the message queue connection is up.
 pub trait BrokerHealth: Send + Sync + 'static {
@@ -47,6 +49,8 @@ pub struct AppState {
     pub max_pack_bytes: u64,
     /// For pool and container views.
     pub controller: crate::controller::Controller,
+    /// Status changes, for requests that wait for an execution to end.
+    pub status_feed: StatusFeed,
 }
 
 /// An error response.
@@ -157,12 +161,20 @@ async fn readyz(State(state): State<AppState>) -> Response {
         Err(error) => json!(error),
     };
     let ready = database.is_ok() && message_queue.is_ok() && docker.is_ok();
+    // Informational: supervisors fall back to waiting on containers while the stream is down.
+    let tracker = state.controller.lifecycle();
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "checks": {
             "database": check(&database),
             "message_queue": check(&message_queue),
             "docker": check(&docker),
+        },
+        "docker_events": {
+            "following": tracker.is_following(),
+            "connections": tracker.connections(),
+            "events_received": tracker.events_received(),
+            "last_event_connection": tracker.last_event_connection(),
         }
     });
     let status = if ready {
@@ -374,14 +386,41 @@ async fn create_execution(
     Ok((StatusCode::CREATED, Json(execution.to_view())))
 }
 
+#[derive(Debug, Deserialize)]
+struct GetExecutionQuery {
+    /// Wait up to this many seconds (at most 60) for the execution to end before answering.
+    wait_seconds: Option<f64>,
+}
+
 async fn get_execution(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    Query(query): Query<GetExecutionQuery>,
 ) -> ApiResult<Json<ExecutionView>> {
     let execution_id = parse_execution_id(&id)?;
-    Ok(Json(
-        state.store.get_execution(execution_id).await?.to_view(),
-    ))
+    let wait = match query.wait_seconds {
+        None => None,
+        Some(seconds) if (0.0..=60.0).contains(&seconds) => Some(Duration::from_secs_f64(seconds)),
+        Some(seconds) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_wait",
+                format!("wait_seconds {seconds} is outside 0..=60"),
+            ))
+        }
+    };
+    // Subscribe before reading, so a change between the read and the wait is not missed.
+    let changes = state.status_feed.subscribe();
+    let execution = state.store.get_execution(execution_id).await?;
+    match wait {
+        Some(wait) if !execution.status().is_terminal() => {
+            StatusFeed::wait_terminal(changes, execution_id, wait).await;
+            Ok(Json(
+                state.store.get_execution(execution_id).await?.to_view(),
+            ))
+        }
+        _ => Ok(Json(execution.to_view())),
+    }
 }
 
 fn parse_execution_id(id: &str) -> ApiResult<i64> {

@@ -114,6 +114,9 @@ pub async fn run(
         signals.clone(),
     ));
     tasks.track(&events_task);
+    let status_feed = crate::status_feed::StatusFeed::default();
+    let status_feed_task = tokio::spawn(status_feed.clone().run(store.clone()));
+    tasks.track(&status_feed_task);
 
     let mut adoptions = JoinSet::new();
     match reconcile_at_start(&store, &docker, &controller, &mut adoptions).await {
@@ -159,6 +162,7 @@ pub async fn run(
         wakeup,
         max_pack_bytes: settings.server.max_pack_bytes,
         controller,
+        status_feed,
     };
     let address = listener.local_addr()?;
     tracing::info!(%address, "attune-server listening");
@@ -209,5 +213,6 @@ fn controller_settings(
         policy: settings.docker.execution_policy(),
         timeout_slack: Duration::from_secs(5),
         lease: Duration::from_secs(settings.executor.lease_seconds),
+        registry_auth: settings.docker.registry_auth.clone(),
     }
 }

@@ -75,6 +75,12 @@ pub struct DockerSettings {
     /// Capabilities an action may add back after all are dropped (`NET_BIND_SERVICE`);
     /// empty allows none.
     pub allowed_capabilities: Vec<String>,
+    /// Credentials for pulls, by registry host (`docker.io` for unqualified images):
+    /// `[docker.registry_auth."ghcr.io"] username = "..." password = "..."` in a settings
+    /// file, or `ATTUNE__DOCKER__REGISTRY_AUTH='{"ghcr.io": {"username": "...", "password":
+    /// "..."}}'` (JSON) in the environment. Passwords are never logged.
+    #[serde(default)]
+    pub registry_auth: crate::docker::RegistryAuth,
 }
 
 impl DockerSettings {
@@ -415,6 +421,63 @@ mod tests {
             .unwrap_err();
             assert!(error.to_string().contains(named), "{key}={value}: {error}");
         }
+    }
+
+    #[test]
+    fn registry_auth_from_a_file_or_a_json_environment_variable() {
+        let settings =
+            Settings::load_from_env(None, &SettingsOverrides::default(), environment(&[])).unwrap();
+        assert!(settings.docker.registry_auth.is_empty());
+
+        let directory = tempfile::tempdir().unwrap();
+        let file = directory.path().join("attune.toml");
+        std::fs::write(
+            &file,
+            "[docker.registry_auth.\"registry.example.com:5000\"]\nusername = \"robot\"\npassword = \"from-file\"\n",
+        )
+        .unwrap();
+        let settings =
+            Settings::load_from_env(Some(&file), &SettingsOverrides::default(), environment(&[]))
+                .unwrap();
+        let from_file = settings
+            .docker
+            .registry_auth
+            .credentials_for("registry.example.com:5000/team/tool:1")
+            .expect("credentials from the file");
+        assert_eq!(
+            (from_file.username.as_str(), from_file.password.as_str()),
+            ("robot", "from-file")
+        );
+
+        let settings = Settings::load_from_env(
+            Some(&file),
+            &SettingsOverrides::default(),
+            environment(&[(
+                "ATTUNE__DOCKER__REGISTRY_AUTH",
+                r#"{"docker.io": {"username": "hub", "password": "from-env"}}"#,
+            )]),
+        )
+        .unwrap();
+        let auth = &settings.docker.registry_auth;
+        assert_eq!(
+            auth.credentials_for("busybox:1.36")
+                .map(|credentials| credentials.password.as_str()),
+            Some("from-env")
+        );
+        let shown = format!("{settings:?}");
+        assert!(
+            !shown.contains("from-env") && !shown.contains("from-file"),
+            "settings never show passwords: {shown}"
+        );
+
+        let error = Settings::load_from_env(
+            None,
+            &SettingsOverrides::default(),
+            environment(&[("ATTUNE__DOCKER__REGISTRY_AUTH", "ghcr.io=robot:secret")]),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("registry_auth"), "{error}");
+        assert!(!error.to_string().contains("secret"), "{error}");
     }
 
     #[test]

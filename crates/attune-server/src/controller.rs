@@ -16,7 +16,7 @@ use crate::delivery::{
     agent_volume_name, pack_volume_name, AgentDelivery, VolumeContent, VolumeError, VolumeFiller,
 };
 use crate::docker::archive::InjectionArchive;
-use crate::docker::{ContainerCreateSpec, DockerError, DockerOps, ImageInfo};
+use crate::docker::{ContainerCreateSpec, DockerError, DockerOps, ImageInfo, RegistryAuth};
 use crate::lifecycle::{ContainerWatch, LifecycleTracker};
 use crate::limits::{container_limits, ExecutionPolicy};
 use crate::signals::{ExecutionSignal, ExecutionSignals};
@@ -148,6 +148,8 @@ pub struct ControllerSettings {
     /// How long a running execution's agent may stay silent (no heartbeat) before the
     /// controller takes the execution back; agents beat every 5 s.
     pub lease: Duration,
+    /// Credentials for pulls, by registry host.
+    pub registry_auth: RegistryAuth,
 }
 
 impl Default for ControllerSettings {
@@ -173,6 +175,7 @@ impl Default for ControllerSettings {
             policy: ExecutionPolicy::default(),
             timeout_slack: Duration::from_secs(5),
             lease: Duration::from_secs(20),
+            registry_auth: RegistryAuth::default(),
         }
     }
 }
@@ -238,6 +241,8 @@ impl Controller {
         agent: AgentBinary,
     ) -> Controller {
         let filler = VolumeFiller::new(docker.clone(), &settings.controller_id);
+        let images = crate::images::ImageResolver::new(docker.clone(), Duration::from_secs(30))
+            .with_registry_auth(settings.registry_auth.clone());
         Controller {
             store,
             docker: docker.clone(),
@@ -249,10 +254,7 @@ impl Controller {
             tracker: LifecycleTracker::new(),
             filler,
             volume_paused_until: Arc::default(),
-            images: Arc::new(crate::images::ImageResolver::new(
-                docker.clone(),
-                Duration::from_secs(30),
-            )),
+            images: Arc::new(images),
         }
     }
 
@@ -1499,7 +1501,7 @@ pub fn classify_exit(
     match evidence.exit_code {
         Some(137) => ExecutionFailure::failed(
             "killed",
-            format!("the container was killed (exit code 137, possibly out of memory){logs}"),
+            format!("the agent was killed before reporting a result (exit code 137: SIGKILL to the agent or its container, possibly out of memory){logs}"),
         ),
         Some(code) => ExecutionFailure::failed(
             "agent-exited",

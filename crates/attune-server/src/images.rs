@@ -2,7 +2,7 @@
 //! inspections (the warm path must not pay an engine round trip per execution), and one pull at
 //! a time per image — concurrent executions needing the same missing image share its pull.
 
-use crate::docker::{DockerError, DockerOps, ImageInfo};
+use crate::docker::{DockerError, DockerOps, ImageInfo, RegistryAuth};
 use attune_protocol::api::{ContainerSpec, PullPolicy};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +26,8 @@ pub struct ImageResolver {
     cache_ttl: Duration,
     cache: Mutex<HashMap<String, (ImageInfo, Instant)>>,
     pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Credentials by registry, handed to the pull of an image from that registry.
+    registry_auth: RegistryAuth,
 }
 
 impl ImageResolver {
@@ -35,7 +37,14 @@ impl ImageResolver {
             cache_ttl,
             cache: Mutex::default(),
             pulls: Mutex::default(),
+            registry_auth: RegistryAuth::default(),
         }
+    }
+
+    /// Pulls with these credentials (chosen by each image's registry).
+    pub fn with_registry_auth(mut self, registry_auth: RegistryAuth) -> ImageResolver {
+        self.registry_auth = registry_auth;
+        self
     }
 
     /// The local image for `spec`, pulled first when its policy says so.
@@ -101,9 +110,14 @@ impl ImageResolver {
                 return Ok(info);
             }
         }
-        tracing::info!(image, "pulling image");
+        let credentials = self.registry_auth.credentials_for(image);
+        tracing::info!(
+            image,
+            registry_user = credentials.map(|credentials| credentials.username.as_str()),
+            "pulling image"
+        );
         self.docker
-            .pull_image(image)
+            .pull_image(image, credentials)
             .await
             .map_err(|error| ImageError::PullFailed {
                 image: image.to_string(),

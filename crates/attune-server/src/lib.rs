@@ -22,5 +22,6 @@ pub mod lifecycle;
 pub mod limits;
 pub mod scheduler;
 pub mod signals;
+pub mod status_feed;
 pub mod telemetry;
 pub mod testing;

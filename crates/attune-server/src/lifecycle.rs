@@ -66,6 +66,10 @@ struct TrackerState {
     watched: Mutex<HashMap<String, Watched>>,
     following: AtomicBool,
     connections: AtomicU64,
+    /// Events received over every connection.
+    events_received: AtomicU64,
+    /// The number of the connection the latest event came over (0: none yet).
+    last_event_connection: AtomicU64,
 }
 
 /// Shared handle on the tracker; cheap to clone.
@@ -139,6 +143,17 @@ impl LifecycleTracker {
     /// How many times the stream was (re)opened.
     pub fn connections(&self) -> u64 {
         self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// How many events the stream delivered, over all connections.
+    pub fn events_received(&self) -> u64 {
+        self.state.events_received.load(Ordering::SeqCst)
+    }
+
+    /// Which connection (1 = the first) delivered the latest event; 0 before any event. Once
+    /// it passes the connection count seen before an engine restart, the stream has resumed.
+    pub fn last_event_connection(&self) -> u64 {
+        self.state.last_event_connection.load(Ordering::SeqCst)
     }
 
     /// How many containers are watched now.
@@ -227,7 +242,7 @@ impl LifecycleTracker {
                 (LABEL_MANAGED, "true"),
                 (LABEL_CONTROLLER, controller_id.as_str()),
             ]);
-            self.state.connections.fetch_add(1, Ordering::SeqCst);
+            let connection = self.state.connections.fetch_add(1, Ordering::SeqCst) + 1;
             self.state.following.store(true, Ordering::SeqCst);
             // The stream replays from the moment it was asked for; inspecting now covers the
             // time before (and any gap while disconnected).
@@ -240,6 +255,10 @@ impl LifecycleTracker {
                     }
                     item = stream.next() => match item {
                         Some(Ok(event)) => {
+                            self.state.events_received.fetch_add(1, Ordering::SeqCst);
+                            self.state
+                                .last_event_connection
+                                .store(connection, Ordering::SeqCst);
                             self.apply(&event);
                             backoff = backoff_builder.build();
                         }
@@ -389,6 +408,18 @@ mod tests {
         let mut gone_watch = gone_watch;
         let seen = gone_watch.wait_died(DEADLINE).await;
         assert!(seen.destroyed, "{seen:?}");
+
+        // Events flow again over the newest connection.
+        let received = tracker.events_received();
+        let fresh = engine.create_container(&spec("c3", "mine")).await.unwrap();
+        engine.start_container(&fresh).await.unwrap();
+        wait_until(
+            || tracker.events_received() > received,
+            "an event after the reconnection",
+        )
+        .await;
+        assert_eq!(tracker.last_event_connection(), tracker.connections());
+        assert!(tracker.last_event_connection() >= 2);
         stop.cancel();
         task.await.unwrap();
     }

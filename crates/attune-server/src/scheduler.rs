@@ -93,8 +93,12 @@ pub struct ReconcileReport {
 
 /// Compares managed containers with live executions: adopts started containers whose execution
 /// is still live (the supervisions are spawned into `adoptions`), removes the rest, and fails
-/// live executions whose container is gone or never started. Start the events consumer first,
-/// so reports sent while no server was running reach the adopted supervisions.
+/// live executions whose container is gone or never started. A per-execution container names
+/// its execution in a label; a warm pool container (`attune.pool`) carries none, so a busy one
+/// is matched by its id against the executions' `container_id` and adopted the same way (it
+/// is removed when that execution ends: the pools start empty), and idle ones are removed.
+/// Start the events consumer first, so reports sent while no server was running reach the
+/// adopted supervisions.
 pub async fn reconcile_at_start(
     store: &Store,
     docker: &Arc<dyn DockerOps>,
@@ -111,18 +115,27 @@ pub async fn reconcile_at_start(
         .live_executions()
         .await
         .map_err(|error| format!("list live executions: {error}"))?;
+    let live_by_container: HashMap<String, i64> = live
+        .iter()
+        .filter_map(|row| Some((row.container_id.clone()?, row.id)))
+        .collect();
     let mut live_by_id: HashMap<i64, _> = live.into_iter().map(|row| (row.id, row)).collect();
     for container in containers {
-        let execution_id = container
-            .labels
-            .get(LABEL_EXECUTION)
-            .and_then(|id| id.parse::<i64>().ok());
+        let pooled = crate::controller::pool::is_pool_container(&container.labels);
+        let execution_id = if pooled {
+            live_by_container.get(&container.id).copied()
+        } else {
+            container
+                .labels
+                .get(LABEL_EXECUTION)
+                .and_then(|id| id.parse::<i64>().ok())
+        };
         let agent_id = container.labels.get(LABEL_AGENT_ID).cloned();
         match (execution_id.and_then(|id| live_by_id.remove(&id)), agent_id) {
             // Started containers are adopted even when they already stopped: the agent's report
             // may be waiting in the events queue, and the supervisor classifies the exit if not.
             (Some(execution), Some(agent_id)) if container.state != "created" => {
-                tracing::info!(execution_id = execution.id, container_id = %container.id, "adopting container");
+                tracing::info!(execution_id = execution.id, container_id = %container.id, pooled, "adopting container");
                 let controller = controller.clone();
                 let container_id = container.id.clone();
                 adoptions.spawn(async move {
@@ -136,7 +149,11 @@ pub async fn reconcile_at_start(
                     fail_orphaned(store, execution.id).await;
                     report.failed += 1;
                 }
-                tracing::info!(container_id = %container.id, "removing orphaned container");
+                if pooled {
+                    tracing::info!(container_id = %container.id, "removing warm container left by the previous run");
+                } else {
+                    tracing::info!(container_id = %container.id, "removing orphaned container");
+                }
                 if let Err(error) = docker.remove_container(&container.id).await {
                     tracing::error!(container_id = %container.id, %error, "remove orphaned container");
                 } else {

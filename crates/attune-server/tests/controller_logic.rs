@@ -93,6 +93,7 @@ fn settings(agent_start_timeout: Duration) -> ControllerSettings {
         policy: ExecutionPolicy::default(),
         timeout_slack: Duration::from_millis(500),
         lease: Duration::from_secs(30),
+        registry_auth: Default::default(),
     }
 }
 
@@ -1360,6 +1361,203 @@ async fn silent_agent_loses_its_lease_and_the_execution_fails() {
         )),
         1
     );
+    assert_all_removed(&harness.docker);
+    harness.finish().await;
+}
+
+/// A finished report of a successful job, as an agent sends it.
+fn succeeded_report(agent_id: &str, execution_id: i64) -> AgentEvent {
+    AgentEvent::Finished(JobReport {
+        agent_id: agent_id.to_string(),
+        execution_id,
+        outcome: JobOutcome::Succeeded,
+        failure_kind: None,
+        exit_code: Some(0),
+        signal: None,
+        stdout: String::new(),
+        stderr: String::new(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        result: None,
+        error: None,
+        duration_ms: 1,
+    })
+}
+
+#[tokio::test]
+async fn restart_reconcile_adopts_a_busy_warm_container_by_id_and_removes_idle_ones() {
+    let harness = Harness::new(Duration::from_secs(10)).await;
+    harness.docker.add_image("busybox:1.36", "amd64");
+    let docker: Arc<dyn DockerOps> = Arc::new(harness.docker.clone());
+    // Warm containers a crashed controller left: labelled with their pool, not an execution.
+    let warm_spec = |name: &str, agent_id: &str| attune_server::docker::ContainerCreateSpec {
+        name: name.to_string(),
+        image: "busybox:1.36".into(),
+        labels: [
+            ("attune.managed", "true"),
+            ("attune.controller", "controller-under-test"),
+            ("attune.pool", "hello-0123456789ab"),
+            ("attune.pack", "hello"),
+            ("attune.agent-id", agent_id),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect(),
+        ..Default::default()
+    };
+    let busy = docker
+        .create_container(&warm_spec("attune-pool-busy", "pool-busy"))
+        .await
+        .unwrap();
+    let idle = docker
+        .create_container(&warm_spec("attune-pool-idle", "pool-idle"))
+        .await
+        .unwrap();
+    for container in [&busy, &idle] {
+        docker.start_container(container).await.unwrap();
+    }
+    // The busy one runs a live execution, which knows it only by the container's id.
+    let pooled = harness.scheduled_execution("hello.greet").await;
+    harness
+        .store
+        .set_placement(pooled.id, "busybox:1.36", &busy, "pool-busy")
+        .await
+        .unwrap();
+    let running = AgentEvent::Running {
+        agent_id: "pool-busy".into(),
+        execution_id: pooled.id,
+        pid: Some(7),
+    };
+    apply_event(&harness.store, &harness.signals, running)
+        .await
+        .unwrap();
+    // A pooled execution whose warm container is gone cannot continue.
+    let lost = harness.scheduled_execution("hello.greet").await;
+    harness
+        .store
+        .set_placement(lost.id, "busybox:1.36", &"f".repeat(64), "pool-gone")
+        .await
+        .unwrap();
+
+    let mut adoptions = JoinSet::new();
+    let report = reconcile_at_start(&harness.store, &docker, &harness.controller, &mut adoptions)
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.adopted, report.removed, report.failed),
+        (1, 1, 1),
+        "{report:?}"
+    );
+    assert!(
+        harness.docker.container(&idle).is_none(),
+        "idle warm container removed"
+    );
+    assert!(
+        harness.docker.container(&busy).is_some(),
+        "busy warm container adopted, not removed"
+    );
+    let lost = harness.store.get_execution(lost.id).await.unwrap();
+    assert_eq!(lost.status(), ExecutionStatus::Failed);
+    assert_eq!(lost.failure_kind.as_deref(), Some("controller-restarted"));
+    let still_running = harness.store.get_execution(pooled.id).await.unwrap();
+    assert_eq!(still_running.status(), ExecutionStatus::Running);
+
+    // The worker agent reports (and, being a worker, keeps running): the adopter ends the
+    // supervision and removes the container, since the new controller's pools start empty.
+    apply_event(
+        &harness.store,
+        &harness.signals,
+        succeeded_report("pool-busy", pooled.id),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while adoptions.join_next().await.is_some() {}
+    })
+    .await
+    .expect("the adopted supervision ends");
+    assert!(
+        harness.docker.container(&busy).is_none(),
+        "adopted warm container removed"
+    );
+    let done = harness.store.get_execution(pooled.id).await.unwrap();
+    assert_eq!(done.status(), ExecutionStatus::Succeeded);
+    assert!(harness.docker.containers().is_empty(), "nothing left");
+    harness.finish().await;
+}
+
+#[tokio::test]
+async fn pulls_carry_the_credentials_of_the_image_registry_and_no_others() {
+    use attune_server::docker::{RegistryAuth, RegistryCredentials};
+    let hub = RegistryCredentials {
+        username: "hub-user".into(),
+        password: "hub-secret".into(),
+    };
+    let private = RegistryCredentials {
+        username: "robot".into(),
+        password: "robot-secret".into(),
+    };
+    let mut harness = Harness::with_settings(ControllerSettings {
+        registry_auth: RegistryAuth::from_json(
+            r#"{"docker.io": {"username": "hub-user", "password": "hub-secret"},
+                "registry.example.com:5000": {"username": "robot", "password": "robot-secret"}}"#,
+        )
+        .unwrap(),
+        ..settings(Duration::from_secs(10))
+    })
+    .await;
+    harness
+        .docker
+        .add_pullable_image("busybox:1.36", "amd64")
+        .require_registry_login("docker.io", hub.clone())
+        .add_pullable_image("registry.example.com:5000/team/tool:1", "amd64")
+        .require_registry_login("registry.example.com:5000", private.clone())
+        .add_pullable_image("quay.io/team/public:1", "amd64")
+        .add_pullable_image("ghcr.io/team/private:1", "amd64")
+        .require_registry_login("ghcr.io", private.clone());
+
+    // Docker Hub (an unqualified name), a private registry, then a public one.
+    for image in [
+        "busybox:1.36",
+        "registry.example.com:5000/team/tool:1",
+        "quay.io/team/public:1",
+    ] {
+        harness
+            .set_container("hello.greet", json!({"image": image}))
+            .await;
+        let execution = harness.scheduled_execution("hello.greet").await;
+        let id = execution.id;
+        let controller = harness.controller.clone();
+        let run = tokio::spawn(async move { controller.run_execution(execution).await });
+        harness.agent_reports(JobOutcome::Succeeded, 0).await;
+        run.await.unwrap();
+        let row = harness.store.get_execution(id).await.unwrap();
+        assert_eq!(row.status(), ExecutionStatus::Succeeded, "{image}: {row:?}");
+    }
+    assert_eq!(
+        harness.docker.pulls(),
+        vec![
+            ("busybox:1.36".to_string(), Some(hub)),
+            (
+                "registry.example.com:5000/team/tool:1".to_string(),
+                Some(private)
+            ),
+            ("quay.io/team/public:1".to_string(), None),
+        ],
+        "each pull carries its registry's credentials, and only those"
+    );
+
+    // A registry that wants a login nobody configured: the pull fails with its reason.
+    harness
+        .set_container("hello.greet", json!({"image": "ghcr.io/team/private:1"}))
+        .await;
+    let row = run_unanswered(&harness).await;
+    assert_eq!(row.status(), ExecutionStatus::Failed);
+    assert_eq!(row.failure_kind.as_deref(), Some("pull-failed"));
+    let error = row.error.unwrap_or_default();
+    assert!(error.contains("authentication required"), "{error}");
+    assert!(!error.contains("secret"), "{error}");
+    assert_eq!(harness.docker.pulls().last().unwrap().1, None);
     assert_all_removed(&harness.docker);
     harness.finish().await;
 }

@@ -6,7 +6,9 @@
 
 use attune_server::docker::archive::{InjectionArchive, EXECUTABLE_MODE, FILE_MODE};
 use attune_server::docker::bollard_engine::BollardEngine;
-use attune_server::docker::{ContainerCreateSpec, ContainerEvent, DockerError, DockerOps};
+use attune_server::docker::{
+    ContainerCreateSpec, ContainerEvent, DockerError, DockerOps, RegistryCredentials,
+};
 use bollard::container::InspectContainerOptions;
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
@@ -447,21 +449,41 @@ async fn unpullable_image_fails_fast_with_the_engine_message() {
     let engine = engine().await;
     // A registry on a closed loopback port: the engine fails at once and no traffic leaves.
     let image = "127.0.0.1:1/attune-test/unpullable:latest";
-    let result = tokio::time::timeout(Duration::from_secs(30), engine.pull_image(image))
+    let credentials = RegistryCredentials {
+        username: "attune-test".into(),
+        password: "never-sent-anywhere".into(),
+    };
+    // Anonymous, then with credentials (sent as X-Registry-Auth): both fail fast and clearly.
+    for credentials in [None, Some(&credentials)] {
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(
+            Duration::from_secs(30),
+            engine.pull_image(image, credentials),
+        )
         .await
         .expect("pull fails before the deadline");
-    match result {
-        Err(DockerError::PullFailed {
-            image: failed,
-            reason,
-        }) => {
-            assert_eq!(failed, image);
-            assert!(
-                reason.contains("127.0.0.1:1") && reason.contains("connection refused"),
-                "reason: {reason}"
-            );
+        match result {
+            Err(DockerError::PullFailed {
+                image: failed,
+                reason,
+            }) => {
+                assert_eq!(failed, image);
+                assert!(
+                    reason.contains("127.0.0.1:1") && reason.contains("connection refused"),
+                    "reason: {reason}"
+                );
+                assert!(
+                    !reason.contains("never-sent-anywhere"),
+                    "the password is not echoed: {reason}"
+                );
+            }
+            other => panic!("expected pull failure, got {other:?}"),
         }
-        other => panic!("expected pull failure, got {other:?}"),
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a refused pull fails fast, took {:?}",
+            started.elapsed()
+        );
     }
 }
 

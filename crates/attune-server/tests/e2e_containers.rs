@@ -132,7 +132,10 @@ async fn hello_pack_runs_shell_in_busybox_and_python_in_debian() {
     assert_eq!(greet.status, ExecutionStatus::Succeeded, "{greet:?}");
     assert_eq!(greet.result.as_ref().unwrap()["greeting"], "Hello, Ada!");
     assert_eq!(greet.exit_code, Some(0));
-    assert!(greet.duration_ms.is_some(), "the agent's measured duration is kept");
+    assert!(
+        greet.duration_ms.is_some(),
+        "the agent's measured duration is kept"
+    );
     assert_eq!(greet.image.as_deref(), Some("busybox:1.36"));
     assert!(greet.container_id.is_some());
     for timestamp in [&greet.scheduled_at, &greet.started_at, &greet.finished_at] {
@@ -276,6 +279,45 @@ async fn non_zero_exit_fails_and_keeps_the_code_and_output() {
         joined.contains("about to fail"),
         "live log chunks stored: {joined}"
     );
+    finish(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_requests_answer_when_the_execution_ends() {
+    let (server, client) = start().await;
+    let created: ExecutionView = client
+        .submit("e2e.fail", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(!created.status.is_terminal());
+    // One request, answered when the execution ends (the Postgres status feed wakes it).
+    let ended: ExecutionView = client
+        .http
+        .get(format!(
+            "{}/api/v1/executions/{}?wait_seconds=60",
+            client.base_url, created.id
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ended.status, ExecutionStatus::Failed, "{ended:?}");
+    let too_long = client
+        .http
+        .get(format!(
+            "{}/api/v1/executions/{}?wait_seconds=600",
+            client.base_url, created.id
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_long.status(), 400);
+    let body: ErrorBody = too_long.json().await.unwrap();
+    assert!(body.detail.contains("wait_seconds"), "{body:?}");
     finish(server).await;
 }
 

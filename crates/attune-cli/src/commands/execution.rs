@@ -63,7 +63,15 @@ pub(super) async fn follow(
             }
             pause = pause.min(deadline - now);
         }
-        tokio::time::sleep(pause).await;
+        // The server answers as soon as the execution ends (or after `pause`); an older server
+        // answers at once, so the rest of the pause is slept here.
+        let started = Instant::now();
+        let waited = context.client.wait_execution(execution_id, pause).await?;
+        if !waited.status.is_terminal() {
+            if let Some(rest) = pause.checked_sub(started.elapsed()) {
+                tokio::time::sleep(rest).await;
+            }
+        }
     }
 }
 

@@ -6,10 +6,12 @@
 //! pulls → `PullFailed`, anything else the engine refuses → `Rejected`.
 
 use super::{
-    ContainerCreateSpec, ContainerEvent, ContainerState, ContainerSummary, DockerError, DockerOps,
-    EngineInfo, ImageInfo, VolumeInfo,
+    registry_of, ContainerCreateSpec, ContainerEvent, ContainerState, ContainerSummary,
+    DockerError, DockerOps, EngineInfo, ImageInfo, RegistryCredentials, VolumeInfo,
+    DOCKER_HUB_REGISTRY,
 };
 use async_trait::async_trait;
+use bollard::auth::DockerCredentials;
 use bollard::container::{
     Config, CreateContainerOptions, DownloadFromContainerOptions, InspectContainerOptions,
     KillContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
@@ -177,6 +179,23 @@ fn split_image_reference(image: &str) -> (&str, &str) {
             (&image[..colon], &image[colon + 1..])
         }
         None => (image, "latest"),
+    }
+}
+
+/// The `X-Registry-Auth` credentials for pulling `image`: the engine logs in to the image's
+/// registry with them (Docker Hub's server address is the one the engine itself uses).
+fn docker_credentials(image: &str, credentials: &RegistryCredentials) -> DockerCredentials {
+    let registry = registry_of(image);
+    let server_address = if registry == DOCKER_HUB_REGISTRY {
+        "https://index.docker.io/v1/".to_string()
+    } else {
+        registry
+    };
+    DockerCredentials {
+        username: Some(credentials.username.clone()),
+        password: Some(credentials.password.clone()),
+        serveraddress: Some(server_address),
+        ..Default::default()
     }
 }
 
@@ -363,14 +382,19 @@ impl DockerOps for BollardEngine {
         }
     }
 
-    async fn pull_image(&self, image: &str) -> Result<(), DockerError> {
+    async fn pull_image(
+        &self,
+        image: &str,
+        credentials: Option<&RegistryCredentials>,
+    ) -> Result<(), DockerError> {
         let (from_image, tag) = split_image_reference(image);
         let options = CreateImageOptions {
             from_image,
             tag,
             ..Default::default()
         };
-        let mut progress = self.docker.create_image(Some(options), None, None);
+        let credentials = credentials.map(|credentials| docker_credentials(image, credentials));
+        let mut progress = self.docker.create_image(Some(options), None, credentials);
         while let Some(item) = progress.next().await {
             if let Err(error) = item {
                 if is_connection_error(&error) {

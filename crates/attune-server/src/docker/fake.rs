@@ -5,12 +5,12 @@
 //! binds mount them, uploads below a mount point land in the volume (refused when the mount is
 //! read-only), and a container's read-only root refuses uploads outside its volumes, as the
 //! engine does. Tests script it: which images exist locally (and their architecture), which can
-//! be pulled, failures to inject for the next call of an operation, the exit code a container
+//! be pulled (and which registries demand a login), failures to inject for the next call of an operation, the exit code a container
 //! reports, its logs, and container events.
 
 use super::{
-    ContainerCreateSpec, ContainerEvent, ContainerState, ContainerSummary, DockerError, DockerOps,
-    EngineInfo, ImageInfo, VolumeInfo,
+    registry_of, ContainerCreateSpec, ContainerEvent, ContainerState, ContainerSummary,
+    DockerError, DockerOps, EngineInfo, ImageInfo, RegistryCredentials, VolumeInfo,
 };
 use async_trait::async_trait;
 use futures_util::stream::{self, BoxStream, StreamExt};
@@ -163,6 +163,10 @@ struct FakeState {
     calls: Vec<DockerCall>,
     images: HashMap<String, ImageInfo>,
     pullable: HashMap<String, ImageInfo>,
+    /// Registries that refuse pulls without these credentials.
+    registry_logins: HashMap<String, RegistryCredentials>,
+    /// Every pull with the credentials it carried, in order.
+    pulls: Vec<(String, Option<RegistryCredentials>)>,
     failures: VecDeque<(Operation, DockerError)>,
     exit_codes: Vec<(String, i64)>,
     logs: Vec<(String, String)>,
@@ -417,6 +421,24 @@ impl RecordingDocker {
         self
     }
 
+    /// Makes the registry `registry` (`docker.io`, `ghcr.io`, ...) refuse pulls that do not
+    /// carry exactly these credentials, as a private registry does.
+    pub fn require_registry_login(
+        &self,
+        registry: &str,
+        credentials: RegistryCredentials,
+    ) -> &Self {
+        self.lock()
+            .registry_logins
+            .insert(registry.to_string(), credentials);
+        self
+    }
+
+    /// Every pull so far with the credentials it carried, in order.
+    pub fn pulls(&self) -> Vec<(String, Option<RegistryCredentials>)> {
+        self.lock().pulls.clone()
+    }
+
     /// Makes the next call of `operation` fail with `error` (queued in order per operation).
     pub fn fail_next(&self, operation: Operation, error: DockerError) -> &Self {
         self.lock().failures.push_back((operation, error));
@@ -589,12 +611,33 @@ impl DockerOps for RecordingDocker {
         Ok(self.lock().images.get(image).cloned())
     }
 
-    async fn pull_image(&self, image: &str) -> Result<(), DockerError> {
+    async fn pull_image(
+        &self,
+        image: &str,
+        credentials: Option<&RegistryCredentials>,
+    ) -> Result<(), DockerError> {
+        self.lock()
+            .pulls
+            .push((image.to_string(), credentials.cloned()));
         self.begin(
             DockerCall::PullImage(image.to_string()),
             Operation::PullImage,
         )?;
         let mut state = self.lock();
+        let registry = registry_of(image);
+        if let Some(required) = state.registry_logins.get(&registry) {
+            if credentials != Some(required) {
+                let how = if credentials.is_some() {
+                    "incorrect username or password"
+                } else {
+                    "authentication required"
+                };
+                return Err(DockerError::PullFailed {
+                    image: image.to_string(),
+                    reason: format!("Head \"https://{registry}/v2/\": unauthorized: {how}"),
+                });
+            }
+        }
         match state.pullable.get(image).cloned() {
             Some(info) => {
                 state.images.insert(image.to_string(), info);
@@ -1165,16 +1208,56 @@ mod tests {
                 .await,
             Err(DockerError::NotFound(_))
         ));
-        docker.pull_image("python:3.11-slim").await.unwrap();
+        docker.pull_image("python:3.11-slim", None).await.unwrap();
         assert!(docker
             .inspect_image("python:3.11-slim")
             .await
             .unwrap()
             .is_some());
         assert!(matches!(
-            docker.pull_image("nowhere/missing:1").await,
+            docker.pull_image("nowhere/missing:1", None).await,
             Err(DockerError::PullFailed { ref image, .. }) if image == "nowhere/missing:1"
         ));
+    }
+
+    #[tokio::test]
+    async fn a_registry_that_demands_a_login_refuses_other_credentials() {
+        let docker = RecordingDocker::new();
+        let robot = RegistryCredentials {
+            username: "robot".into(),
+            password: "right".into(),
+        };
+        docker
+            .add_pullable_image("registry.example.com/team/tool:1", "amd64")
+            .require_registry_login("registry.example.com", robot.clone());
+        let image = "registry.example.com/team/tool:1";
+        let anonymous = docker.pull_image(image, None).await.unwrap_err();
+        assert!(
+            anonymous.to_string().contains("authentication required"),
+            "{anonymous}"
+        );
+        let wrong = RegistryCredentials {
+            password: "wrong".into(),
+            ..robot.clone()
+        };
+        let refused = docker.pull_image(image, Some(&wrong)).await.unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("incorrect username or password"),
+            "{refused}"
+        );
+        docker.pull_image(image, Some(&robot)).await.unwrap();
+        assert!(docker.inspect_image(image).await.unwrap().is_some());
+        let carried: Vec<Option<String>> = docker
+            .pulls()
+            .into_iter()
+            .map(|(_, credentials)| credentials.map(|credentials| credentials.password))
+            .collect();
+        assert_eq!(
+            carried,
+            vec![None, Some("wrong".to_string()), Some("right".to_string())]
+        );
     }
 
     #[tokio::test]

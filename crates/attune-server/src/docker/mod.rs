@@ -10,6 +10,8 @@ pub mod fake;
 
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
 use std::collections::BTreeMap;
 
 /// Errors from Docker operations; callers branch on the kind.
@@ -150,8 +152,13 @@ pub trait DockerOps: Send + Sync + 'static {
     async fn engine_info(&self) -> Result<EngineInfo, DockerError>;
     /// Inspects a local image; `Ok(None)` when it is absent.
     async fn inspect_image(&self, image: &str) -> Result<Option<ImageInfo>, DockerError>;
-    /// Pulls an image from its registry.
-    async fn pull_image(&self, image: &str) -> Result<(), DockerError>;
+    /// Pulls an image from its registry, authenticating with `credentials` when given (the
+    /// caller picks them for the image's registry, see [`RegistryAuth::credentials_for`]).
+    async fn pull_image(
+        &self,
+        image: &str,
+        credentials: Option<&RegistryCredentials>,
+    ) -> Result<(), DockerError>;
     /// Creates (does not start) a container; returns its id.
     async fn create_container(&self, spec: &ContainerCreateSpec) -> Result<String, DockerError>;
     /// Extracts an uncompressed tar archive into `dest_dir` of a container (put_archive).
@@ -203,4 +210,270 @@ pub trait DockerOps: Send + Sync + 'static {
         &self,
         labels: &[(&str, &str)],
     ) -> BoxStream<'static, Result<ContainerEvent, DockerError>>;
+}
+
+/// The registry Docker Hub images come from: the key for unqualified names (`busybox:1.36`,
+/// `library/python:3.11`).
+pub const DOCKER_HUB_REGISTRY: &str = "docker.io";
+
+/// The registry host an image reference names, as Docker reads references: the part before
+/// the first `/` when it holds a `.` or a `:` or is `localhost`, else Docker Hub. Hub aliases
+/// (`index.docker.io`, `registry-1.docker.io`) become `docker.io`; hosts are lowercased.
+pub fn registry_of(image: &str) -> String {
+    let host = match image.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first
+        }
+        _ => DOCKER_HUB_REGISTRY,
+    };
+    normalize_registry(host)
+}
+
+fn normalize_registry(host: &str) -> String {
+    let host = host
+        .trim()
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .trim_end_matches("/v1")
+        .to_ascii_lowercase();
+    match host.as_str() {
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+            DOCKER_HUB_REGISTRY.to_string()
+        }
+        _ => host,
+    }
+}
+
+/// A user name and password for one registry. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+pub struct RegistryCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryCredentials {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("RegistryCredentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Credentials by registry host (`docker.io`, `ghcr.io`, `registry.example.com:5000`), for
+/// pulls. Deserializes from a map of host → `{username, password}` (a settings file) or from
+/// a JSON string of that map (one environment variable). `Debug` lists hosts and user names
+/// only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RegistryAuth {
+    by_registry: BTreeMap<String, RegistryCredentials>,
+}
+
+impl RegistryAuth {
+    /// Credentials keyed by registry host; the hosts are normalized like image references.
+    pub fn new(
+        entries: impl IntoIterator<Item = (String, RegistryCredentials)>,
+    ) -> Result<RegistryAuth, String> {
+        let mut by_registry = BTreeMap::new();
+        for (host, credentials) in entries {
+            let registry = normalize_registry(&host);
+            if registry.is_empty() || registry.contains('/') {
+                return Err(format!(
+                    "{host:?} is not a registry host (e.g. docker.io, ghcr.io, registry.example.com:5000)"
+                ));
+            }
+            if credentials.username.is_empty() {
+                return Err(format!("the username for registry {registry} is empty"));
+            }
+            if by_registry.insert(registry.clone(), credentials).is_some() {
+                return Err(format!("registry {registry} is given twice"));
+            }
+        }
+        Ok(RegistryAuth { by_registry })
+    }
+
+    /// Parses a JSON object of host → `{"username": ..., "password": ...}`; an empty or blank
+    /// text means no credentials.
+    pub fn from_json(text: &str) -> Result<RegistryAuth, String> {
+        if text.trim().is_empty() {
+            return Ok(RegistryAuth::default());
+        }
+        let entries: BTreeMap<String, RegistryCredentials> = serde_json::from_str(text)
+            .map_err(|error| {
+                format!("expected a JSON object of registry host to {{\"username\", \"password\"}}: {error}")
+            })?;
+        RegistryAuth::new(entries)
+    }
+
+    /// The credentials for the registry `image` comes from, if any were given.
+    pub fn credentials_for(&self, image: &str) -> Option<&RegistryCredentials> {
+        self.by_registry.get(&registry_of(image))
+    }
+
+    /// The registry hosts with credentials.
+    pub fn registries(&self) -> impl Iterator<Item = &str> {
+        self.by_registry.keys().map(String::as_str)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_registry.is_empty()
+    }
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_map()
+            .entries(
+                self.by_registry
+                    .iter()
+                    .map(|(registry, credentials)| (registry, credentials)),
+            )
+            .finish()
+    }
+}
+
+impl<'de> Deserialize<'de> for RegistryAuth {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RegistryAuthVisitor;
+
+        impl<'de> Visitor<'de> for RegistryAuthVisitor {
+            type Value = RegistryAuth;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str(
+                    "a map of registry host to {username, password}, or that map as a JSON string",
+                )
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<RegistryAuth, E> {
+                RegistryAuth::from_json(text).map_err(E::custom)
+            }
+
+            fn visit_unit<E: serde::de::Error>(self) -> Result<RegistryAuth, E> {
+                Ok(RegistryAuth::default())
+            }
+
+            fn visit_none<E: serde::de::Error>(self) -> Result<RegistryAuth, E> {
+                Ok(RegistryAuth::default())
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RegistryAuth, A::Error> {
+                let mut entries = Vec::new();
+                while let Some((host, credentials)) =
+                    map.next_entry::<String, RegistryCredentials>()?
+                {
+                    entries.push((host, credentials));
+                }
+                RegistryAuth::new(entries).map_err(serde::de::Error::custom)
+            }
+        }
+
+        deserializer.deserialize_any(RegistryAuthVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn credentials(username: &str, password: &str) -> RegistryCredentials {
+        RegistryCredentials {
+            username: username.to_string(),
+            password: password.to_string(),
+        }
+    }
+
+    #[test]
+    fn registries_are_read_from_references_as_docker_does() {
+        for (image, registry) in [
+            ("busybox:1.36", "docker.io"),
+            ("library/python:3.11-slim", "docker.io"),
+            ("attune-test/noshell", "docker.io"),
+            ("ghcr.io/org/tool:1", "ghcr.io"),
+            (
+                "Registry.Example.com:5000/team/tool@sha256:abc",
+                "registry.example.com:5000",
+            ),
+            ("localhost/tool", "localhost"),
+            ("localhost:5000/tool:2", "localhost:5000"),
+            ("127.0.0.1:1/attune-test/unpullable:latest", "127.0.0.1:1"),
+            ("index.docker.io/library/busybox", "docker.io"),
+        ] {
+            assert_eq!(registry_of(image), registry, "{image}");
+        }
+    }
+
+    #[test]
+    fn credentials_are_chosen_by_the_image_registry() {
+        let auth = RegistryAuth::new([
+            (
+                "https://index.docker.io/v1/".to_string(),
+                credentials("hub-user", "hub-secret"),
+            ),
+            ("GHCR.io".to_string(), credentials("gh-user", "gh-secret")),
+        ])
+        .unwrap();
+        assert_eq!(
+            auth.credentials_for("busybox:1.36")
+                .map(|found| found.username.as_str()),
+            Some("hub-user")
+        );
+        assert_eq!(
+            auth.credentials_for("ghcr.io/org/tool:1")
+                .map(|found| found.username.as_str()),
+            Some("gh-user")
+        );
+        assert_eq!(auth.credentials_for("quay.io/org/tool:1"), None);
+        assert_eq!(
+            auth.registries().collect::<Vec<_>>(),
+            vec!["docker.io", "ghcr.io"]
+        );
+    }
+
+    #[test]
+    fn passwords_never_reach_debug_output() {
+        let auth = RegistryAuth::from_json(
+            r#"{"registry.example.com:5000": {"username": "robot", "password": "s3cr3t-pa55"}}"#,
+        )
+        .unwrap();
+        let shown = format!(
+            "{auth:?} {:?}",
+            auth.credentials_for("registry.example.com:5000/x")
+        );
+        assert!(
+            shown.contains("robot") && shown.contains("registry.example.com:5000"),
+            "{shown}"
+        );
+        assert!(!shown.contains("s3cr3t-pa55"), "{shown}");
+    }
+
+    #[test]
+    fn bad_registry_auth_is_explained() {
+        for (text, expected) in [
+            ("[1, 2]", "expected a JSON object"),
+            (
+                r#"{"ghcr.io": {"username": "u"}}"#,
+                "missing field `password`",
+            ),
+            (
+                r#"{"ghcr.io/org": {"username": "u", "password": "p"}}"#,
+                "not a registry host",
+            ),
+            (
+                r#"{"ghcr.io": {"username": "", "password": "p"}}"#,
+                "username for registry ghcr.io is empty",
+            ),
+            (
+                r#"{"docker.io": {"username": "a", "password": "p"}, "index.docker.io": {"username": "b", "password": "q"}}"#,
+                "registry docker.io is given twice",
+            ),
+        ] {
+            let error = RegistryAuth::from_json(text).unwrap_err();
+            assert!(error.contains(expected), "{text}: {error}");
+        }
+        assert!(RegistryAuth::from_json("  ").unwrap().is_empty());
+    }
 }

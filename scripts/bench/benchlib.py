@@ -1,0 +1,301 @@
+"""Shared pieces of the controller benchmarks: a private attune-server (own port, database,
+controller id and events queue, so tests and the demo server on :8080 are never disturbed),
+HTTP and SQL helpers, the baselines, and percentiles.
+
+Only loopback traffic. Every server started here is stopped (SIGTERM, so warm pools are
+retired), every container carrying its controller id is removed, and its database and events
+queue are dropped, also when a benchmark fails.
+"""
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+
+REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+SERVER_BINARY = os.path.join(REPO_ROOT, "target", "release", "attune-server")
+CLI_BINARY = os.path.join(REPO_ROOT, "target", "release", "attune")
+AGENT_BINARY = os.path.join(REPO_ROOT, "agent-dist", "attune-agent-x86_64")
+PACKS_DIR = os.path.join(REPO_ROOT, "scripts", "bench", "packs")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "ATTUNE_TEST_DATABASE_URL", "postgres://postgres:postgres@127.0.0.1:5432/postgres")
+MESSAGE_QUEUE_URL = os.environ.get("ATTUNE_TEST_MQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+TERMINAL = ("succeeded", "failed", "timeout", "canceled", "abandoned")
+
+
+def percentile(values, fraction):
+    """Nearest-rank percentile of `values` (fraction in 0..1)."""
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def log(message):
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def database_url(name):
+    base = POSTGRES_ADMIN_URL.split("?")[0]
+    return base[: base.rfind("/")] + "/" + name
+
+
+def psql(url, sql):
+    """Runs SQL with psql; returns stdout rows as lists of `|`-separated fields."""
+    completed = subprocess.run(
+        ["psql", url, "-v", "ON_ERROR_STOP=1", "-qtAX", "-c", sql],
+        check=True, capture_output=True, text=True)
+    return [line.split("|") for line in completed.stdout.splitlines() if line]
+
+
+def request(method, url, body=None, timeout=60):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def docker_ids(*filters):
+    arguments = ["docker", "ps", "-aq"]
+    for item in filters:
+        arguments += ["--filter", item]
+    output = subprocess.run(arguments, check=True, capture_output=True, text=True).stdout
+    return output.split()
+
+
+def remove_containers(*filters):
+    ids = docker_ids(*filters)
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], check=False, capture_output=True)
+    return len(ids)
+
+
+def read_status_kib(pid, field):
+    """A number from `/proc/<pid>/status`: VmRSS, RssAnon, VmHWM ... in KiB, or Threads."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(f"{field} not in /proc/{pid}/status")
+
+
+class BenchServer:
+    """A release attune-server of its own. Use as a context manager.
+
+    `settings` adds ATTUNE__... variables; `name` shows up in the controller id and the log file.
+    """
+
+    def __init__(self, name, settings=None, rust_log=None, docker_host=None):
+        unique = uuid.uuid4().hex[:10]
+        self.name = name
+        self.controller_id = f"bench-{name}-{unique}"
+        self.database = f"attune_bench_{unique}"
+        self.database_url = database_url(self.database)
+        self.events_queue = f"attune.bench.{unique}.events"
+        self.port = free_port()
+        self.api = f"http://127.0.0.1:{self.port}"
+        self.settings = dict(settings or {})
+        self.rust_log = rust_log
+        self.docker_host = docker_host
+        self.log_dir = tempfile.mkdtemp(prefix=f"attune-bench-{name}-")
+        self.log_path = os.path.join(self.log_dir, "server.log")
+        self.process = None
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def start(self):
+        for binary in (SERVER_BINARY, CLI_BINARY, AGENT_BINARY):
+            if not os.path.exists(binary):
+                raise SystemExit(f"missing {binary}: run the benchmark's .sh wrapper (it builds)")
+        psql(POSTGRES_ADMIN_URL, f"CREATE DATABASE {self.database}")
+        environment = dict(os.environ)
+        environment.update({
+            "ATTUNE__DATABASE__URL": self.database_url,
+            "ATTUNE__MESSAGE_QUEUE__URL": MESSAGE_QUEUE_URL,
+            "ATTUNE__MESSAGE_QUEUE__EVENTS_QUEUE": self.events_queue,
+            "ATTUNE__EXECUTOR__CONTROLLER_ID": self.controller_id,
+            "ATTUNE__DOCKER__NETWORK": "host",
+        })
+        if self.docker_host:
+            environment["ATTUNE__DOCKER__HOST"] = self.docker_host
+        environment.update(self.settings)
+        environment.pop("RUST_LOG", None)
+        if self.rust_log:
+            environment["RUST_LOG"] = self.rust_log
+        with open(self.log_path, "wb") as log_file:
+            self.process = subprocess.Popen(
+                [SERVER_BINARY, "--bind", f"127.0.0.1:{self.port}", "--agent-binary", AGENT_BINARY],
+                stdout=log_file, stderr=subprocess.STDOUT, env=environment, cwd=REPO_ROOT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"attune-server {self.name} exited at start; log: {self.tail()}")
+            try:
+                if request("GET", f"{self.api}/readyz", timeout=2).get("status") == "ready":
+                    log(f"server {self.name} ready on {self.api} (pid {self.process.pid}, "
+                        f"controller {self.controller_id}, log {self.log_path})")
+                    return
+            except (urllib.error.URLError, ConnectionError, OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        raise SystemExit(f"attune-server {self.name} not ready within 60 s; log: {self.tail()}")
+
+    def tail(self, lines=20):
+        try:
+            with open(self.log_path, errors="replace") as log_file:
+                return "".join(log_file.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def register_pack(self, directory):
+        environment = dict(os.environ, ATTUNE_API_URL=self.api)
+        subprocess.run([CLI_BINARY, "pack", "register", os.path.join(PACKS_DIR, directory),
+                        "--force"], check=True, env=environment, stdout=subprocess.DEVNULL)
+
+    def submit(self, action, parameters=None):
+        return request("POST", f"{self.api}/api/v1/executions",
+                       {"action": action, "parameters": parameters or {}})["id"]
+
+    def get(self, execution_id):
+        return request("GET", f"{self.api}/api/v1/executions/{execution_id}")
+
+    def wait_terminal(self, execution_id, poll_seconds, deadline_seconds=120):
+        """Polls until terminal; returns the execution. Raises when it did not succeed."""
+        deadline = time.monotonic() + deadline_seconds
+        while True:
+            execution = self.get(execution_id)
+            if execution["status"] in TERMINAL:
+                if execution["status"] != "succeeded":
+                    raise SystemExit(f"execution {execution_id} on {self.name} ended "
+                                     f"{execution['status']}: {execution.get('error')}")
+                return execution
+            if time.monotonic() > deadline:
+                raise SystemExit(f"execution {execution_id} on {self.name} not terminal after "
+                                 f"{deadline_seconds} s (status {execution['status']})")
+            if poll_seconds:
+                time.sleep(poll_seconds)
+
+    def pools(self):
+        return request("GET", f"{self.api}/api/v1/pools")["items"]
+
+    def sql(self, statement):
+        return psql(self.database_url, statement)
+
+    def step_times(self, execution_id):
+        """Microsecond timestamps of one execution from the database, in seconds since epoch:
+        (requested, scheduled, started, finished)."""
+        row = self.sql(
+            "SELECT extract(epoch FROM requested_at), extract(epoch FROM scheduled_at), "
+            "extract(epoch FROM started_at), extract(epoch FROM finished_at) "
+            f"FROM executions WHERE id = {int(execution_id)}")[0]
+        return tuple(float(value) for value in row)
+
+    def rss_kib(self, field="VmRSS"):
+        return read_status_kib(self.process.pid, field)
+
+    def stop(self, timeout_seconds=600):
+        """SIGTERM, then wait for the drain (it retires idle warm containers)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout_seconds)
+        except subprocess.TimeoutExpired:
+            log(f"server {self.name} did not stop within {timeout_seconds} s; killing it")
+            self.process.kill()
+            self.process.wait()
+
+    def close(self):
+        self.stop()
+        removed = remove_containers(f"label=attune.controller={self.controller_id}")
+        if removed:
+            log(f"removed {removed} container(s) left by {self.controller_id}")
+        try:
+            psql(POSTGRES_ADMIN_URL, f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
+        except subprocess.CalledProcessError as error:
+            log(f"drop database {self.database}: {error.stderr.strip()}")
+        if shutil.which("rabbitmqctl"):
+            subprocess.run(["rabbitmqctl", "delete_queue", self.events_queue],
+                           check=False, capture_output=True)
+
+
+def docker_run_once(image, label):
+    """The cold baseline: `docker run --rm --network host IMAGE sh -c 'echo hi'`."""
+    started = time.perf_counter()
+    subprocess.run(["docker", "run", "--rm", "--network", "host", "--label", label, image,
+                    "sh", "-c", "echo hi"], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def spawn_once():
+    """The warm baseline: a bare `sh -c 'echo hi'` on the host, output read like the agent does."""
+    started = time.perf_counter()
+    subprocess.run(["sh", "-c", "echo hi"], check=True, stdout=subprocess.PIPE)
+    return time.perf_counter() - started
+
+
+class UnixHttpConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket."""
+
+    def __init__(self, socket_path):
+        super().__init__("localhost", timeout=30)
+        self.socket_path = socket_path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.socket_path)
+
+
+class DockerApi:
+    """Minimal client of the engine's unix socket, for cheap polling (no docker CLI spawn)."""
+
+    def __init__(self, path="/var/run/docker.sock"):
+        self.path = path
+
+    def get(self, url_path):
+        connection = UnixHttpConnection(self.path)
+        try:
+            connection.request("GET", url_path)
+            response = connection.getresponse()
+            return json.loads(response.read())
+        finally:
+            connection.close()
+
+    def container_ids(self, *labels):
+        filters = urllib.parse.quote(json.dumps({"label": list(labels)}))
+        return [item["Id"] for item in self.get(f"/containers/json?all=1&filters={filters}")]
+
+    def wait_gone(self, *labels, deadline_seconds=60, poll_seconds=0.005):
+        """Waits until no container carries all `labels`; returns when that was seen."""
+        deadline = time.monotonic() + deadline_seconds
+        while self.container_ids(*labels):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"containers with labels {labels} still exist after "
+                                 f"{deadline_seconds} s")
+            time.sleep(poll_seconds)
+        return time.perf_counter()
