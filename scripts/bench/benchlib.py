@@ -9,6 +9,7 @@ queue are dropped, also when a benchmark fails.
 import http.client
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -74,8 +75,10 @@ def docker_ids(*filters):
     arguments = ["docker", "ps", "-aq"]
     for item in filters:
         arguments += ["--filter", item]
-    output = subprocess.run(arguments, check=True, capture_output=True, text=True).stdout
-    return output.split()
+    completed = subprocess.run(arguments, capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(arguments)}: {completed.stderr.strip()}")
+    return completed.stdout.split()
 
 
 def remove_containers(*filters):
@@ -97,10 +100,12 @@ def read_status_kib(pid, field):
 class BenchServer:
     """A release attune-server of its own. Use as a context manager.
 
-    `settings` adds ATTUNE__... variables; `name` shows up in the controller id and the log file.
+    `settings` adds ATTUNE__... variables; `name` shows up in the controller id and the log file;
+    `database_settings` are Postgres settings for its database only (diagnostics).
     """
 
-    def __init__(self, name, settings=None, rust_log=None, docker_host=None):
+    def __init__(self, name, settings=None, rust_log=None, docker_host=None,
+                 database_settings=None):
         unique = uuid.uuid4().hex[:10]
         self.name = name
         self.controller_id = f"bench-{name}-{unique}"
@@ -112,6 +117,8 @@ class BenchServer:
         self.settings = dict(settings or {})
         self.rust_log = rust_log
         self.docker_host = docker_host
+        # Postgres settings for this database only (ALTER DATABASE ... SET), for diagnostics.
+        self.database_settings = dict(database_settings or {})
         self.log_dir = tempfile.mkdtemp(prefix=f"attune-bench-{name}-")
         self.log_path = os.path.join(self.log_dir, "server.log")
         self.process = None
@@ -133,6 +140,8 @@ class BenchServer:
             if not os.path.exists(binary):
                 raise SystemExit(f"missing {binary}: run the benchmark's .sh wrapper (it builds)")
         psql(POSTGRES_ADMIN_URL, f"CREATE DATABASE {self.database}")
+        for key, value in self.database_settings.items():
+            psql(POSTGRES_ADMIN_URL, f"ALTER DATABASE {self.database} SET {key} = '{value}'")
         environment = dict(os.environ)
         environment.update({
             "ATTUNE__DATABASE__URL": self.database_url,
@@ -231,10 +240,19 @@ class BenchServer:
             self.process.wait()
 
     def close(self):
+        """Stops the server and removes what it leaves; every step runs even if one fails."""
         self.stop()
-        removed = remove_containers(f"label=attune.controller={self.controller_id}")
+        removed = None
+        for attempt in range(1, 31):
+            try:
+                removed = remove_containers(f"label=attune.controller={self.controller_id}")
+                break
+            except RuntimeError as error:
+                # The engine may be restarting (someone ran scripts/setup-host.sh).
+                log(f"remove containers of {self.controller_id}, attempt {attempt}: {error}")
+                time.sleep(2)
         if removed:
-            log(f"removed {removed} container(s) left by {self.controller_id}")
+            log(f"removed {removed} container(s) left by {self.controller_id} after its stop")
         try:
             psql(POSTGRES_ADMIN_URL, f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
         except subprocess.CalledProcessError as error:
@@ -299,3 +317,59 @@ class DockerApi:
                                  f"{deadline_seconds} s")
             time.sleep(poll_seconds)
         return time.perf_counter()
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Which component a process belongs to, by its command name (or its user for Postgres).
+COMPONENTS = (
+    ("attune-server", lambda comm, user: comm == "attune-server"),
+    ("agents + their sh (in containers)", lambda comm, user: comm == "attune-agent"),
+    ("postgres", lambda comm, user: user == "postgres"),
+    ("rabbitmq", lambda comm, user: user == "rabbitmq"),
+    ("docker (dockerd, containerd, shims)",
+     lambda comm, user: comm in ("dockerd", "containerd") or comm.startswith("containerd-shim")),
+)
+
+
+def cpu_by_component():
+    """CPU seconds used so far per component (user + system, plus reaped children, which
+    is how the short-lived `sh` of an action is counted for its agent), and the whole
+    machine's busy seconds from /proc/stat."""
+    totals = {name: 0.0 for name, _ in COMPONENTS}
+    users = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat_file:
+                stat = stat_file.read()
+            uid = os.stat(f"/proc/{entry}").st_uid
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1: stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        ticks = sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+        if uid not in users:
+            try:
+                users[uid] = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                users[uid] = str(uid)
+        for name, belongs in COMPONENTS:
+            if belongs(comm, users[uid]):
+                totals[name] += ticks / CLOCK_TICKS
+                break
+    with open("/proc/stat") as stat_file:
+        cpu = [int(value) for value in stat_file.readline().split()[1:]]
+    idle = cpu[3] + cpu[4]
+    totals["machine busy"] = (sum(cpu[:8]) - idle) / CLOCK_TICKS
+    return totals
+
+
+def cpu_delta(before, after):
+    return {name: after[name] - before.get(name, 0.0) for name in after}
+
+
+def load_average():
+    """The 1-minute load average (other people's builds show up here)."""
+    with open("/proc/loadavg") as loadavg:
+        return float(loadavg.read().split()[0])

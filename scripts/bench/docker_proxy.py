@@ -55,6 +55,10 @@ class DockerTimingProxy:
             self._loop.run_forever()
         finally:
             self._server.close()
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.close()
 
     async def _handle(self, client_reader, client_writer):
@@ -112,5 +116,10 @@ class DockerTimingProxy:
             finally:
                 client_writer.close()
 
-        await asyncio.gather(client_to_engine(), engine_to_client())
-        engine_writer.close()
+        try:
+            await asyncio.gather(client_to_engine(), engine_to_client())
+        except asyncio.CancelledError:
+            pass  # the proxy is stopping
+        finally:
+            engine_writer.close()
+            client_writer.close()

@@ -21,7 +21,8 @@ import concurrent.futures
 import subprocess
 import time
 
-from benchlib import BenchServer, log, percentile, spawn_once
+from benchlib import (BenchServer, cpu_by_component, cpu_delta, load_average, log,
+                      percentile, spawn_once)
 
 ACTION = "bench.warm_echo"
 POOL_MAX = 4  # scripts/bench/packs/bench/actions/warm_echo.yaml
@@ -59,7 +60,7 @@ def queue_and_drain(server, total, deadline_seconds=600):
             break
         if time.monotonic() > deadline:
             raise SystemExit(f"only {done} of {total} executions ended within {deadline_seconds} s")
-        time.sleep(0.05)
+        time.sleep(0.25)  # psql is a process spawn: poll rarely; the rate uses finished_at
     last_finished, failures = server.sql(
         "SELECT extract(epoch FROM max(finished_at)), count(*) FILTER (WHERE status <> 'succeeded') "
         f"FROM executions WHERE id >= {first_id}")[0]
@@ -87,10 +88,16 @@ def main():
                         help="client poll intervals in seconds, comma separated (0: back to back)")
     parser.add_argument("--throughput-total", type=int, default=2000)
     parser.add_argument("--throughput-repeats", type=int, default=3)
+    parser.add_argument("--database-setting", action="append", default=[], metavar="KEY=VALUE",
+                        help="a Postgres setting for the server's database only, e.g. "
+                             "synchronous_commit=off (a diagnostic: what commits cost)")
     args = parser.parse_args()
     polls = [float(value) for value in args.polls.split(",")]
+    database_settings = dict(setting.split("=", 1) for setting in args.database_setting)
+    if database_settings:
+        print(f"database settings (diagnostic): {database_settings}\n")
 
-    with BenchServer("warm-pool") as server:
+    with BenchServer("warm-pool", database_settings=database_settings) as server:
         server.register_pack("bench")
         log("warm-up: 20 runs (fills the pool)")
         for _ in range(20):
@@ -107,13 +114,23 @@ def main():
             "interleaved with the baselines")
         rates = {"attune": [], "xargs": [], "python": []}
         failures = 0
+        cpu = {}
+        baseline_busy = {}
+        loads = [load_average()]
         for _ in range(args.throughput_repeats):
+            before = cpu_by_component()
             rate, failed = queue_and_drain(server, args.throughput_total)
+            for name, seconds in cpu_delta(before, cpu_by_component()).items():
+                cpu[name] = cpu.get(name, 0.0) + seconds
             rates["attune"].append(rate)
             failures += failed
-            rates["xargs"].append(spawn_loop_xargs(args.throughput_total, POOL_MAX))
-            rates["python"].append(spawn_loop_python(args.throughput_total, POOL_MAX))
+            for name, loop in (("xargs", spawn_loop_xargs), ("python", spawn_loop_python)):
+                before = cpu_by_component()["machine busy"]
+                rates[name].append(loop(args.throughput_total, POOL_MAX))
+                busy = cpu_by_component()["machine busy"] - before
+                baseline_busy[name] = baseline_busy.get(name, 0.0) + busy
         pools = server.pools()
+        loads.append(load_average())
 
     def ms(value):
         return f"{value * 1000:.1f} ms"
@@ -152,6 +169,18 @@ def main():
     attune_rate = percentile(rates["attune"], 0.5)
     print(f"| **ratio attune / xargs loop** | **{attune_rate / percentile(rates['xargs'], 0.5):.3f}** | |")
     print(f"| ratio attune / Python loop | {attune_rate / percentile(rates['python'], 0.5):.3f} | |")
+    executions = args.throughput_total * args.throughput_repeats
+    print(f"\nCPU time per attune execution during the drains (all {executions}), by component; "
+          "the machine has 2 cores, other people's builds are in the machine total:\n")
+    print("| component | CPU ms per execution |")
+    print("|---|---:|")
+    for name, seconds in cpu.items():
+        print(f"| {name} | {seconds / executions * 1000:.2f} |")
+    for name, seconds in baseline_busy.items():
+        print(f"| machine busy per action of the {name} spawn loop (baseline) | "
+              f"{seconds / executions * 1000:.2f} |")
+    print(f"\n1-minute load average before / after the throughput part: "
+          f"{loads[0]:.2f} / {loads[1]:.2f}")
     print("\npools at the end: " + "; ".join(
         f"{pool['key']}: ready {pool['ready']}, busy {pool['busy']}, created {pool['total_created']}, "
         f"retired {pool['retired']}" for pool in pools))

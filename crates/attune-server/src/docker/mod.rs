@@ -326,11 +326,7 @@ impl std::fmt::Debug for RegistryAuth {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_map()
-            .entries(
-                self.by_registry
-                    .iter()
-                    .map(|(registry, credentials)| (registry, credentials)),
-            )
+            .entries(self.by_registry.iter())
             .finish()
     }
 }
