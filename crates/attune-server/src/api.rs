@@ -51,6 +51,42 @@ pub struct AppState {
     pub controller: crate::controller::Controller,
     /// Status changes, for requests that wait for an execution to end.
     pub status_feed: StatusFeed,
+    /// Compiled parameter schemas.
+    pub validators: ValidatorCache,
+}
+
+/// Compiled parameter schemas by action, so a request does not recompile its action's schema;
+/// an entry is used only for the same pack files (re-registering a pack recompiles).
+#[derive(Clone, Default)]
+pub struct ValidatorCache {
+    compiled: Arc<
+        std::sync::Mutex<
+            std::collections::HashMap<String, (String, Arc<attune_pack::ParameterValidator>)>,
+        >,
+    >,
+}
+
+impl ValidatorCache {
+    fn validator(
+        &self,
+        action: &ActionRow,
+    ) -> Result<Arc<attune_pack::ParameterValidator>, attune_pack::ParameterError> {
+        let mut compiled = self.compiled.lock().expect("validator cache lock");
+        if let Some((pack_sha256, validator)) = compiled.get(&action.action_ref) {
+            if *pack_sha256 == action.pack_sha256 {
+                return Ok(validator.clone());
+            }
+        }
+        let validator = Arc::new(attune_pack::ParameterValidator::from_schema(
+            &action.action_ref,
+            &action.parameters_schema,
+        )?);
+        compiled.insert(
+            action.action_ref.clone(),
+            (action.pack_sha256.clone(), validator.clone()),
+        );
+        Ok(validator)
+    }
 }
 
 /// An error response.
@@ -370,16 +406,17 @@ async fn create_execution(
                 format!("action {}: {error}", action.action_ref),
             )
         })?;
-    let parameters =
-        attune_pack::ParameterValidator::from_schema(&action.action_ref, &action.parameters_schema)
-            .and_then(|validator| validator.validate(request.parameters))
-            .map_err(|error| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_parameters",
-                    format!("parameters of action {}: {error}", action.action_ref),
-                )
-            })?;
+    let parameters = state
+        .validators
+        .validator(&action)
+        .and_then(|validator| validator.validate(request.parameters))
+        .map_err(|error| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_parameters",
+                format!("parameters of action {}: {error}", action.action_ref),
+            )
+        })?;
     let execution = state.store.create_execution(&action, &parameters).await?;
     tracing::info!(execution_id = execution.id, action = %action.action_ref, "execution requested");
     state.wakeup.wake();

@@ -163,6 +163,7 @@ pub async fn run(
         max_pack_bytes: settings.server.max_pack_bytes,
         controller,
         status_feed,
+        validators: Default::default(),
     };
     let address = listener.local_addr()?;
     tracing::info!(%address, "attune-server listening");
