@@ -36,8 +36,12 @@ build: agent
 bench:
 	bash scripts/bench/cold-latency.sh
 	bash scripts/bench/warm-pool.sh
+	bash scripts/bench/queue-drain.sh
+	bash scripts/bench/controller-rss.sh
+	bash scripts/bench/agent-delivery.sh
 	bash scripts/bench/agent-footprint.sh
 
-## Remove every container Attune created on this host (recovery tool).
+## Remove every container Attune created on this host (recovery tool). One at a time: parallel
+## removal of many host-network containers can deadlock Docker 20.10 (see docs/BENCHMARKS.md).
 clean-containers:
-	docker ps -aq --filter label=attune.managed=true | xargs -r docker rm -f
+	docker ps -aq --filter label=attune.managed=true | xargs -r -n1 docker rm -f

@@ -15,6 +15,6 @@ case "${1:-}" in
 esac
 
 # Leftovers of an interrupted run.
-docker ps -aq --filter label=attune.bench=agent-delivery | xargs -r docker rm -f >/dev/null
+docker ps -aq --filter label=attune.bench=agent-delivery | xargs -r -n1 docker rm -f >/dev/null  # one at a time (see benchlib.py)
 
 exec cargo run --quiet -p attune-server --example agent_delivery -- "$@"

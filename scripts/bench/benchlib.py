@@ -82,9 +82,12 @@ def docker_ids(*filters):
 
 
 def remove_containers(*filters):
+    """Removes matching containers one at a time. Never `docker rm -f` many at once: the CLI
+    removes them in parallel, and many host-network containers exiting together can deadlock
+    Docker 20.10's libnetwork (moby/moby#46661, fixed by moby/libnetwork#2679 after 20.10.24)."""
     ids = docker_ids(*filters)
-    if ids:
-        subprocess.run(["docker", "rm", "-f", *ids], check=False, capture_output=True)
+    for container_id in ids:
+        subprocess.run(["docker", "rm", "-f", container_id], check=False, capture_output=True)
     return len(ids)
 
 
@@ -105,7 +108,7 @@ class BenchServer:
     """
 
     def __init__(self, name, settings=None, rust_log=None, docker_host=None,
-                 database_settings=None):
+                 database_settings=None, command_prefix=None):
         unique = uuid.uuid4().hex[:10]
         self.name = name
         self.controller_id = f"bench-{name}-{unique}"
@@ -119,6 +122,8 @@ class BenchServer:
         self.docker_host = docker_host
         # Postgres settings for this database only (ALTER DATABASE ... SET), for diagnostics.
         self.database_settings = dict(database_settings or {})
+        # A profiler to run the server under (heaptrack, perf record ...), for diagnostics.
+        self.command_prefix = list(command_prefix or [])
         self.log_dir = tempfile.mkdtemp(prefix=f"attune-bench-{name}-")
         self.log_path = os.path.join(self.log_dir, "server.log")
         self.process = None
@@ -150,15 +155,16 @@ class BenchServer:
             "ATTUNE__EXECUTOR__CONTROLLER_ID": self.controller_id,
             "ATTUNE__DOCKER__NETWORK": "host",
         })
-        if self.docker_host:
-            environment["ATTUNE__DOCKER__HOST"] = self.docker_host
+        docker_host = self.docker_host or os.environ.get("DOCKER_HOST")
+        if docker_host:
+            environment["ATTUNE__DOCKER__HOST"] = docker_host
         environment.update(self.settings)
         environment.pop("RUST_LOG", None)
         if self.rust_log:
             environment["RUST_LOG"] = self.rust_log
         with open(self.log_path, "wb") as log_file:
             self.process = subprocess.Popen(
-                [SERVER_BINARY, "--bind", f"127.0.0.1:{self.port}", "--agent-binary", AGENT_BINARY],
+                self.command_prefix + [SERVER_BINARY, "--bind", f"127.0.0.1:{self.port}", "--agent-binary", AGENT_BINARY],
                 stdout=log_file, stderr=subprocess.STDOUT, env=environment, cwd=REPO_ROOT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -289,11 +295,17 @@ class UnixHttpConnection(http.client.HTTPConnection):
         self.sock.connect(self.socket_path)
 
 
+def docker_socket_path():
+    """The engine's unix socket: DOCKER_HOST when it names one, else the default."""
+    host = os.environ.get("DOCKER_HOST", "")
+    return host[len("unix://"):] if host.startswith("unix://") else "/var/run/docker.sock"
+
+
 class DockerApi:
     """Minimal client of the engine's unix socket, for cheap polling (no docker CLI spawn)."""
 
-    def __init__(self, path="/var/run/docker.sock"):
-        self.path = path
+    def __init__(self, path=None):
+        self.path = path or docker_socket_path()
 
     def get(self, url_path):
         connection = UnixHttpConnection(self.path)

@@ -16,6 +16,7 @@ import argparse
 import os
 import re
 import statistics
+import subprocess
 import tempfile
 import time
 from datetime import datetime
@@ -110,6 +111,40 @@ def one_run(server, docker, proxy, action):
     return marks, other_calls
 
 
+def docker_run_marks(proxy, image):
+    """The baseline through the proxy: marks of one `docker run --rm --network host`."""
+    calls_before = len(proxy.snapshot())
+    environment = dict(os.environ, DOCKER_HOST=f"unix://{proxy.listen_path}")
+    started = time.time()
+    subprocess.run(["docker", "run", "--rm", "--network", "host", "--label",
+                    "attune.bench=cold-breakdown", image, "sh", "-c", "echo hi"],
+                   check=True, stdout=subprocess.DEVNULL, env=environment)
+    ended = time.time()
+    calls = proxy.snapshot()[calls_before:]
+    create = first(calls, lambda item: call_kind(item) == "create")
+    start = first(calls, lambda item: call_kind(item) == "start")
+    return {
+        "cli started": started,
+        "first request": calls[0]["sent"] if calls else None,
+        "create sent": create and create["sent"],
+        "create answered": create and create["answered"],
+        "start sent": start and start["sent"],
+        "start answered": start and start["answered"],
+        "cli exited": ended,
+    }
+
+
+DOCKER_RUN_STEPS = [
+    ("docker CLI process start until its first request", "cli started", "first request"),
+    ("version check, until create is sent", "first request", "create sent"),
+    ("Docker create", "create sent", "create answered"),
+    ("attach and wait set up, until start is sent", "create answered", "start sent"),
+    ("Docker start (runc, init)", "start sent", "start answered"),
+    ("`sh -c 'echo hi'` runs and exits, --rm removal, CLI exits", "start answered", "cli exited"),
+    ("total", "cli started", "cli exited"),
+]
+
+
 STEPS = [
     ("HTTP POST: action lookup, validation, insert", "submit", "requested"),
     ("scheduler wake-up and claim", "requested", "scheduled"),
@@ -142,6 +177,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--image", default="busybox:1.36")
     args = parser.parse_args()
     docker = DockerApi()
     socket_dir = tempfile.mkdtemp(prefix="attune-bench-proxy-")
@@ -157,7 +193,10 @@ def main():
                 rust_log="info,attune_server=debug",
                 docker_host=f"unix://{proxies[delivery].listen_path}").__enter__()
             servers[delivery].register_pack("bench")
+        proxies["docker run"] = DockerTimingProxy(
+            os.path.join(socket_dir, "docker-run.sock")).start()
         results = {name: [] for name in names}
+        baseline = []
         extra_calls = {name: set() for name in names}
         for round_number in range(args.warmup + args.runs):
             for name, delivery, action in VARIANTS:
@@ -165,6 +204,9 @@ def main():
                 if round_number >= args.warmup:
                     results[name].append(marks)
                     extra_calls[name].update(others)
+            marks = docker_run_marks(proxies["docker run"], args.image)
+            if round_number >= args.warmup:
+                baseline.append(marks)
         log_paths = [server.log_path for server in servers.values()]
         load_after = load_average()
     finally:
@@ -189,6 +231,14 @@ def main():
                 continue
             cells.append(f"{statistics.median(gaps):.1f} ({percentile(gaps, 0.9):.1f})")
         print(f"| {step} | " + " | ".join(cells) + " |")
+    print(f"\nthe baseline, `docker run --rm --network host {args.image} sh -c 'echo hi'` through "
+          "its own proxy, in the same rounds, p50 (p90) in ms:\n")
+    print("| step | docker run |")
+    print("|---|---:|")
+    for step, begin, end in DOCKER_RUN_STEPS:
+        gaps = [(run[end] - run[begin]) * 1000 for run in baseline
+                if run.get(begin) is not None and run.get(end) is not None]
+        print(f"| {step} | {statistics.median(gaps):.1f} ({percentile(gaps, 0.9):.1f}) |")
     for name in names:
         if extra_calls[name]:
             print(f"\nother Docker calls on the `{name}` path: {', '.join(sorted(extra_calls[name]))}")

@@ -14,15 +14,19 @@ import time
 
 
 class DockerTimingProxy:
-    def __init__(self, listen_path, engine_path="/var/run/docker.sock"):
+    def __init__(self, listen_path, engine_path=None):
         self.listen_path = listen_path
-        self.engine_path = engine_path
+        host = os.environ.get("DOCKER_HOST", "")
+        self.engine_path = engine_path or (
+            host[len("unix://"):] if host.startswith("unix://") else "/var/run/docker.sock")
         self.calls = []  # dicts: method, path, sent (epoch s), answered (epoch s or None)
         self._lock = threading.Lock()
         self._loop = None
         self._server = None
         self._thread = None
         self._ready = threading.Event()
+        # Strong references to the connection tasks (asyncio keeps only weak ones).
+        self._connections = set()
 
     def start(self):
         self._thread = threading.Thread(target=self._run, name="docker-proxy", daemon=True)
@@ -32,7 +36,8 @@ class DockerTimingProxy:
         return self
 
     def stop(self):
-        if self._loop is not None:
+        if self._loop is not None and self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(10)
@@ -54,14 +59,24 @@ class DockerTimingProxy:
         try:
             self._loop.run_forever()
         finally:
-            self._server.close()
-            pending = asyncio.all_tasks(self._loop)
-            for task in pending:
-                task.cancel()
-            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.close()
 
+    async def _shutdown(self):
+        """Closes the listener and ends every connection's forwarding task."""
+        self._server.close()
+        for task in self._connections:
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+
     async def _handle(self, client_reader, client_writer):
+        task = asyncio.current_task()
+        self._connections.add(task)
+        try:
+            await self._forward(client_reader, client_writer)
+        finally:
+            self._connections.discard(task)
+
+    async def _forward(self, client_reader, client_writer):
         try:
             engine_reader, engine_writer = await asyncio.open_unix_connection(self.engine_path)
         except OSError:

@@ -143,7 +143,7 @@ def main():
     print(f"| bare `sh -c 'echo hi'` spawn on the host | {ms(s50)} | {ms(s90)} | {ms(s99)} | | |")
     for poll in polls:
         for key, name in (("client", f"attune, client submit → terminal, poll {poll * 1000:g} ms"),
-                          ("server", f"attune, server requested → finished (same runs)")):
+                          ("server", "attune, server requested → finished (same runs)")):
             values = [run[key] for run in attune[poll]]
             v50, v90, v99 = (percentile(values, q) for q in (0.5, 0.9, 0.99))
             print(f"| {name} | {ms(v50)} | {ms(v90)} | {ms(v99)} | **{ms(v50 - s50)}** | "

@@ -8,56 +8,32 @@
 //! `ATTUNE_REQUIRE_AGENT_BINARY=1` (set by `make test`), which makes their absence a failure. Containers are labelled `attune.test=true` and removed with
 //! the volume and the queues by a guard, also when the test fails.
 
+mod support;
+
 use attune_protocol::{
-    queues, AgentCommand, AgentEvent, Job, JobOutcome, JobReport, ParameterDelivery,
-    ParameterFormat, Runtime, PROTOCOL_VERSION,
+    queues, AgentCommand, Job, JobOutcome, ParameterDelivery, ParameterFormat, Runtime,
+    PROTOCOL_VERSION,
 };
-use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties, Consumer};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use support::{
+    declare_queue, delete_queues, open_channel, read_events, send_command, unique_suffix,
+    BROKER_URL,
+};
 
-const BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const IMAGE: &str = "attune-test/python-venv:latest";
 const WAIT_LIMIT: Duration = Duration::from_secs(180);
 const WHEEL_NAME: &str = "attune_testpkg-1.0-py3-none-any.whl";
 const PACK_DIR_IN_CONTAINER: &str = "/opt/attune/packs/envpack";
 const CACHE_IN_CONTAINER: &str = "/opt/attune/envs";
 
-/// Writes a pure-python wheel of `attune_testpkg` whose `VALUE` is `value`.
-const MAKE_WHEEL: &str = r#"
-import base64, hashlib, sys, zipfile
-destination, value = sys.argv[1], sys.argv[2]
-name, version = "attune_testpkg", "1.0"
-dist_info = f"{name}-{version}.dist-info"
-files = {
-    f"{name}/__init__.py": f"VALUE = {value!r}\n",
-    f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-    f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: attune-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-}
-record = []
-with zipfile.ZipFile(destination, "w") as wheel:
-    for path, text in files.items():
-        data = text.encode()
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(data)}")
-        wheel.writestr(path, data)
-    record.append(f"{dist_info}/RECORD,,")
-    wheel.writestr(f"{dist_info}/RECORD", "\n".join(record) + "\n")
-"#;
+/// Writes a pure-python wheel of `attune_testpkg` whose `VALUE` is argv[2].
+const MAKE_WHEEL: &str = include_str!("fixtures/make_wheel.py");
 
-const SHOW: &str = r#"import json, os, sys
-import attune_testpkg
-ready = os.stat(os.path.join(sys.prefix, ".ready"))
-print(json.dumps({"value": attune_testpkg.VALUE, "prefix": sys.prefix,
-                  "ready_mtime_ns": ready.st_mtime_ns}))
-"#;
+/// The pack's action: prints the package's VALUE, its environment and when that was ready.
+const SHOW: &str = include_str!("fixtures/show_environment.py");
 
 fn docker(arguments: &[&str]) -> std::process::Output {
     Command::new("docker")
@@ -79,49 +55,7 @@ impl Drop for Cleanup {
             let _ = docker(&["rm", "-f", container]);
         }
         let _ = docker(&["volume", "rm", "-f", &self.volume]);
-        let queue_names = std::mem::take(&mut self.queue_names);
-        let deleting = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                let Ok(connection) =
-                    Connection::connect(BROKER_URL, ConnectionProperties::default()).await
-                else {
-                    return;
-                };
-                if let Ok(channel) = connection.create_channel().await {
-                    for queue in queue_names {
-                        let _ = channel
-                            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                            .await;
-                    }
-                }
-                let _ = connection.close(200, "test cleanup".into()).await;
-            });
-        });
-        let _ = deleting.join();
-    }
-}
-
-async fn finished(consumer: &mut Consumer, execution_id: i64) -> JobReport {
-    let deadline = Instant::now() + WAIT_LIMIT;
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let delivery = tokio::time::timeout(remaining, consumer.next())
-            .await
-            .unwrap_or_else(|_| panic!("no finished event for execution {execution_id}"))
-            .expect("the events consumer stays open")
-            .expect("a delivery");
-        let event: AgentEvent = serde_json::from_slice(&delivery.data).expect("an agent event");
-        if let AgentEvent::Finished(report) = event {
-            if report.execution_id == execution_id {
-                return report;
-            }
-        }
+        delete_queues(std::mem::take(&mut self.queue_names));
     }
 }
 
@@ -207,14 +141,7 @@ async fn containers_sharing_a_cache_volume_build_the_environment_once() {
         .trim()
         .to_string();
 
-    let unique = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let unique = unique_suffix();
     let events_queue = format!("attune.test.events.{unique}");
     let mut cleanup = Cleanup {
         containers: Vec::new(),
@@ -224,58 +151,21 @@ async fn containers_sharing_a_cache_volume_build_the_environment_once() {
     let pack = tempfile::tempdir().unwrap();
     make_pack(pack.path());
 
-    let connection = Connection::connect(BROKER_URL, ConnectionProperties::default())
-        .await
-        .expect("RabbitMQ on 127.0.0.1:5672");
-    let channel = connection.create_channel().await.unwrap();
-    channel.confirm_select(Default::default()).await.unwrap();
-    channel
-        .queue_declare(
-            events_queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let mut consumer = channel
-        .basic_consume(
-            events_queue.as_str().into(),
-            "envtest-reader".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (connection, channel) = open_channel().await;
+    let mut events = read_events(&channel, &events_queue, "envtest-reader", WAIT_LIMIT).await;
 
     let mut results: Vec<Value> = Vec::new();
     for execution_id in [1_i64, 2] {
         let agent_id = format!("envtest-{unique}-{execution_id}");
         let job_queue = queues::agent_job_queue(&agent_id);
         cleanup.queue_names.push(job_queue.clone());
-        channel
-            .queue_declare(
-                job_queue.as_str().into(),
-                QueueDeclareOptions::durable(),
-                attune_agent::mq::job_queue_arguments(),
-            )
-            .await
-            .unwrap();
-        let command = serde_json::to_vec(&AgentCommand::Job(job(execution_id))).unwrap();
-        channel
-            .basic_publish(
-                "".into(),
-                job_queue.as_str().into(),
-                BasicPublishOptions::default(),
-                &command,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        declare_queue(
+            &channel,
+            &job_queue,
+            attune_agent::mq::job_queue_arguments(),
+        )
+        .await;
+        send_command(&channel, &job_queue, &AgentCommand::Job(job(execution_id))).await;
 
         let container = format!("attune-test-envs-{unique}-{execution_id}");
         cleanup.containers.push(container.clone());
@@ -319,7 +209,7 @@ async fn containers_sharing_a_cache_volume_build_the_environment_once() {
             String::from_utf8_lossy(&started.stderr)
         );
 
-        let report = finished(&mut consumer, execution_id).await;
+        let (report, _) = events.finished(execution_id).await;
         if report.outcome != JobOutcome::Succeeded {
             let logs = docker(&["logs", &container]);
             panic!(

@@ -4,20 +4,21 @@
 //! Every run uses a unique agent id and a private events queue (`ATTUNE_AGENT_EVENTS_QUEUE`),
 //! so it never touches the shared `attune.agent.events` queue; both queues are deleted at the end.
 
+mod support;
+
 use attune_protocol::{
-    queues, AgentCommand, AgentEvent, FailureKind, Job, JobOutcome, JobReport, Runtime,
+    queues, AgentCommand, AgentEvent, AgentRegistration, FailureKind, Job, JobOutcome, Runtime,
     PROTOCOL_VERSION,
 };
-use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use lapin::{Channel, Connection};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{
+    declare_queue, delete_queues, open_channel, publish, read_events, send_command, unique_suffix,
+    EventReader, BROKER_URL,
+};
 
-const BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const WAIT_LIMIT: Duration = Duration::from_secs(30);
 
 /// Kills the agent if the test ends early and deletes the test's queues in every case.
@@ -34,112 +35,95 @@ impl Drop for Cleanup {
                 let _ = agent.wait();
             }
         }
-        let queue_names = std::mem::take(&mut self.queue_names);
-        let deleting = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                let Ok(connection) =
-                    Connection::connect(BROKER_URL, ConnectionProperties::default()).await
-                else {
-                    return;
-                };
-                if let Ok(channel) = connection.create_channel().await {
-                    for queue in queue_names {
-                        let _ = channel
-                            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                            .await;
-                    }
-                }
-                let _ = connection.close(200, "test cleanup".into()).await;
-            });
-        });
-        let _ = deleting.join();
+        delete_queues(std::mem::take(&mut self.queue_names));
     }
 }
 
-struct EventReader {
-    consumer: Consumer,
+/// One test's agent id, private queues and broker connection, with its clean-up.
+struct Broker {
+    agent_id: String,
+    events_queue: String,
+    job_queue: String,
+    connection: Connection,
+    channel: Channel,
+    cleanup: Cleanup,
 }
 
+impl Broker {
+    /// Unique queue names for an agent named `<agent_prefix>-<unique>`.
+    async fn open(agent_prefix: &str) -> Broker {
+        let unique = unique_suffix();
+        let agent_id = format!("{agent_prefix}-{unique}");
+        let events_queue = format!("attune.test.events.{unique}");
+        let job_queue = queues::agent_job_queue(&agent_id);
+        let cleanup = Cleanup {
+            agent: None,
+            queue_names: vec![events_queue.clone(), job_queue.clone()],
+        };
+        let (connection, channel) = open_channel().await;
+        Broker {
+            agent_id,
+            events_queue,
+            job_queue,
+            connection,
+            channel,
+            cleanup,
+        }
+    }
+
+    /// Declares the events queue and reads it as `consumer_tag`.
+    async fn events(&self, consumer_tag: &str) -> EventReader {
+        read_events(&self.channel, &self.events_queue, consumer_tag, WAIT_LIMIT).await
+    }
+
+    async fn send(&self, command: &AgentCommand) {
+        send_command(&self.channel, &self.job_queue, command).await;
+    }
+
+    /// Sends a shell job of the test pack.
+    async fn send_job(&self, execution_id: i64, pack_dir: &std::path::Path, entry_point: &str) {
+        self.send(&AgentCommand::Job(shell_job(
+            execution_id,
+            pack_dir,
+            entry_point,
+        )))
+        .await;
+    }
+
+    /// Waits for the agent to exit (successfully) and closes the connection.
+    async fn finish(mut self) {
+        let status = wait_for_exit(self.cleanup.agent.as_mut().unwrap()).await;
+        assert!(status.success(), "agent exit status {status:?}");
+        let _ = self.connection.close(200, "test done".into()).await;
+    }
+}
+
+/// The events both tests wait for.
 impl EventReader {
-    async fn next(&mut self, deadline: Instant) -> AgentEvent {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let delivery = tokio::time::timeout(remaining, self.consumer.next())
-            .await
-            .expect("an agent event before the deadline")
-            .expect("the events consumer stays open")
-            .expect("a delivery");
-        assert_eq!(
-            delivery
-                .properties
-                .content_type()
-                .as_ref()
-                .map(|value| value.as_str()),
-            Some("application/json")
-        );
-        assert_eq!(
-            *delivery.properties.delivery_mode(),
-            Some(2),
-            "events are persistent"
-        );
-        serde_json::from_slice(&delivery.data).expect("events are AgentEvent JSON")
-    }
-
-    /// Reads events until one matches; returns it with everything read before it.
-    async fn wait_for(
-        &mut self,
-        what: &str,
-        matches: impl Fn(&AgentEvent) -> bool,
-    ) -> (AgentEvent, Vec<AgentEvent>) {
-        let deadline = Instant::now() + WAIT_LIMIT;
-        let mut skipped = Vec::new();
-        loop {
-            if Instant::now() >= deadline {
-                panic!("no {what} event; saw {skipped:?}");
-            }
-            let event = self.next(deadline).await;
-            if matches(&event) {
-                return (event, skipped);
-            }
-            skipped.push(event);
-        }
-    }
-
-    async fn finished(&mut self, execution_id: i64) -> (JobReport, Vec<AgentEvent>) {
-        let (event, before) = self
-            .wait_for("finished", |event| {
-                matches!(event, AgentEvent::Finished(report) if report.execution_id == execution_id)
-            })
+    async fn register(&mut self) -> (AgentRegistration, Vec<AgentEvent>) {
+        let (register, before) = self
+            .wait_for("register", |event| matches!(event, AgentEvent::Register(_)))
             .await;
-        match event {
-            AgentEvent::Finished(report) => (report, before),
-            _ => unreachable!("wait_for matched a finished event"),
-        }
+        let AgentEvent::Register(registration) = register else {
+            unreachable!()
+        };
+        (registration, before)
     }
-}
 
-async fn publish(channel: &Channel, queue: &str, payload: &[u8]) {
-    channel
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions::default(),
-            payload,
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("publish confirm");
-}
+    async fn running(&mut self, execution_id: i64) {
+        self.wait_for(&format!("running {execution_id}"), |event| {
+            matches!(event, AgentEvent::Running { execution_id: running, .. } if *running == execution_id)
+        })
+        .await;
+    }
 
-async fn send_command(channel: &Channel, queue: &str, command: &AgentCommand) {
-    publish(channel, queue, &serde_json::to_vec(command).unwrap()).await;
+    async fn deregister(&mut self) -> AgentEvent {
+        self.wait_for("deregister", |event| {
+            matches!(event, AgentEvent::Deregister { .. })
+        })
+        .await
+        .0
+    }
 }
 
 fn shell_job(execution_id: i64, pack_dir: &std::path::Path, entry_point: &str) -> Job {
@@ -179,21 +163,7 @@ async fn wait_for_exit(agent: &mut Child) -> std::process::ExitStatus {
 
 #[tokio::test]
 async fn worker_agent_registers_runs_cancels_and_drains_on_sigterm() {
-    let unique = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    let agent_id = format!("mqtest-{unique}");
-    let events_queue = format!("attune.test.events.{unique}");
-    let job_queue = queues::agent_job_queue(&agent_id);
-    let mut cleanup = Cleanup {
-        agent: None,
-        queue_names: vec![events_queue.clone(), job_queue.clone()],
-    };
+    let mut broker = Broker::open("mqtest").await;
 
     let pack = tempfile::tempdir().unwrap();
     let work_base = tempfile::tempdir().unwrap();
@@ -209,47 +179,20 @@ async fn worker_agent_registers_runs_cancels_and_drains_on_sigterm() {
     )
     .unwrap();
 
-    let connection = Connection::connect(BROKER_URL, ConnectionProperties::default())
-        .await
-        .expect("RabbitMQ on 127.0.0.1:5672");
-    let channel = connection.create_channel().await.unwrap();
-    channel.confirm_select(Default::default()).await.unwrap();
-    channel
-        .queue_declare(
-            events_queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
     // The server declares an agent's queue before the agent starts; the test does the same.
-    channel
-        .queue_declare(
-            job_queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            attune_agent::mq::job_queue_arguments(),
-        )
-        .await
-        .unwrap();
-    let consumer = channel
-        .basic_consume(
-            events_queue.as_str().into(),
-            "mqtest-reader".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let mut events = EventReader { consumer };
+    declare_queue(
+        &broker.channel,
+        &broker.job_queue,
+        attune_agent::mq::job_queue_arguments(),
+    )
+    .await;
+    let mut events = broker.events("mqtest-reader").await;
 
     let agent = Command::new(env!("CARGO_BIN_EXE_attune-agent"))
         .args(["--mode", "worker"])
         .env(queues::ENV_MESSAGE_QUEUE_URL, BROKER_URL)
-        .env(queues::ENV_AGENT_ID, &agent_id)
-        .env(queues::ENV_AGENT_EVENTS_QUEUE, &events_queue)
+        .env(queues::ENV_AGENT_ID, &broker.agent_id)
+        .env(queues::ENV_AGENT_EVENTS_QUEUE, &broker.events_queue)
         .env(queues::ENV_AGENT_WORKDIR, work_base.path())
         .env(queues::ENV_AGENT_IMAGE, "host-test")
         .env("ATTUNE_AGENT_HEARTBEAT_SECONDS", "1")
@@ -258,20 +201,15 @@ async fn worker_agent_registers_runs_cancels_and_drains_on_sigterm() {
         .spawn()
         .expect("start the agent binary");
     let agent_pid = i32::try_from(agent.id()).unwrap();
-    cleanup.agent = Some(agent);
+    broker.cleanup.agent = Some(agent);
 
     // Register comes first.
-    let (register, before) = events
-        .wait_for("register", |event| matches!(event, AgentEvent::Register(_)))
-        .await;
+    let (registration, before) = events.register().await;
     assert!(
         before.is_empty(),
         "register must be the first event: {before:?}"
     );
-    let AgentEvent::Register(registration) = register else {
-        unreachable!()
-    };
-    assert_eq!(registration.agent_id, agent_id);
+    assert_eq!(registration.agent_id, broker.agent_id);
     assert_eq!(registration.protocol_version, PROTOCOL_VERSION);
     assert_eq!(registration.mode, "worker");
     assert_eq!(registration.image.as_deref(), Some("host-test"));
@@ -284,12 +222,7 @@ async fn worker_agent_registers_runs_cancels_and_drains_on_sigterm() {
     assert!(shell.path.starts_with('/'));
 
     // A job runs end to end with Running, Log and Finished.
-    send_command(
-        &channel,
-        &job_queue,
-        &AgentCommand::Job(shell_job(1, pack.path(), "actions/hello.sh")),
-    )
-    .await;
+    broker.send_job(1, pack.path(), "actions/hello.sh").await;
     let (report, before) = events.finished(1).await;
     assert_eq!(report.outcome, JobOutcome::Succeeded, "{report:?}");
     assert_eq!(report.result, Some(serde_json::json!({"hello": "broker"})));
@@ -312,10 +245,10 @@ async fn worker_agent_registers_runs_cancels_and_drains_on_sigterm() {
     );
 
     // Malformed commands are rejected; an unreadable job with an id is reported.
-    publish(&channel, &job_queue, b"this is not json").await;
+    publish(&broker.channel, &broker.job_queue, b"this is not json").await;
     publish(
-        &channel,
-        &job_queue,
+        &broker.channel,
+        &broker.job_queue,
         br#"{"type":"job","protocol_version":7,"execution_id":2,"runtime":"cobol"}"#,
     )
     .await;
@@ -332,101 +265,44 @@ async fn worker_agent_registers_runs_cancels_and_drains_on_sigterm() {
     );
 
     // A sleeping job heartbeats and stops on Cancel.
-    send_command(
-        &channel,
-        &job_queue,
-        &AgentCommand::Job(shell_job(3, pack.path(), "actions/sleep.sh")),
-    )
-    .await;
-    events
-        .wait_for("running 3", |event| {
-            matches!(
-                event,
-                AgentEvent::Running {
-                    execution_id: 3,
-                    ..
-                }
-            )
-        })
-        .await;
+    broker.send_job(3, pack.path(), "actions/sleep.sh").await;
+    events.running(3).await;
     events
         .wait_for(
             "heartbeat listing 3",
             |event| matches!(event, AgentEvent::Heartbeat { running, .. } if running == &vec![3]),
         )
         .await;
-    send_command(
-        &channel,
-        &job_queue,
-        &AgentCommand::Cancel { execution_id: 3 },
-    )
-    .await;
+    broker.send(&AgentCommand::Cancel { execution_id: 3 }).await;
     let (report, _) = events.finished(3).await;
     assert_eq!(report.outcome, JobOutcome::Canceled, "{report:?}");
     assert_eq!(report.stdout, "sleeping\n");
 
     // SIGTERM: the running job is abandoned after the 1 s deadline, then the agent deregisters.
-    send_command(
-        &channel,
-        &job_queue,
-        &AgentCommand::Job(shell_job(4, pack.path(), "actions/sleep.sh")),
-    )
-    .await;
-    events
-        .wait_for("running 4", |event| {
-            matches!(
-                event,
-                AgentEvent::Running {
-                    execution_id: 4,
-                    ..
-                }
-            )
-        })
-        .await;
+    broker.send_job(4, pack.path(), "actions/sleep.sh").await;
+    events.running(4).await;
     // SAFETY: kill has no memory-safety preconditions; the pid is our own child.
     assert_eq!(unsafe { libc::kill(agent_pid, libc::SIGTERM) }, 0);
     let (report, _) = events.finished(4).await;
     assert_eq!(report.outcome, JobOutcome::Abandoned, "{report:?}");
-    let (deregister, _) = events
-        .wait_for("deregister", |event| {
-            matches!(event, AgentEvent::Deregister { .. })
-        })
-        .await;
     assert_eq!(
-        deregister,
+        events.deregister().await,
         AgentEvent::Deregister {
-            agent_id: agent_id.clone(),
+            agent_id: broker.agent_id.clone(),
             reason: "received SIGTERM".to_string()
         }
     );
-    let status = wait_for_exit(cleanup.agent.as_mut().unwrap()).await;
-    assert!(status.success(), "agent exit status {status:?}");
+    broker.finish().await;
     assert_eq!(
         std::fs::read_dir(work_base.path()).unwrap().count(),
         0,
         "work dirs removed"
     );
-
-    let _ = connection.close(200, "test done".into()).await;
 }
 
 #[tokio::test]
 async fn oneshot_agent_runs_one_job_and_exits() {
-    let unique = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    let agent_id = format!("mqtest-oneshot-{unique}");
-    let events_queue = format!("attune.test.events.{unique}");
-    let job_queue = queues::agent_job_queue(&agent_id);
-    let mut cleanup = Cleanup {
-        agent: None,
-        queue_names: vec![events_queue.clone(), job_queue.clone()],
-    };
+    let mut broker = Broker::open("mqtest-oneshot").await;
     let pack = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(pack.path().join("actions")).unwrap();
     std::fs::write(
@@ -435,81 +311,33 @@ async fn oneshot_agent_runs_one_job_and_exits() {
     )
     .unwrap();
 
-    let connection = Connection::connect(BROKER_URL, ConnectionProperties::default())
-        .await
-        .expect("RabbitMQ on 127.0.0.1:5672");
-    let channel = connection.create_channel().await.unwrap();
-    channel.confirm_select(Default::default()).await.unwrap();
-    channel
-        .queue_declare(
-            events_queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
     // A server that declares the job queue with other arguments must not stop the agent.
     let mut other_arguments = FieldTable::default();
     other_arguments.insert(
         "x-expires".into(),
         lapin::types::AMQPValue::LongUInt(300_000),
     );
-    channel
-        .queue_declare(
-            job_queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            other_arguments,
-        )
-        .await
-        .unwrap();
+    declare_queue(&broker.channel, &broker.job_queue, other_arguments).await;
     // The job waits in the queue before the agent starts, as it does for a fresh container.
-    send_command(
-        &channel,
-        &job_queue,
-        &AgentCommand::Job(shell_job(10, pack.path(), "actions/hello.sh")),
-    )
-    .await;
-    let consumer = channel
-        .basic_consume(
-            events_queue.as_str().into(),
-            "mqtest-oneshot-reader".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let mut events = EventReader { consumer };
+    broker.send_job(10, pack.path(), "actions/hello.sh").await;
+    let mut events = broker.events("mqtest-oneshot-reader").await;
 
     let agent = Command::new(env!("CARGO_BIN_EXE_attune-agent"))
-        .args(["--mq-url", BROKER_URL, "--agent-id", &agent_id])
-        .env(queues::ENV_AGENT_EVENTS_QUEUE, &events_queue)
+        .args(["--mq-url", BROKER_URL, "--agent-id", &broker.agent_id])
+        .env(queues::ENV_AGENT_EVENTS_QUEUE, &broker.events_queue)
         .stdin(Stdio::null())
         .spawn()
         .expect("start the agent binary");
-    cleanup.agent = Some(agent);
+    broker.cleanup.agent = Some(agent);
 
-    let (register, _) = events
-        .wait_for("register", |event| matches!(event, AgentEvent::Register(_)))
-        .await;
-    let AgentEvent::Register(registration) = register else {
-        unreachable!()
-    };
+    let (registration, _) = events.register().await;
     assert_eq!(registration.mode, "oneshot");
     let (report, _) = events.finished(10).await;
     assert_eq!(report.outcome, JobOutcome::Succeeded, "{report:?}");
     assert_eq!(report.result, Some(serde_json::json!([1, 2, 3])));
-    let (deregister, _) = events
-        .wait_for("deregister", |event| {
-            matches!(event, AgentEvent::Deregister { .. })
-        })
-        .await;
+    let deregister = events.deregister().await;
     assert!(
         matches!(deregister, AgentEvent::Deregister { reason, .. } if reason == "oneshot execution finished")
     );
-    let status = wait_for_exit(cleanup.agent.as_mut().unwrap()).await;
-    assert!(status.success(), "agent exit status {status:?}");
-    let _ = connection.close(200, "test done".into()).await;
+    broker.finish().await;
 }

@@ -5,48 +5,31 @@
 //! assert how many times a virtualenv was created or `npm install` ran. Separate runner
 //! contexts sharing one cache directory stand for separate containers sharing the cache volume.
 
+mod runner_support;
+
 use attune_agent::detect::{Detector, SearchPath};
 use attune_agent::environment::{EnvironmentCache, READY_MARKER};
 use attune_agent::hints::RuntimeHints;
-use attune_agent::runner::{run_job, RunnerContext, StopRequest};
+use attune_agent::runner::{RunnerContext, StopRequest};
 use attune_protocol::{
     AgentEvent, FailureKind, Job, JobOutcome, JobReport, ParameterDelivery, ParameterFormat,
     Runtime, PROTOCOL_VERSION,
 };
+use runner_support::{start, Running};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
 
 /// Upper bound for anything a test waits on (a venv with one local wheel takes about 3 s).
 const WAIT_LIMIT: Duration = Duration::from_secs(120);
 
 const WHEEL_NAME: &str = "attune_testpkg-1.0-py3-none-any.whl";
 
-/// Writes a pure-python wheel of `attune_testpkg` whose `VALUE` is `value`.
-const MAKE_WHEEL: &str = r#"
-import base64, hashlib, sys, zipfile
-destination, value = sys.argv[1], sys.argv[2]
-name, version = "attune_testpkg", "1.0"
-dist_info = f"{name}-{version}.dist-info"
-files = {
-    f"{name}/__init__.py": f"VALUE = {value!r}\n",
-    f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-    f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: attune-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-}
-record = []
-with zipfile.ZipFile(destination, "w") as wheel:
-    for path, text in files.items():
-        data = text.encode()
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(data)}")
-        wheel.writestr(path, data)
-    record.append(f"{dist_info}/RECORD,,")
-    wheel.writestr(f"{dist_info}/RECORD", "\n".join(record) + "\n")
-"#;
+/// Writes a pure-python wheel of `attune_testpkg` whose `VALUE` is argv[2].
+const MAKE_WHEEL: &str = include_str!("fixtures/make_wheel.py");
 
 const SHOW_PYTHON: &str = r#"import json, os, sys
 import attune_testpkg
@@ -192,19 +175,6 @@ impl Fixture {
         directories.sort();
         directories
     }
-}
-
-struct Running {
-    events: mpsc::UnboundedReceiver<AgentEvent>,
-    stop: watch::Sender<Option<StopRequest>>,
-    task: tokio::task::JoinHandle<JobReport>,
-}
-
-fn start(context: RunnerContext, job: Job) -> Running {
-    let (sender, events) = mpsc::unbounded_channel();
-    let (stop, stop_receiver) = watch::channel(None);
-    let task = tokio::spawn(async move { run_job(&context, &job, &sender, stop_receiver).await });
-    Running { events, stop, task }
 }
 
 impl Running {

@@ -2,6 +2,8 @@
 //! parameter delivery, results, exit codes, timeouts of process trees, cancel, truncation,
 //! live logs and every early failure.
 
+mod runner_support;
+
 use attune_agent::detect::{Detector, SearchPath};
 use attune_agent::environment::EnvironmentCache;
 use attune_agent::hints::RuntimeHints;
@@ -10,6 +12,7 @@ use attune_protocol::{
     AgentEvent, FailureKind, Job, JobOutcome, JobReport, OutputStream, ParameterDelivery,
     ParameterFormat, Runtime, PROTOCOL_VERSION,
 };
+use runner_support::{start, Running};
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -86,20 +89,6 @@ impl Fixture {
             stream_logs: true,
         }
     }
-}
-
-/// A job running in a task, with its event stream and stop switch.
-struct Running {
-    events: mpsc::UnboundedReceiver<AgentEvent>,
-    stop: watch::Sender<Option<StopRequest>>,
-    task: tokio::task::JoinHandle<JobReport>,
-}
-
-fn start(context: RunnerContext, job: Job) -> Running {
-    let (sender, events) = mpsc::unbounded_channel();
-    let (stop, stop_receiver) = watch::channel(None);
-    let task = tokio::spawn(async move { run_job(&context, &job, &sender, stop_receiver).await });
-    Running { events, stop, task }
 }
 
 impl Running {

@@ -32,17 +32,19 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Asserts that a command's output contains `expected`, showing the output otherwise.
+fn assert_contains(output: &[u8], expected: &str) {
+    let output = text(output);
+    assert!(output.contains(expected), "{expected:?} not in: {output}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_commands_work_with_their_exit_codes() {
     let server = TestServer::start(&[]).await.expect("start test server");
 
     let register = attune(&server, &["pack", "register", "examples/packs/hello"]).await;
     assert!(register.status.success(), "{}", text(&register.stderr));
-    assert!(
-        text(&register.stdout).contains("hello"),
-        "{}",
-        text(&register.stdout)
-    );
+    assert_contains(&register.stdout, "hello");
 
     let again = attune(&server, &["pack", "register", "examples/packs/hello"]).await;
     assert_eq!(
@@ -50,11 +52,7 @@ async fn readme_commands_work_with_their_exit_codes() {
         Some(1),
         "registering twice without --force fails"
     );
-    assert!(
-        text(&again.stderr).contains("--force"),
-        "{}",
-        text(&again.stderr)
-    );
+    assert_contains(&again.stderr, "--force");
 
     let run = attune(&server, &["run", "hello.greet", "name=Ada", "--wait"]).await;
     assert!(
@@ -63,40 +61,20 @@ async fn readme_commands_work_with_their_exit_codes() {
         text(&run.stdout),
         text(&run.stderr)
     );
-    assert!(
-        text(&run.stdout).contains("Hello, Ada!"),
-        "{}",
-        text(&run.stdout)
-    );
+    assert_contains(&run.stdout, "Hello, Ada!");
 
     let bad = attune(&server, &["run", "hello.greet", "punctuation=?!", "--wait"]).await;
     assert_eq!(bad.status.code(), Some(1));
-    assert!(
-        text(&bad.stderr).contains("punctuation"),
-        "{}",
-        text(&bad.stderr)
-    );
+    assert_contains(&bad.stderr, "punctuation");
 
     let unknown = attune(&server, &["run", "hello.nope", "--wait"]).await;
     assert_eq!(unknown.status.code(), Some(1));
-    assert!(
-        text(&unknown.stderr).contains("hello.nope"),
-        "{}",
-        text(&unknown.stderr)
-    );
+    assert_contains(&unknown.stderr, "hello.nope");
 
     let list = attune(&server, &["execution", "list"]).await;
     assert!(list.status.success());
-    assert!(
-        text(&list.stdout).contains("hello.greet"),
-        "{}",
-        text(&list.stdout)
-    );
-    assert!(
-        text(&list.stdout).contains("succeeded"),
-        "{}",
-        text(&list.stdout)
-    );
+    assert_contains(&list.stdout, "hello.greet");
+    assert_contains(&list.stdout, "succeeded");
 
     let json = attune(&server, &["execution", "list", "--json"]).await;
     let listed: attune_protocol::api::List<ExecutionView> =
@@ -114,24 +92,9 @@ async fn readme_commands_work_with_their_exit_codes() {
         Some(1),
         "a finished execution cannot be canceled"
     );
-    assert!(
-        text(&cancel.stderr).contains("already ended"),
-        "{}",
-        text(&cancel.stderr)
-    );
+    assert_contains(&cancel.stderr, "already ended");
 
-    let controller_id = server.controller_id.clone();
-    server.stop().await.unwrap();
-    let left = std::process::Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=attune.controller={controller_id}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(left.stdout.is_empty(), "no container left behind");
+    server.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,12 +59,11 @@ pub struct AppState {
 /// an entry is used only for the same pack files (re-registering a pack recompiles).
 #[derive(Clone, Default)]
 pub struct ValidatorCache {
-    compiled: Arc<
-        std::sync::Mutex<
-            std::collections::HashMap<String, (String, Arc<attune_pack::ParameterValidator>)>,
-        >,
-    >,
+    compiled: Arc<std::sync::Mutex<std::collections::HashMap<String, CompiledSchema>>>,
 }
+
+/// A compiled schema and the pack digest it was compiled for.
+type CompiledSchema = (String, Arc<attune_pack::ParameterValidator>);
 
 impl ValidatorCache {
     fn validator(

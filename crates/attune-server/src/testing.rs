@@ -4,11 +4,19 @@
 //! Dropping a [`TestServer`] stops it; [`TestServer::stop`] also drops its database.
 //! [`TestServer::crash`] ends one abruptly and [`TestServer::restart`] starts its successor on
 //! the same database, controller id and events queue, as a restarted server would.
+//!
+//! [`TestClient`] speaks the server's HTTP API the way end-to-end tests do; [`containers_of`],
+//! [`ContainerGuard`] and [`TestServer::finish`] check and clean the containers a controller
+//! leaves on the shared Docker engine.
 
 use crate::config::{Settings, SettingsOverrides};
+use attune_protocol::api::{ExecutionStatus, ExecutionView, List, LogChunkView, PoolView};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
 use sqlx::Connection;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -79,6 +87,21 @@ impl TestDatabase {
         .map_err(|error| format!("drop test database {}: {error}", self.name))?;
         Ok(())
     }
+
+    /// The failure kind stored for an execution (the API shows only the reason); panics if
+    /// the database cannot be reached or holds no such execution.
+    pub async fn failure_kind(&self, execution_id: i64) -> Option<String> {
+        let store = crate::db::Store::connect(&self.url, 1)
+            .await
+            .expect("connect to test database");
+        let kind = store
+            .get_execution(execution_id)
+            .await
+            .expect("execution")
+            .failure_kind;
+        store.pool().close().await;
+        kind
+    }
 }
 
 /// A running server.
@@ -106,17 +129,7 @@ impl TestServer {
     /// with `extra` settings. A server still running is stopped first (draining, database
     /// kept); a crashed one is simply replaced.
     pub async fn restart(mut self, extra: &[(&str, &str)]) -> Result<TestServer, String> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            match task.await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => return Err(format!("test server failed: {error}")),
-                Err(error) if error.is_cancelled() => {}
-                Err(error) => return Err(format!("test server task: {error}")),
-            }
-        }
+        self.stop_task().await?;
         let database = TestDatabase {
             url: self.database.url.clone(),
             name: self.database.name.clone(),
@@ -205,6 +218,21 @@ impl TestServer {
 
     /// Stops the server (draining running executions) and drops its database.
     pub async fn stop(mut self) -> Result<(), String> {
+        self.stop_task().await?;
+        self.database.drop_database().await
+    }
+
+    /// Stops the server as [`TestServer::stop`] does, then asserts that no container of its
+    /// controller is left on the engine.
+    pub async fn finish(self) {
+        let controller_id = self.controller_id.clone();
+        self.stop().await.expect("stop test server");
+        assert_no_containers_left(&controller_id);
+    }
+
+    /// Signals the server to stop (draining) and waits for its task, if it still has one
+    /// (a crashed server has none).
+    async fn stop_task(&mut self) -> Result<(), String> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -212,10 +240,11 @@ impl TestServer {
             match task.await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => return Err(format!("test server failed: {error}")),
+                Err(error) if error.is_cancelled() => {}
                 Err(error) => return Err(format!("test server task: {error}")),
             }
         }
-        self.database.drop_database().await
+        Ok(())
     }
 
     /// Ends the server abruptly, as a crash would: no drain, containers stay. Returns once
@@ -233,6 +262,269 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+    }
+}
+
+/// How long a [`TestClient`] waits for an execution unless told otherwise.
+pub const EXECUTION_DEADLINE: Duration = Duration::from_secs(120);
+
+/// How often a waiting [`TestClient`] asks again.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// The server's HTTP API as end-to-end tests use it. Calls that tests expect to succeed
+/// (registering a pack, submitting, reading an execution) panic with the server's answer when
+/// they do not; [`TestClient::upload`], [`TestClient::submit`] and [`TestClient::cancel`]
+/// return the response for tests that check refusals.
+#[derive(Clone)]
+pub struct TestClient {
+    pub http: reqwest::Client,
+    pub base_url: String,
+    deadline: Duration,
+}
+
+impl TestClient {
+    /// A client of a [`TestServer`], waiting up to [`EXECUTION_DEADLINE`] for executions.
+    pub fn new(server: &TestServer) -> TestClient {
+        TestClient::for_url(&server.base_url)
+    }
+
+    /// A client of the server at `base_url` (e.g. a server process a test started itself).
+    pub fn for_url(base_url: &str) -> TestClient {
+        TestClient {
+            http: reqwest::Client::new(),
+            base_url: base_url.to_string(),
+            deadline: EXECUTION_DEADLINE,
+        }
+    }
+
+    /// The same client, waiting up to `deadline` for an execution instead.
+    pub fn with_deadline(&self, deadline: Duration) -> TestClient {
+        TestClient {
+            deadline,
+            ..self.clone()
+        }
+    }
+
+    /// The address of an API path such as `/api/v1/executions`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// `POST /api/v1/packs?force=…` with a pack archive, whatever the answer.
+    pub async fn upload(&self, archive: Vec<u8>, force: bool) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/api/v1/packs?force={force}")))
+            .header("content-type", "application/x-tar")
+            .body(archive)
+            .send()
+            .await
+            .expect("upload pack")
+    }
+
+    /// Registers the pack in `dir`, replacing any earlier version; asserts 201 Created.
+    pub async fn register_dir(&self, dir: impl AsRef<Path>) {
+        let dir = dir.as_ref();
+        let archive = attune_pack::build_pack_archive(dir).expect("build pack archive");
+        let response = self.upload(archive, true).await;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        assert_eq!(status, 201, "register {}: {body}", dir.display());
+    }
+
+    /// `POST /api/v1/executions`, whatever the answer.
+    pub async fn submit(&self, action: &str, parameters: Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/api/v1/executions"))
+            .json(&json!({"action": action, "parameters": parameters}))
+            .send()
+            .await
+            .expect("submit execution")
+    }
+
+    /// Submits an execution; asserts 201 Created and returns its id.
+    pub async fn submit_ok(&self, action: &str, parameters: Value) -> i64 {
+        let response = self.submit(action, parameters).await;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        assert_eq!(status, 201, "submit {action}: {text}");
+        serde_json::from_str::<ExecutionView>(&text)
+            .expect("execution body")
+            .id
+    }
+
+    /// `GET` of an API path, decoding its JSON body whatever the status.
+    pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> T {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|error| panic!("get {path}: {error}"))
+            .json()
+            .await
+            .unwrap_or_else(|error| panic!("body of {path}: {error}"))
+    }
+
+    /// `GET /api/v1/executions/{id}`.
+    pub async fn execution(&self, execution_id: i64) -> ExecutionView {
+        self.get_json(&format!("/api/v1/executions/{execution_id}"))
+            .await
+    }
+
+    /// Every execution (up to 1000), newest first.
+    pub async fn executions(&self) -> Vec<ExecutionView> {
+        let list: List<ExecutionView> = self.get_json("/api/v1/executions?limit=1000").await;
+        list.items
+    }
+
+    /// The executions that have not ended yet.
+    pub async fn unfinished_executions(&self) -> Vec<ExecutionView> {
+        self.executions()
+            .await
+            .into_iter()
+            .filter(|execution| !execution.status.is_terminal())
+            .collect()
+    }
+
+    /// Polls an execution until `done` holds for it; fails the test after the deadline,
+    /// naming `what` was awaited.
+    pub async fn wait_for(
+        &self,
+        execution_id: i64,
+        what: &str,
+        done: impl Fn(&ExecutionView) -> bool,
+    ) -> ExecutionView {
+        let deadline = tokio::time::Instant::now() + self.deadline;
+        loop {
+            let execution = self.execution(execution_id).await;
+            if done(&execution) {
+                return execution;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "execution {execution_id} not {what} after {:?}: {execution:?}",
+                self.deadline
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Waits until the execution has ended.
+    pub async fn wait_terminal(&self, execution_id: i64) -> ExecutionView {
+        self.wait_for(execution_id, "terminal", |execution| {
+            execution.status.is_terminal()
+        })
+        .await
+    }
+
+    /// Waits until the execution runs, or ended early (which the caller then reports).
+    pub async fn wait_running(&self, execution_id: i64) -> ExecutionView {
+        self.wait_for(execution_id, "running", |execution| {
+            execution.status == ExecutionStatus::Running || execution.status.is_terminal()
+        })
+        .await
+    }
+
+    /// Submits (asserting 201) and waits until the execution has ended.
+    pub async fn run(&self, action: &str, parameters: Value) -> ExecutionView {
+        let execution_id = self.submit_ok(action, parameters).await;
+        self.wait_terminal(execution_id).await
+    }
+
+    /// Runs an execution as [`TestClient::run`] does and asserts that it succeeded.
+    pub async fn run_succeeded(&self, action: &str, parameters: Value) -> ExecutionView {
+        let execution = self.run(action, parameters).await;
+        assert_eq!(
+            execution.status,
+            ExecutionStatus::Succeeded,
+            "{action}: {execution:?}"
+        );
+        execution
+    }
+
+    /// `POST /api/v1/executions/{id}/cancel`, whatever the answer.
+    pub async fn cancel(&self, execution_id: i64) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/api/v1/executions/{execution_id}/cancel")))
+            .send()
+            .await
+            .expect("cancel execution")
+    }
+
+    /// The stored log chunks of an execution.
+    pub async fn logs(&self, execution_id: i64) -> Vec<LogChunkView> {
+        let list: List<LogChunkView> = self
+            .get_json(&format!("/api/v1/executions/{execution_id}/logs"))
+            .await;
+        list.items
+    }
+
+    /// The warm pools.
+    pub async fn pools(&self) -> Vec<PoolView> {
+        let list: List<PoolView> = self.get_json("/api/v1/pools").await;
+        list.items
+    }
+}
+
+/// The full ids of every container (running or not) labelled with a controller's id.
+pub fn containers_of(controller_id: &str) -> Vec<String> {
+    let output = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            &format!("label=attune.controller={controller_id}"),
+        ])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Asserts that no container (running or not) of a controller is left.
+pub fn assert_no_containers_left(controller_id: &str) {
+    let left = containers_of(controller_id);
+    assert!(left.is_empty(), "containers left behind: {left:?}");
+}
+
+/// Waits until no container of a controller is left; fails the test after `deadline`.
+pub async fn wait_no_containers(controller_id: &str, deadline: Duration) {
+    let give_up = tokio::time::Instant::now() + deadline;
+    loop {
+        let left = containers_of(controller_id);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "containers of {controller_id} never removed: {left:?}"
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Removes every container of a controller when dropped, whatever happened in the test.
+pub struct ContainerGuard {
+    controller_id: String,
+}
+
+impl ContainerGuard {
+    pub fn new(controller_id: &str) -> ContainerGuard {
+        ContainerGuard {
+            controller_id: controller_id.to_string(),
+        }
+    }
+}
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        for container_id in containers_of(&self.controller_id) {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", &container_id])
+                .output();
         }
     }
 }

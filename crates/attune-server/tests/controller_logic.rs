@@ -14,7 +14,7 @@ use attune_server::controller::{
 use attune_server::db::{ExecutionRow, NewPack, Store};
 use attune_server::delivery::AgentDelivery;
 use attune_server::docker::fake::{DockerCall, Operation, RecordingDocker};
-use attune_server::docker::{DockerError, DockerOps};
+use attune_server::docker::{ContainerCreateSpec, DockerError, DockerOps};
 use attune_server::events::apply_event;
 use attune_server::limits::ExecutionPolicy;
 use attune_server::scheduler::{reconcile_at_start, sweep_containers};
@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 /// Records commands; hands jobs to the test, which plays the agent.
@@ -110,6 +110,14 @@ impl Harness {
         Harness::with_settings(settings(agent_start_timeout)).await
     }
 
+    /// The harness most tests need: agents get ten seconds to start and the engine has
+    /// `busybox:1.36` for amd64 (the image of `hello.greet`).
+    async fn with_busybox() -> Harness {
+        let harness = Harness::new(Duration::from_secs(10)).await;
+        harness.docker.add_image("busybox:1.36", "amd64");
+        harness
+    }
+
     /// A harness whose controller follows the fake's container events, as in production.
     async fn with_settings(settings: ControllerSettings) -> Harness {
         let database = TestDatabase::create().await.unwrap();
@@ -149,14 +157,10 @@ impl Harness {
             controller.settings().controller_id.clone(),
             stop_tracker.clone(),
         ));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !controller.lifecycle().is_following() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "tracker never followed events"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_until("tracker never followed events", || {
+            controller.lifecycle().is_following()
+        })
+        .await;
         Harness {
             database,
             store,
@@ -185,7 +189,7 @@ impl Harness {
     }
 
     /// The spec of the one container created for an agent's job.
-    fn created_spec(&self) -> attune_server::docker::ContainerCreateSpec {
+    fn created_spec(&self) -> ContainerCreateSpec {
         let specs: Vec<_> = self
             .docker
             .calls()
@@ -205,19 +209,12 @@ impl Harness {
 
     /// Waits until the container running an agent's job has started.
     async fn wait_started(&self, container_id: &str) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while self
-            .docker
-            .container(container_id)
-            .map(|container| container.status)
-            != Some("running".to_string())
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "container never started"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_until("container never started", || {
+            self.docker
+                .container(container_id)
+                .is_some_and(|container| container.status == "running")
+        })
+        .await;
     }
 
     async fn scheduled_execution(&self, action_ref: &str) -> ExecutionRow {
@@ -232,6 +229,47 @@ impl Harness {
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].id, created.id);
         claimed.remove(0)
+    }
+
+    /// Schedules an execution of `hello.greet` and runs it in a task, as the scheduler does;
+    /// returns its id and the task.
+    async fn spawn_greet(&self) -> (i64, JoinHandle<()>) {
+        let execution = self.scheduled_execution("hello.greet").await;
+        let id = execution.id;
+        let controller = self.controller.clone();
+        let run = tokio::spawn(async move { controller.run_execution(execution).await });
+        (id, run)
+    }
+
+    /// Runs an execution of `hello.greet` whose agent reports success; returns its id.
+    async fn run_succeeding(&mut self) -> i64 {
+        let (id, run) = self.spawn_greet().await;
+        self.agent_reports(JobOutcome::Succeeded, 0).await;
+        run.await.unwrap();
+        id
+    }
+
+    /// Starts an execution of `hello.greet` and waits until its container runs; returns its
+    /// id, the agent's id, its container and the task running it.
+    async fn start_greet(&mut self) -> (i64, String, String, JoinHandle<()>) {
+        let (id, run) = self.spawn_greet().await;
+        let agent_id = self.next_job_agent().await;
+        let container_id = self.container_of(&agent_id);
+        self.wait_started(&container_id).await;
+        (id, agent_id, container_id, run)
+    }
+
+    /// The agent the next job was sent to.
+    async fn next_job_agent(&mut self) -> String {
+        let (agent_id, _job) = self.jobs.recv().await.expect("a job was queued");
+        agent_id
+    }
+
+    /// Stores an agent's event, as the events consumer does.
+    async fn apply(&self, event: AgentEvent) {
+        apply_event(&self.store, &self.signals, event)
+            .await
+            .unwrap();
     }
 
     fn container_of(&self, agent_id: &str) -> String {
@@ -254,32 +292,16 @@ impl Harness {
     async fn agent_reports(&mut self, outcome: JobOutcome, exit_code: i32) {
         let (agent_id, job) = self.jobs.recv().await.expect("a job was queued");
         let container_id = self.container_of(&agent_id);
-        let running = AgentEvent::Running {
-            agent_id: agent_id.clone(),
-            execution_id: job.execution_id,
-            pid: Some(7),
-        };
-        apply_event(&self.store, &self.signals, running)
-            .await
-            .unwrap();
-        let report = AgentEvent::Finished(JobReport {
-            agent_id,
-            execution_id: job.execution_id,
-            outcome,
-            failure_kind: None,
+        self.apply(running_event(&agent_id, job.execution_id, Some(7)))
+            .await;
+        let report = JobReport {
             exit_code: Some(exit_code),
-            signal: None,
             stdout: "{\"ok\": true}\n".into(),
-            stderr: String::new(),
-            stdout_truncated: false,
-            stderr_truncated: false,
             result: Some(json!({"ok": true})),
-            error: None,
             duration_ms: 3,
-        });
-        apply_event(&self.store, &self.signals, report)
-            .await
-            .unwrap();
+            ..job_report(&agent_id, job.execution_id, outcome)
+        };
+        self.apply(AgentEvent::Finished(report)).await;
         self.docker.exit_container(&container_id, exit_code as i64);
     }
 
@@ -289,15 +311,95 @@ impl Harness {
     }
 }
 
+/// Polls `done` until it holds; fails the test with `what` after ten seconds.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// An agent's `running` event.
+fn running_event(agent_id: &str, execution_id: i64, pid: Option<u32>) -> AgentEvent {
+    AgentEvent::Running {
+        agent_id: agent_id.to_string(),
+        execution_id,
+        pid,
+    }
+}
+
+/// An agent's report with no output, exit code or error; tests set what they need.
+fn job_report(agent_id: &str, execution_id: i64, outcome: JobOutcome) -> JobReport {
+    JobReport {
+        agent_id: agent_id.to_string(),
+        execution_id,
+        outcome,
+        failure_kind: None,
+        exit_code: None,
+        signal: None,
+        stdout: String::new(),
+        stderr: String::new(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        result: None,
+        error: None,
+        duration_ms: 1,
+    }
+}
+
+/// A finished report of a successful job, as an agent sends it.
+fn succeeded_report(agent_id: &str, execution_id: i64) -> AgentEvent {
+    AgentEvent::Finished(JobReport {
+        exit_code: Some(0),
+        ..job_report(agent_id, execution_id, JobOutcome::Succeeded)
+    })
+}
+
+/// A busybox container named `name` with these labels, as a controller creates it.
+fn busybox_spec(name: &str, labels: &[(&str, &str)]) -> ContainerCreateSpec {
+    ContainerCreateSpec {
+        name: name.to_string(),
+        image: "busybox:1.36".into(),
+        labels: labels
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// What the engine answers when it refuses an operation.
+fn rejected(operation: &str, reason: &str) -> DockerError {
+    DockerError::Rejected {
+        operation: operation.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
 fn count(calls: &[DockerCall], matches: impl Fn(&DockerCall) -> bool) -> usize {
     calls.iter().filter(|call| matches(call)).count()
 }
 
+fn created(calls: &[DockerCall]) -> usize {
+    count(calls, |call| matches!(call, DockerCall::CreateContainer(_)))
+}
+
+fn started(calls: &[DockerCall]) -> usize {
+    count(calls, |call| matches!(call, DockerCall::Start(_)))
+}
+
+fn killed(calls: &[DockerCall]) -> usize {
+    count(calls, |call| matches!(call, DockerCall::Kill(_, _)))
+}
+
+fn pulled(calls: &[DockerCall]) -> usize {
+    count(calls, |call| matches!(call, DockerCall::PullImage(_)))
+}
+
 fn assert_all_removed(docker: &RecordingDocker) {
     let calls = docker.calls();
-    let created = count(&calls, |call| {
-        matches!(call, DockerCall::CreateContainer(_))
-    });
+    let created = created(&calls);
     let removed = count(&calls, |call| matches!(call, DockerCall::Remove(_)));
     assert_eq!(
         created, removed,
@@ -308,21 +410,12 @@ fn assert_all_removed(docker: &RecordingDocker) {
 
 #[tokio::test]
 async fn happy_path_creates_injects_starts_and_removes_a_hardened_container() {
-    let mut harness = Harness::new(Duration::from_secs(10)).await;
-    harness.docker.add_image("busybox:1.36", "amd64");
-    let execution = harness.scheduled_execution("hello.greet").await;
-    let controller = harness.controller.clone();
-    let run = tokio::spawn(async move { controller.run_execution(execution).await });
-    harness.agent_reports(JobOutcome::Succeeded, 0).await;
-    run.await.unwrap();
+    let mut harness = Harness::with_busybox().await;
+    let id = harness.run_succeeding().await;
 
-    let stored = harness
-        .store
-        .list_executions(&recent_executions())
-        .await
-        .unwrap();
-    assert_eq!(stored[0].status(), ExecutionStatus::Succeeded);
-    assert_eq!(stored[0].result, Some(json!({"ok": true})));
+    let stored = harness.store.get_execution(id).await.unwrap();
+    assert_eq!(stored.status(), ExecutionStatus::Succeeded);
+    assert_eq!(stored.result, Some(json!({"ok": true})));
 
     let calls = harness.docker.calls();
     let spec = calls
@@ -335,7 +428,7 @@ async fn happy_path_creates_injects_starts_and_removes_a_hardened_container() {
     assert_eq!(spec.image, "busybox:1.36");
     assert_eq!(spec.entrypoint, vec!["/opt/attune/bin/attune-agent"]);
     assert_eq!(spec.labels["attune.managed"], "true");
-    assert_eq!(spec.labels["attune.execution"], stored[0].id.to_string());
+    assert_eq!(spec.labels["attune.execution"], id.to_string());
     assert_eq!(spec.labels["attune.controller"], "controller-under-test");
     assert_eq!(spec.cap_drop, vec!["ALL"]);
     assert_eq!(spec.security_opt, vec!["no-new-privileges"]);
@@ -389,13 +482,6 @@ async fn happy_path_creates_injects_starts_and_removes_a_hardened_container() {
     harness.finish().await;
 }
 
-fn recent_executions() -> attune_server::db::ExecutionFilter {
-    attune_server::db::ExecutionFilter {
-        limit: 10,
-        ..Default::default()
-    }
-}
-
 /// Runs an execution the agent never answers; returns the stored row.
 async fn run_unanswered(harness: &Harness) -> ExecutionRow {
     let execution = harness.scheduled_execution("hello.greet").await;
@@ -415,17 +501,8 @@ async fn image_that_cannot_be_pulled_fails_without_a_container() {
         .unwrap()
         .contains("image busybox:1.36 is not present locally and could not be pulled"));
     let calls = harness.docker.calls();
-    assert_eq!(
-        count(&calls, |call| matches!(
-            call,
-            DockerCall::CreateContainer(_)
-        )),
-        0
-    );
-    assert_eq!(
-        count(&calls, |call| matches!(call, DockerCall::PullImage(_))),
-        1
-    );
+    assert_eq!(created(&calls), 0);
+    assert_eq!(pulled(&calls), 1);
     harness.finish().await;
 }
 
@@ -433,16 +510,9 @@ async fn image_that_cannot_be_pulled_fails_without_a_container() {
 async fn pullable_image_is_pulled_once_then_used() {
     let mut harness = Harness::new(Duration::from_secs(10)).await;
     harness.docker.add_pullable_image("busybox:1.36", "amd64");
-    let execution = harness.scheduled_execution("hello.greet").await;
-    let controller = harness.controller.clone();
-    let run = tokio::spawn(async move { controller.run_execution(execution).await });
-    harness.agent_reports(JobOutcome::Succeeded, 0).await;
-    run.await.unwrap();
+    harness.run_succeeding().await;
     let calls = harness.docker.calls();
-    assert_eq!(
-        count(&calls, |call| matches!(call, DockerCall::PullImage(_))),
-        1
-    );
+    assert_eq!(pulled(&calls), 1);
     assert_all_removed(&harness.docker);
     harness.finish().await;
 }
@@ -458,26 +528,19 @@ async fn image_of_another_architecture_is_refused_before_create() {
         .error
         .unwrap()
         .contains("built for arm64 but the agent binary is for amd64"));
-    assert_eq!(
-        count(&harness.docker.calls(), |call| matches!(
-            call,
-            DockerCall::CreateContainer(_)
-        )),
-        0
-    );
+    assert_eq!(created(&harness.docker.calls()), 0);
     harness.finish().await;
 }
 
 #[tokio::test]
 async fn start_failure_with_exec_format_error_is_classified_and_cleaned_up() {
-    let harness = Harness::new(Duration::from_secs(10)).await;
-    harness.docker.add_image("busybox:1.36", "amd64");
+    let harness = Harness::with_busybox().await;
     harness.docker.fail_next(
         Operation::Start,
-        DockerError::Rejected {
-            operation: "start container".into(),
-            reason: "OCI runtime create failed: exec format error".into(),
-        },
+        rejected(
+            "start container",
+            "OCI runtime create failed: exec format error",
+        ),
     );
     let row = run_unanswered(&harness).await;
     assert_eq!(row.status(), ExecutionStatus::Failed);
@@ -488,8 +551,7 @@ async fn start_failure_with_exec_format_error_is_classified_and_cleaned_up() {
 
 #[tokio::test]
 async fn container_exiting_without_a_report_fails_with_its_output() {
-    let harness = Harness::new(Duration::from_secs(10)).await;
-    harness.docker.add_image("busybox:1.36", "amd64");
+    let harness = Harness::with_busybox().await;
     harness.docker.set_exit("attune-exec-", 2);
     harness.docker.set_logs(
         "attune-exec-",
@@ -513,22 +575,8 @@ async fn container_exiting_without_a_report_fails_with_its_output() {
 
 #[tokio::test]
 async fn out_of_memory_is_classified_as_oom_never_success() {
-    let mut harness = Harness::new(Duration::from_secs(10)).await;
-    harness.docker.add_image("busybox:1.36", "amd64");
-    let execution = harness.scheduled_execution("hello.greet").await;
-    let id = execution.id;
-    let controller = harness.controller.clone();
-    let run = tokio::spawn(async move { controller.run_execution(execution).await });
-    let (agent_id, _job) = harness.jobs.recv().await.unwrap();
-    let container_id = harness.container_of(&agent_id);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while harness.docker.container(&container_id).unwrap().status != "running" {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "container never started"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut harness = Harness::with_busybox().await;
+    let (id, _agent_id, container_id, run) = harness.start_greet().await;
     assert!(harness.docker.oom_kill_container(&container_id));
     run.await.unwrap();
     let row = harness.store.get_execution(id).await.unwrap();
@@ -546,31 +594,17 @@ async fn agent_that_never_reports_is_injection_failed_and_killed() {
     assert_eq!(row.status(), ExecutionStatus::Failed);
     assert_eq!(row.failure_kind.as_deref(), Some("injection-failed"));
     let calls = harness.docker.calls();
-    assert_eq!(
-        count(&calls, |call| matches!(call, DockerCall::Kill(_, _))),
-        1
-    );
+    assert_eq!(killed(&calls), 1);
     assert_all_removed(&harness.docker);
     harness.finish().await;
 }
 
 #[tokio::test]
 async fn cancel_is_sent_to_the_agent_and_enforced_by_killing() {
-    let mut harness = Harness::new(Duration::from_secs(10)).await;
-    harness.docker.add_image("busybox:1.36", "amd64");
-    let execution = harness.scheduled_execution("hello.greet").await;
-    let id = execution.id;
-    let controller = harness.controller.clone();
-    let run = tokio::spawn(async move { controller.run_execution(execution).await });
-    let (agent_id, _job) = harness.jobs.recv().await.unwrap();
-    let running = AgentEvent::Running {
-        agent_id: agent_id.clone(),
-        execution_id: id,
-        pid: None,
-    };
-    apply_event(&harness.store, &harness.signals, running)
-        .await
-        .unwrap();
+    let mut harness = Harness::with_busybox().await;
+    let (id, run) = harness.spawn_greet().await;
+    let agent_id = harness.next_job_agent().await;
+    harness.apply(running_event(&agent_id, id, None)).await;
     harness.store.request_cancel(id).await.unwrap();
     harness.signals.cancel(id);
     // This agent ignores the cancel: the controller must kill after grace (1 s) + 2 s.
@@ -581,58 +615,39 @@ async fn cancel_is_sent_to_the_agent_and_enforced_by_killing() {
     assert!(commands
         .iter()
         .any(|(_, command)| matches!(command, AgentCommand::Cancel { execution_id } if *execution_id == id)));
-    assert_eq!(
-        count(&harness.docker.calls(), |call| matches!(
-            call,
-            DockerCall::Kill(_, _)
-        )),
-        1
-    );
+    assert_eq!(killed(&harness.docker.calls()), 1);
     assert_all_removed(&harness.docker);
     harness.finish().await;
 }
 
 #[tokio::test]
 async fn cancel_before_start_never_starts_the_container() {
-    let harness = Harness::new(Duration::from_secs(10)).await;
-    harness.docker.add_image("busybox:1.36", "amd64");
+    let harness = Harness::with_busybox().await;
     let execution = harness.scheduled_execution("hello.greet").await;
     let id = execution.id;
     harness.store.request_cancel(id).await.unwrap();
     harness.controller.run_execution(execution).await;
     let row = harness.store.get_execution(id).await.unwrap();
     assert_eq!(row.status(), ExecutionStatus::Canceled);
-    assert_eq!(
-        count(&harness.docker.calls(), |call| matches!(
-            call,
-            DockerCall::Start(_)
-        )),
-        0
-    );
+    assert_eq!(started(&harness.docker.calls()), 0);
     harness.finish().await;
 }
 
 #[tokio::test]
 async fn restart_reconcile_adopts_live_removes_orphans_and_fails_the_lost() {
-    let harness = Harness::new(Duration::from_secs(10)).await;
-    harness.docker.add_image("busybox:1.36", "amd64");
+    let harness = Harness::with_busybox().await;
     let docker: Arc<dyn DockerOps> = Arc::new(harness.docker.clone());
     // A live execution whose container is running (left by a crashed controller).
     let live = harness.scheduled_execution("hello.greet").await;
-    let spec = attune_server::docker::ContainerCreateSpec {
-        name: "attune-exec-live".into(),
-        image: "busybox:1.36".into(),
-        labels: [
-            ("attune.managed", "true".to_string()),
-            ("attune.controller", "controller-under-test".to_string()),
-            ("attune.execution", live.id.to_string()),
-            ("attune.agent-id", "exec-live".to_string()),
-        ]
-        .into_iter()
-        .map(|(key, value)| (key.to_string(), value))
-        .collect(),
-        ..Default::default()
-    };
+    let spec = busybox_spec(
+        "attune-exec-live",
+        &[
+            ("attune.managed", "true"),
+            ("attune.controller", "controller-under-test"),
+            ("attune.execution", &live.id.to_string()),
+            ("attune.agent-id", "exec-live"),
+        ],
+    );
     let live_container = docker.create_container(&spec).await.unwrap();
     docker.start_container(&live_container).await.unwrap();
     // An orphan: its execution is unknown.
@@ -666,48 +681,15 @@ async fn restart_reconcile_adopts_live_removes_orphans_and_fails_the_lost() {
     assert_eq!(lost.failure_kind.as_deref(), Some("controller-restarted"));
 
     // The adopted container's agent reports; the adopter removes the container.
-    let report = AgentEvent::Finished(JobReport {
-        agent_id: "exec-live".into(),
-        execution_id: live.id,
-        outcome: JobOutcome::Succeeded,
-        failure_kind: None,
-        exit_code: Some(0),
-        signal: None,
-        stdout: String::new(),
-        stderr: String::new(),
-        stdout_truncated: false,
-        stderr_truncated: false,
-        result: None,
-        error: None,
-        duration_ms: 1,
-    });
-    apply_event(&harness.store, &harness.signals, report)
-        .await
-        .unwrap();
+    harness.apply(succeeded_report("exec-live", live.id)).await;
     harness.docker.exit_container(&live_container, 0);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while harness.docker.container(&live_container).is_some() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "adopted container never removed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("adopted container never removed", || {
+        harness.docker.container(&live_container).is_none()
+    })
+    .await;
     let live = harness.store.get_execution(live.id).await.unwrap();
     assert_eq!(live.status(), ExecutionStatus::Succeeded);
     harness.finish().await;
-}
-
-/// Starts an execution of `hello.greet`; returns its id, the agent's id and its container.
-async fn start_greet(harness: &mut Harness) -> (i64, String, String, tokio::task::JoinHandle<()>) {
-    let execution = harness.scheduled_execution("hello.greet").await;
-    let id = execution.id;
-    let controller = harness.controller.clone();
-    let run = tokio::spawn(async move { controller.run_execution(execution).await });
-    let (agent_id, _job) = harness.jobs.recv().await.expect("a job was queued");
-    let container_id = harness.container_of(&agent_id);
-    harness.wait_started(&container_id).await;
-    (id, agent_id, container_id, run)
 }
 
 fn uploads(calls: &[DockerCall]) -> Vec<Vec<(String, u32, u64)>> {
@@ -732,11 +714,7 @@ async fn volume_delivery_mounts_the_agent_read_only_filled_once_and_copies_only_
     let volume = format!("attune-agent-{}", &agent.sha256[..12]);
     for round in 0..2 {
         harness.docker.clear_calls();
-        let execution = harness.scheduled_execution("hello.greet").await;
-        let controller = harness.controller.clone();
-        let run = tokio::spawn(async move { controller.run_execution(execution).await });
-        harness.agent_reports(JobOutcome::Succeeded, 0).await;
-        run.await.unwrap();
+        harness.run_succeeding().await;
 
         let spec = harness.created_spec();
         assert!(
@@ -790,22 +768,11 @@ async fn auto_delivery_falls_back_to_put_archive_when_a_volume_operation_fails()
     harness.docker.add_image("busybox:1.36", "amd64");
     harness.docker.fail_next(
         Operation::CreateVolume,
-        DockerError::Rejected {
-            operation: "create volume".into(),
-            reason: "volume driver unavailable".into(),
-        },
+        rejected("create volume", "volume driver unavailable"),
     );
-    let execution = harness.scheduled_execution("hello.greet").await;
-    let controller = harness.controller.clone();
-    let run = tokio::spawn(async move { controller.run_execution(execution).await });
-    harness.agent_reports(JobOutcome::Succeeded, 0).await;
-    run.await.unwrap();
-    let stored = harness
-        .store
-        .list_executions(&recent_executions())
-        .await
-        .unwrap();
-    assert_eq!(stored[0].status(), ExecutionStatus::Succeeded);
+    let id = harness.run_succeeding().await;
+    let stored = harness.store.get_execution(id).await.unwrap();
+    assert_eq!(stored.status(), ExecutionStatus::Succeeded);
     let spec = harness.created_spec();
     assert!(spec.binds.is_empty());
     assert_eq!(spec.labels["attune.agent-delivery"], "put-archive");
@@ -819,16 +786,11 @@ async fn auto_delivery_falls_back_to_put_archive_when_a_volume_operation_fails()
 
 #[tokio::test]
 async fn read_only_action_gets_agent_and_pack_volumes_and_a_tmpfs_work_dir() {
-    let mut harness = Harness::new(Duration::from_secs(10)).await;
-    harness.docker.add_image("busybox:1.36", "amd64");
+    let mut harness = Harness::with_busybox().await;
     harness
         .set_container("hello.greet", json!({"read_only": true}))
         .await;
-    let execution = harness.scheduled_execution("hello.greet").await;
-    let controller = harness.controller.clone();
-    let run = tokio::spawn(async move { controller.run_execution(execution).await });
-    harness.agent_reports(JobOutcome::Succeeded, 0).await;
-    run.await.unwrap();
+    harness.run_succeeding().await;
 
     let spec = harness.created_spec();
     assert!(spec.read_only_rootfs);
@@ -874,17 +836,13 @@ async fn read_only_action_gets_agent_and_pack_volumes_and_a_tmpfs_work_dir() {
 
 #[tokio::test]
 async fn read_only_action_without_volumes_fails_as_injection_failed() {
-    let harness = Harness::new(Duration::from_secs(10)).await;
-    harness.docker.add_image("busybox:1.36", "amd64");
+    let harness = Harness::with_busybox().await;
     harness
         .set_container("hello.greet", json!({"read_only": true}))
         .await;
     harness.docker.fail_next(
         Operation::CreateVolume,
-        DockerError::Rejected {
-            operation: "create volume".into(),
-            reason: "volumes are disabled".into(),
-        },
+        rejected("create volume", "volumes are disabled"),
     );
     let row = run_unanswered(&harness).await;
     assert_eq!(row.status(), ExecutionStatus::Failed);
@@ -894,13 +852,7 @@ async fn read_only_action_without_volumes_fails_as_injection_failed() {
         error.contains("read-only root filesystem") && error.contains("volumes are disabled"),
         "{error}"
     );
-    assert_eq!(
-        count(&harness.docker.calls(), |call| matches!(
-            call,
-            DockerCall::Start(_)
-        )),
-        0
-    );
+    assert_eq!(started(&harness.docker.calls()), 0);
     assert!(harness.docker.containers().is_empty());
     harness.finish().await;
 }
@@ -914,11 +866,7 @@ async fn resources_capabilities_and_default_memory_reach_host_config() {
     .await;
     harness.docker.add_image("busybox:1.36", "amd64");
     // Without resources: the default memory, memory-swap the same (no swap), default pids.
-    let execution = harness.scheduled_execution("hello.greet").await;
-    let controller = harness.controller.clone();
-    let run = tokio::spawn(async move { controller.run_execution(execution).await });
-    harness.agent_reports(JobOutcome::Succeeded, 0).await;
-    run.await.unwrap();
+    harness.run_succeeding().await;
     let spec = harness.created_spec();
     assert_eq!(spec.memory_bytes, Some(512 << 20));
     assert_eq!(spec.nano_cpus, None);
@@ -933,11 +881,7 @@ async fn resources_capabilities_and_default_memory_reach_host_config() {
         )
         .await;
     harness.docker.clear_calls();
-    let execution = harness.scheduled_execution("hello.greet").await;
-    let controller = harness.controller.clone();
-    let run = tokio::spawn(async move { controller.run_execution(execution).await });
-    harness.agent_reports(JobOutcome::Succeeded, 0).await;
-    run.await.unwrap();
+    harness.run_succeeding().await;
     let spec = harness.created_spec();
     assert_eq!(spec.memory_bytes, Some(64 << 20));
     assert_eq!(spec.nano_cpus, Some(500_000_000));
@@ -963,8 +907,7 @@ async fn allow_lists_bad_limits_and_proc_workdirs_are_refused_before_any_contain
         .unwrap()
         .contains("image busybox:1.36 is not allowed (docker.allowed_images: python:3.11-*)"));
 
-    let harness_open = Harness::new(Duration::from_secs(10)).await;
-    harness_open.docker.add_image("busybox:1.36", "amd64");
+    let harness_open = Harness::with_busybox().await;
     let cases = [
         (
             json!({"cap_add": ["NET_ADMIN"]}),
@@ -1015,13 +958,7 @@ async fn allow_lists_bad_limits_and_proc_workdirs_are_refused_before_any_contain
             .await;
     }
     for harness in [&harness, &harness_open] {
-        assert_eq!(
-            count(&harness.docker.calls(), |call| matches!(
-                call,
-                DockerCall::CreateContainer(_)
-            )),
-            0
-        );
+        assert_eq!(created(&harness.docker.calls()), 0);
     }
     harness.finish().await;
     harness_open.finish().await;
@@ -1029,9 +966,8 @@ async fn allow_lists_bad_limits_and_proc_workdirs_are_refused_before_any_contain
 
 #[tokio::test]
 async fn a_container_killed_from_outside_is_failed_as_killed() {
-    let mut harness = Harness::new(Duration::from_secs(10)).await;
-    harness.docker.add_image("busybox:1.36", "amd64");
-    let (id, _agent_id, container_id, run) = start_greet(&mut harness).await;
+    let mut harness = Harness::with_busybox().await;
+    let (id, _agent_id, container_id, run) = harness.start_greet().await;
     // `docker kill`: SIGKILL, exit 137, no OOMKilled, no oom event, no report.
     let engine: Arc<dyn DockerOps> = Arc::new(harness.docker.clone());
     engine
@@ -1049,9 +985,8 @@ async fn a_container_killed_from_outside_is_failed_as_killed() {
 
 #[tokio::test]
 async fn an_oom_event_before_die_means_oom_even_without_oom_killed() {
-    let mut harness = Harness::new(Duration::from_secs(10)).await;
-    harness.docker.add_image("busybox:1.36", "amd64");
-    let (id, _agent_id, container_id, run) = start_greet(&mut harness).await;
+    let mut harness = Harness::with_busybox().await;
+    let (id, _agent_id, container_id, run) = harness.start_greet().await;
     assert!(harness.docker.emit_oom_event(&container_id));
     assert!(harness.docker.exit_container(&container_id, 137));
     assert!(!harness.docker.container(&container_id).unwrap().oom_killed);
@@ -1065,43 +1000,19 @@ async fn an_oom_event_before_die_means_oom_even_without_oom_killed() {
 
 #[tokio::test]
 async fn a_failed_report_after_an_oom_kill_is_reclassified_as_oom() {
-    let mut harness = Harness::new(Duration::from_secs(10)).await;
-    harness.docker.add_image("busybox:1.36", "amd64");
-    let execution = harness.scheduled_execution("hello.greet").await;
-    let id = execution.id;
-    let controller = harness.controller.clone();
-    let run = tokio::spawn(async move { controller.run_execution(execution).await });
-    let (agent_id, _job) = harness.jobs.recv().await.unwrap();
-    let container_id = harness.container_of(&agent_id);
-    harness.wait_started(&container_id).await;
+    let mut harness = Harness::with_busybox().await;
+    let (id, agent_id, container_id, run) = harness.start_greet().await;
     // The kernel kills the action's process for memory; the agent survives and reports it.
     assert!(harness.docker.emit_oom_event(&container_id));
-    let running = AgentEvent::Running {
-        agent_id: agent_id.clone(),
-        execution_id: id,
-        pid: Some(7),
-    };
-    apply_event(&harness.store, &harness.signals, running)
-        .await
-        .unwrap();
-    let report = AgentEvent::Finished(JobReport {
-        agent_id,
-        execution_id: id,
-        outcome: JobOutcome::Failed,
+    harness.apply(running_event(&agent_id, id, Some(7))).await;
+    let report = JobReport {
         failure_kind: Some(attune_protocol::FailureKind::NonZeroExit),
-        exit_code: None,
         signal: Some(9),
-        stdout: String::new(),
-        stderr: String::new(),
-        stdout_truncated: false,
-        stderr_truncated: false,
-        result: None,
         error: Some("the action was killed by signal 9".into()),
         duration_ms: 5,
-    });
-    apply_event(&harness.store, &harness.signals, report)
-        .await
-        .unwrap();
+        ..job_report(&agent_id, id, JobOutcome::Failed)
+    };
+    harness.apply(AgentEvent::Finished(report)).await;
     harness.docker.exit_container(&container_id, 0);
     run.await.unwrap();
     let row = harness.store.get_execution(id).await.unwrap();
@@ -1119,9 +1030,8 @@ async fn a_failed_report_after_an_oom_kill_is_reclassified_as_oom() {
 
 #[tokio::test]
 async fn a_container_removed_from_outside_is_failed_as_killed() {
-    let mut harness = Harness::new(Duration::from_secs(10)).await;
-    harness.docker.add_image("busybox:1.36", "amd64");
-    let (id, _agent_id, container_id, run) = start_greet(&mut harness).await;
+    let mut harness = Harness::with_busybox().await;
+    let (id, _agent_id, container_id, run) = harness.start_greet().await;
     let engine: Arc<dyn DockerOps> = Arc::new(harness.docker.clone());
     engine.remove_container(&container_id).await.unwrap();
     run.await.unwrap();
@@ -1133,51 +1043,35 @@ async fn a_container_removed_from_outside_is_failed_as_killed() {
 
 #[tokio::test]
 async fn a_running_action_past_its_deadline_is_killed_as_timeout() {
-    let mut harness = Harness::new(Duration::from_secs(10)).await;
-    harness.docker.add_image("busybox:1.36", "amd64");
+    let mut harness = Harness::with_busybox().await;
     sqlx::query("UPDATE actions SET timeout_seconds = 1 WHERE ref = 'hello.greet'")
         .execute(harness.store.pool())
         .await
         .unwrap();
-    let execution = harness.scheduled_execution("hello.greet").await;
-    let id = execution.id;
-    let controller = harness.controller.clone();
-    let run = tokio::spawn(async move { controller.run_execution(execution).await });
-    let (agent_id, _job) = harness.jobs.recv().await.unwrap();
+    let (id, run) = harness.spawn_greet().await;
+    let agent_id = harness.next_job_agent().await;
     // The agent says running, then goes silent (hung): the controller's own deadline ends it.
     let running = AgentEvent::Running {
         agent_id,
         execution_id: id,
         pid: Some(7),
     };
-    apply_event(&harness.store, &harness.signals, running)
-        .await
-        .unwrap();
+    harness.apply(running).await;
     run.await.unwrap();
     let row = harness.store.get_execution(id).await.unwrap();
     assert_eq!(row.status(), ExecutionStatus::Timeout);
     assert_eq!(row.failure_kind.as_deref(), Some("timeout"));
-    assert_eq!(
-        count(&harness.docker.calls(), |call| matches!(
-            call,
-            DockerCall::Kill(_, _)
-        )),
-        1
-    );
+    assert_eq!(killed(&harness.docker.calls()), 1);
     assert_all_removed(&harness.docker);
     harness.finish().await;
 }
 
 #[tokio::test]
 async fn upload_failure_is_injection_failed_and_exec_format_in_output_is_named() {
-    let harness = Harness::new(Duration::from_secs(10)).await;
-    harness.docker.add_image("busybox:1.36", "amd64");
+    let harness = Harness::with_busybox().await;
     harness.docker.fail_next(
         Operation::UploadArchive,
-        DockerError::Rejected {
-            operation: "upload".into(),
-            reason: "no space left on device".into(),
-        },
+        rejected("upload", "no space left on device"),
     );
     let row = run_unanswered(&harness).await;
     assert_eq!(row.failure_kind.as_deref(), Some("injection-failed"));
@@ -1196,8 +1090,7 @@ async fn upload_failure_is_injection_failed_and_exec_format_in_output_is_named()
 
 #[tokio::test]
 async fn periodic_sweep_removes_only_old_containers_of_ended_or_unknown_executions() {
-    let harness = Harness::new(Duration::from_secs(10)).await;
-    harness.docker.add_image("busybox:1.36", "amd64");
+    let harness = Harness::with_busybox().await;
     let docker: Arc<dyn DockerOps> = Arc::new(harness.docker.clone());
     let live = harness.scheduled_execution("hello.greet").await;
     let ended = harness.scheduled_execution("hello.greet").await;
@@ -1210,18 +1103,6 @@ async fn periodic_sweep_removes_only_old_containers_of_ended_or_unknown_executio
         )
         .await
         .unwrap();
-    let labels = |name: &str, extra: &[(&str, &str)]| {
-        let mut labels: std::collections::BTreeMap<String, String> = [
-            ("attune.managed", "true"),
-            ("attune.controller", "controller-under-test"),
-        ]
-        .into_iter()
-        .chain(extra.iter().copied())
-        .map(|(key, value)| (key.to_string(), value.to_string()))
-        .collect();
-        labels.insert("test.name".into(), name.into());
-        labels
-    };
     let mut created = std::collections::HashMap::new();
     let live_id = live.id.to_string();
     let ended_id = ended.id.to_string();
@@ -1235,26 +1116,22 @@ async fn periodic_sweep_removes_only_old_containers_of_ended_or_unknown_executio
             vec![("attune.pool", "hello-abc"), ("attune.agent-id", "pool-1")],
         ),
     ] {
-        let spec = attune_server::docker::ContainerCreateSpec {
-            name: format!("attune-sweep-{name}"),
-            image: "busybox:1.36".into(),
-            labels: labels(name, &extra),
-            ..Default::default()
-        };
+        let mut labels = vec![
+            ("attune.managed", "true"),
+            ("attune.controller", "controller-under-test"),
+            ("test.name", name),
+        ];
+        labels.extend(extra);
+        let spec = busybox_spec(&format!("attune-sweep-{name}"), &labels);
         created.insert(name, docker.create_container(&spec).await.unwrap());
     }
-    let foreign = attune_server::docker::ContainerCreateSpec {
-        name: "attune-sweep-foreign".into(),
-        image: "busybox:1.36".into(),
-        labels: [
+    let foreign = busybox_spec(
+        "attune-sweep-foreign",
+        &[
             ("attune.managed", "true"),
             ("attune.controller", "someone-else"),
-        ]
-        .into_iter()
-        .map(|(key, value)| (key.to_string(), value.to_string()))
-        .collect(),
-        ..Default::default()
-    };
+        ],
+    );
     let foreign = docker.create_container(&foreign).await.unwrap();
 
     let young = sweep_containers(
@@ -1323,19 +1200,9 @@ async fn silent_agent_loses_its_lease_and_the_execution_fails() {
     })
     .await;
     harness.docker.add_image("busybox:1.36", "amd64");
-    let execution = harness.scheduled_execution("hello.greet").await;
-    let id = execution.id;
-    let controller = harness.controller.clone();
-    let run = tokio::spawn(async move { controller.run_execution(execution).await });
-    let (agent_id, _job) = harness.jobs.recv().await.unwrap();
-    let running = AgentEvent::Running {
-        agent_id: agent_id.clone(),
-        execution_id: id,
-        pid: None,
-    };
-    apply_event(&harness.store, &harness.signals, running)
-        .await
-        .unwrap();
+    let (id, run) = harness.spawn_greet().await;
+    let agent_id = harness.next_job_agent().await;
+    harness.apply(running_event(&agent_id, id, None)).await;
     // Two heartbeats keep the lease (600 ms) alive past its first expiry...
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -1343,9 +1210,7 @@ async fn silent_agent_loses_its_lease_and_the_execution_fails() {
             agent_id: agent_id.clone(),
             running: vec![id],
         };
-        apply_event(&harness.store, &harness.signals, heartbeat)
-            .await
-            .unwrap();
+        harness.apply(heartbeat).await;
         assert!(!run.is_finished(), "heartbeats renew the lease");
     }
     // ...then the agent goes silent.
@@ -1354,56 +1219,27 @@ async fn silent_agent_loses_its_lease_and_the_execution_fails() {
     assert_eq!(row.status(), ExecutionStatus::Failed);
     assert_eq!(row.failure_kind.as_deref(), Some("lease-expired"));
     assert!(row.error.unwrap().contains("no heartbeat"));
-    assert_eq!(
-        count(&harness.docker.calls(), |call| matches!(
-            call,
-            DockerCall::Kill(_, _)
-        )),
-        1
-    );
+    assert_eq!(killed(&harness.docker.calls()), 1);
     assert_all_removed(&harness.docker);
     harness.finish().await;
 }
 
-/// A finished report of a successful job, as an agent sends it.
-fn succeeded_report(agent_id: &str, execution_id: i64) -> AgentEvent {
-    AgentEvent::Finished(JobReport {
-        agent_id: agent_id.to_string(),
-        execution_id,
-        outcome: JobOutcome::Succeeded,
-        failure_kind: None,
-        exit_code: Some(0),
-        signal: None,
-        stdout: String::new(),
-        stderr: String::new(),
-        stdout_truncated: false,
-        stderr_truncated: false,
-        result: None,
-        error: None,
-        duration_ms: 1,
-    })
-}
-
 #[tokio::test]
 async fn restart_reconcile_adopts_a_busy_warm_container_by_id_and_removes_idle_ones() {
-    let harness = Harness::new(Duration::from_secs(10)).await;
-    harness.docker.add_image("busybox:1.36", "amd64");
+    let harness = Harness::with_busybox().await;
     let docker: Arc<dyn DockerOps> = Arc::new(harness.docker.clone());
     // Warm containers a crashed controller left: labelled with their pool, not an execution.
-    let warm_spec = |name: &str, agent_id: &str| attune_server::docker::ContainerCreateSpec {
-        name: name.to_string(),
-        image: "busybox:1.36".into(),
-        labels: [
-            ("attune.managed", "true"),
-            ("attune.controller", "controller-under-test"),
-            ("attune.pool", "hello-0123456789ab"),
-            ("attune.pack", "hello"),
-            ("attune.agent-id", agent_id),
-        ]
-        .into_iter()
-        .map(|(key, value)| (key.to_string(), value.to_string()))
-        .collect(),
-        ..Default::default()
+    let warm_spec = |name: &str, agent_id: &str| {
+        busybox_spec(
+            name,
+            &[
+                ("attune.managed", "true"),
+                ("attune.controller", "controller-under-test"),
+                ("attune.pool", "hello-0123456789ab"),
+                ("attune.pack", "hello"),
+                ("attune.agent-id", agent_id),
+            ],
+        )
     };
     let busy = docker
         .create_container(&warm_spec("attune-pool-busy", "pool-busy"))
@@ -1423,14 +1259,9 @@ async fn restart_reconcile_adopts_a_busy_warm_container_by_id_and_removes_idle_o
         .set_placement(pooled.id, "busybox:1.36", &busy, "pool-busy")
         .await
         .unwrap();
-    let running = AgentEvent::Running {
-        agent_id: "pool-busy".into(),
-        execution_id: pooled.id,
-        pid: Some(7),
-    };
-    apply_event(&harness.store, &harness.signals, running)
-        .await
-        .unwrap();
+    harness
+        .apply(running_event("pool-busy", pooled.id, Some(7)))
+        .await;
     // A pooled execution whose warm container is gone cannot continue.
     let lost = harness.scheduled_execution("hello.greet").await;
     harness
@@ -1525,12 +1356,7 @@ async fn pulls_carry_the_credentials_of_the_image_registry_and_no_others() {
         harness
             .set_container("hello.greet", json!({"image": image}))
             .await;
-        let execution = harness.scheduled_execution("hello.greet").await;
-        let id = execution.id;
-        let controller = harness.controller.clone();
-        let run = tokio::spawn(async move { controller.run_execution(execution).await });
-        harness.agent_reports(JobOutcome::Succeeded, 0).await;
-        run.await.unwrap();
+        let id = harness.run_succeeding().await;
         let row = harness.store.get_execution(id).await.unwrap();
         assert_eq!(row.status(), ExecutionStatus::Succeeded, "{image}: {row:?}");
     }

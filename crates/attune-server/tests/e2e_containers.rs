@@ -5,10 +5,10 @@
 //! Needs Docker, RabbitMQ, Postgres, the images of scripts/build-images.sh and the agent of
 //! scripts/build-agent.sh (`make test` provides all of them).
 
-use attune_protocol::api::{ErrorBody, ExecutionStatus, ExecutionView, List, LogChunkView};
-use attune_server::testing::TestServer;
+use attune_protocol::api::{ErrorBody, ExecutionStatus, ExecutionView, List};
+use attune_server::testing::{TestClient, TestServer};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 fn test_pack_dir() -> PathBuf {
@@ -19,117 +19,24 @@ fn hello_pack_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/packs/hello")
 }
 
-struct Client {
-    http: reqwest::Client,
-    base_url: String,
-}
-
-impl Client {
-    fn new(server: &TestServer) -> Client {
-        Client {
-            http: reqwest::Client::new(),
-            base_url: server.base_url.clone(),
-        }
-    }
-
-    async fn upload(&self, archive: Vec<u8>, force: bool) -> reqwest::Response {
-        self.http
-            .post(format!("{}/api/v1/packs?force={force}", self.base_url))
-            .header("content-type", "application/x-tar")
-            .body(archive)
-            .send()
-            .await
-            .expect("upload pack")
-    }
-
-    async fn register(&self, dir: &Path) {
-        let archive = attune_pack::build_pack_archive(dir).expect("build pack archive");
-        let response = self.upload(archive, true).await;
-        let status = response.status();
-        let body = response.text().await.unwrap();
-        assert_eq!(status, 201, "register {}: {body}", dir.display());
-    }
-
-    async fn submit(&self, action: &str, parameters: Value) -> reqwest::Response {
-        self.http
-            .post(format!("{}/api/v1/executions", self.base_url))
-            .json(&json!({"action": action, "parameters": parameters}))
-            .send()
-            .await
-            .expect("submit execution")
-    }
-
-    async fn execution(&self, id: i64) -> ExecutionView {
-        self.http
-            .get(format!("{}/api/v1/executions/{id}", self.base_url))
-            .send()
-            .await
-            .expect("get execution")
-            .json()
-            .await
-            .expect("execution body")
-    }
-
-    /// Submits and waits (bounded) for a terminal status.
-    async fn run(&self, action: &str, parameters: Value) -> ExecutionView {
-        let response = self.submit(action, parameters).await;
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        assert_eq!(status, 201, "submit {action}: {text}");
-        let created: ExecutionView = serde_json::from_str(&text).unwrap();
-        self.wait_terminal(created.id).await
-    }
-
-    async fn wait_terminal(&self, id: i64) -> ExecutionView {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        loop {
-            let execution = self.execution(id).await;
-            if execution.status.is_terminal() {
-                return execution;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "execution {id} not terminal after 120s: {execution:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-/// Stops the server and asserts it left no container behind.
-async fn finish(server: TestServer) {
-    let controller_id = server.controller_id.clone();
-    server.stop().await.expect("stop test server");
-    let output = std::process::Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=attune.controller={controller_id}"),
-        ])
-        .output()
-        .expect("docker ps");
-    let left = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    assert!(left.is_empty(), "containers left behind: {left}");
-}
-
-async fn start() -> (TestServer, Client) {
+async fn start() -> (TestServer, TestClient) {
     let server = TestServer::start(&[("ATTUNE__EXECUTOR__KILL_GRACE_SECONDS", "1")])
         .await
         .expect("start test server");
-    let client = Client::new(&server);
-    client.register(&test_pack_dir()).await;
+    let client = TestClient::new(&server);
+    client.register_dir(test_pack_dir()).await;
     (server, client)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_pack_runs_shell_in_busybox_and_python_in_debian() {
     let server = TestServer::start(&[]).await.expect("start test server");
-    let client = Client::new(&server);
-    client.register(&hello_pack_dir()).await;
+    let client = TestClient::new(&server);
+    client.register_dir(hello_pack_dir()).await;
 
-    let greet = client.run("hello.greet", json!({"name": "Ada"})).await;
-    assert_eq!(greet.status, ExecutionStatus::Succeeded, "{greet:?}");
+    let greet = client
+        .run_succeeded("hello.greet", json!({"name": "Ada"}))
+        .await;
     assert_eq!(greet.result.as_ref().unwrap()["greeting"], "Hello, Ada!");
     assert_eq!(greet.exit_code, Some(0));
     assert!(
@@ -146,9 +53,8 @@ async fn hello_pack_runs_shell_in_busybox_and_python_in_debian() {
     }
 
     let stats = client
-        .run("hello.stats", json!({"text": "any image becomes a worker"}))
+        .run_succeeded("hello.stats", json!({"text": "any image becomes a worker"}))
         .await;
-    assert_eq!(stats.status, ExecutionStatus::Succeeded, "{stats:?}");
     let result = stats.result.unwrap();
     assert_eq!(result["words"], 5);
     assert_eq!(result["token_received"], true);
@@ -157,7 +63,7 @@ async fn hello_pack_runs_shell_in_busybox_and_python_in_debian() {
         stats.parameters["api_token"], "********",
         "secret parameters are masked in API output"
     );
-    finish(server).await;
+    server.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,8 +71,9 @@ async fn every_parameter_delivery_mode_and_format() {
     let (server, client) = start().await;
     let parameters = json!({"name": "Ada", "count": 7});
 
-    let env = client.run("e2e.env_dotenv", parameters.clone()).await;
-    assert_eq!(env.status, ExecutionStatus::Succeeded, "{env:?}");
+    let env = client
+        .run_succeeded("e2e.env_dotenv", parameters.clone())
+        .await;
     let result = env.result.unwrap();
     assert_eq!(result["name"], "Ada");
     assert_eq!(result["count"], "7");
@@ -176,12 +83,7 @@ async fn every_parameter_delivery_mode_and_format() {
     assert_eq!(result["pack_dir"], "/opt/attune/packs/e2e");
 
     for action in ["e2e.stdin_json", "e2e.file_json"] {
-        let execution = client.run(action, parameters.clone()).await;
-        assert_eq!(
-            execution.status,
-            ExecutionStatus::Succeeded,
-            "{execution:?}"
-        );
+        let execution = client.run_succeeded(action, parameters.clone()).await;
         let result = execution.result.unwrap();
         assert_eq!(result["name"], "Ada", "{action}");
         assert_eq!(result["count"], 7, "{action}");
@@ -190,47 +92,27 @@ async fn every_parameter_delivery_mode_and_format() {
             "{action}: secrets reach stdin/file"
         );
     }
-    for action in ["e2e.stdin_yaml", "e2e.file_yaml"] {
-        let execution = client.run(action, parameters.clone()).await;
-        assert_eq!(
-            execution.status,
-            ExecutionStatus::Succeeded,
-            "{execution:?}"
-        );
-        assert!(
-            execution.stdout.contains("name: Ada"),
-            "{action}: {}",
-            execution.stdout
-        );
-        assert!(
-            execution.stdout.contains("count: 7"),
-            "{action}: {}",
-            execution.stdout
-        );
-    }
-    for action in ["e2e.stdin_dotenv", "e2e.file_dotenv"] {
-        let execution = client.run(action, parameters.clone()).await;
-        assert_eq!(
-            execution.status,
-            ExecutionStatus::Succeeded,
-            "{execution:?}"
-        );
-        assert!(
-            execution.stdout.contains("name='Ada'"),
-            "{action}: {}",
-            execution.stdout
-        );
-        assert!(
-            execution.stdout.contains("count='7'"),
-            "{action}: {}",
-            execution.stdout
-        );
+    for (action, expected_lines) in [
+        ("e2e.stdin_yaml", ["name: Ada", "count: 7"]),
+        ("e2e.file_yaml", ["name: Ada", "count: 7"]),
+        ("e2e.stdin_dotenv", ["name='Ada'", "count='7'"]),
+        ("e2e.file_dotenv", ["name='Ada'", "count='7'"]),
+    ] {
+        let execution = client.run_succeeded(action, parameters.clone()).await;
+        for line in expected_lines {
+            assert!(
+                execution.stdout.contains(line),
+                "{action}: {}",
+                execution.stdout
+            );
+        }
     }
 
-    let python = client.run("e2e.python_json", parameters.clone()).await;
-    assert_eq!(python.status, ExecutionStatus::Succeeded, "{python:?}");
+    let python = client
+        .run_succeeded("e2e.python_json", parameters.clone())
+        .await;
     assert_eq!(python.result.unwrap()["python"], 3);
-    finish(server).await;
+    server.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,18 +120,13 @@ async fn one_image_with_several_interpreters_runs_each_runtime() {
     let (server, client) = start().await;
     for language in ["node", "ruby", "perl", "python"] {
         let action = format!("e2e.poly_{language}");
-        let execution = client.run(&action, json!({"name": "Ada"})).await;
-        assert_eq!(
-            execution.status,
-            ExecutionStatus::Succeeded,
-            "{execution:?}"
-        );
+        let execution = client.run_succeeded(&action, json!({"name": "Ada"})).await;
         let result = execution.result.unwrap();
         assert_eq!(result["language"], language, "{action}");
         assert_eq!(result["greeting"], "Hello, Ada", "{action}");
         assert!(!result["version"].as_str().unwrap().is_empty(), "{action}");
     }
-    finish(server).await;
+    server.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,24 +139,13 @@ async fn non_zero_exit_fails_and_keeps_the_code_and_output() {
     assert!(execution.stderr.contains("something went wrong"));
     assert!(execution.error.unwrap().contains("code 3"));
 
-    let logs: List<LogChunkView> = client
-        .http
-        .get(format!(
-            "{}/api/v1/executions/{}/logs",
-            client.base_url, execution.id
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let joined: String = logs.items.iter().map(|chunk| chunk.data.as_str()).collect();
+    let logs = client.logs(execution.id).await;
+    let joined: String = logs.iter().map(|chunk| chunk.data.as_str()).collect();
     assert!(
         joined.contains("about to fail"),
         "live log chunks stored: {joined}"
     );
-    finish(server).await;
+    server.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,31 +160,25 @@ async fn waiting_requests_answer_when_the_execution_ends() {
     assert!(!created.status.is_terminal());
     // One request, answered when the execution ends (the Postgres status feed wakes it).
     let ended: ExecutionView = client
-        .http
-        .get(format!(
-            "{}/api/v1/executions/{}?wait_seconds=60",
-            client.base_url, created.id
+        .get_json(&format!(
+            "/api/v1/executions/{}?wait_seconds=60",
+            created.id
         ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(ended.status, ExecutionStatus::Failed, "{ended:?}");
     let too_long = client
         .http
-        .get(format!(
-            "{}/api/v1/executions/{}?wait_seconds=600",
-            client.base_url, created.id
-        ))
+        .get(client.url(&format!(
+            "/api/v1/executions/{}?wait_seconds=600",
+            created.id
+        )))
         .send()
         .await
         .unwrap();
     assert_eq!(too_long.status(), 400);
     let body: ErrorBody = too_long.json().await.unwrap();
     assert!(body.detail.contains("wait_seconds"), "{body:?}");
-    finish(server).await;
+    server.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,7 +189,7 @@ async fn timeout_ends_with_status_timeout() {
     assert!(execution.stdout.contains("sleeping past the timeout"));
     assert!(!execution.stdout.contains("never printed"));
     assert!(execution.error.unwrap().contains("timed out"));
-    finish(server).await;
+    server.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,24 +223,20 @@ async fn missing_interpreters_and_images_are_named() {
     let never = client.run("e2e.never_pull", json!({})).await;
     assert_eq!(never.status, ExecutionStatus::Failed);
     assert!(never.error.unwrap().contains("pull_policy is never"));
-    finish(server).await;
+    server.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn awkward_images_non_root_user_and_foreign_entrypoint() {
     let (server, client) = start().await;
-    let nonroot = client.run("e2e.nonroot", json!({})).await;
-    assert_eq!(nonroot.status, ExecutionStatus::Succeeded, "{nonroot:?}");
+    let nonroot = client.run_succeeded("e2e.nonroot", json!({})).await;
     assert_eq!(nonroot.result.unwrap()["uid"], 65534);
 
-    let entrypoint = client.run("e2e.entrypoint_override", json!({})).await;
-    assert_eq!(
-        entrypoint.status,
-        ExecutionStatus::Succeeded,
-        "{entrypoint:?}"
-    );
+    let entrypoint = client
+        .run_succeeded("e2e.entrypoint_override", json!({}))
+        .await;
     assert_eq!(entrypoint.result.unwrap()["uid"], 0);
-    finish(server).await;
+    server.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -414,31 +270,14 @@ async fn bad_requests_get_clear_errors() {
     let body: ErrorBody = extra.json().await.unwrap();
     assert!(body.detail.contains("colour"), "{body:?}");
 
-    let executions: List<ExecutionView> = client
-        .http
-        .get(format!("{}/api/v1/executions", client.base_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     assert!(
-        executions.items.is_empty(),
+        client.executions().await.is_empty(),
         "refused requests store nothing"
     );
 
-    let cancel_unknown = client
-        .http
-        .post(format!(
-            "{}/api/v1/executions/999999/cancel",
-            client.base_url
-        ))
-        .send()
-        .await
-        .unwrap();
+    let cancel_unknown = client.cancel(999999).await;
     assert_eq!(cancel_unknown.status(), 404);
-    finish(server).await;
+    server.finish().await;
 }
 
 /// A tar built by hand, so the server (not the CLI's local checks) must catch the problem.
@@ -462,7 +301,7 @@ async fn bad_packs_are_refused_with_file_and_reason() {
     let server = TestServer::start(&[("ATTUNE__SERVER__MAX_PACK_BYTES", "65536")])
         .await
         .expect("start test server");
-    let client = Client::new(&server);
+    let client = TestClient::new(&server);
     let pack_yaml = "ref: bad\nversion: 1.0.0\n";
     let script = "#!/bin/sh\necho hi\n";
 
@@ -527,18 +366,10 @@ async fn bad_packs_are_refused_with_file_and_reason() {
             "{case}: detail should name {expected_text:?}: {body:?}"
         );
     }
-    let packs: List<Value> = client
-        .http
-        .get(format!("{}/api/v1/packs", client.base_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let packs: List<Value> = client.get_json("/api/v1/packs").await;
     assert!(packs.items.is_empty(), "nothing half-registered");
 
-    client.register(&hello_pack_dir()).await;
+    client.register_dir(hello_pack_dir()).await;
     let again = client
         .upload(
             attune_pack::build_pack_archive(hello_pack_dir()).unwrap(),
@@ -550,45 +381,28 @@ async fn bad_packs_are_refused_with_file_and_reason() {
         409,
         "registering twice without force conflicts"
     );
-    finish(server).await;
+    server.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_a_running_execution_and_finished_ones_conflict() {
     let (server, client) = start().await;
-    let response = client.submit("e2e.sleepy", json!({})).await;
-    let created: ExecutionView = response.json().await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while client.execution(created.id).await.status != ExecutionStatus::Running {
-        assert!(tokio::time::Instant::now() < deadline, "never running");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let cancel = client
-        .http
-        .post(format!(
-            "{}/api/v1/executions/{}/cancel",
-            client.base_url, created.id
-        ))
-        .send()
-        .await
-        .unwrap();
+    let id = client.submit_ok("e2e.sleepy", json!({})).await;
+    let running = client
+        .with_deadline(Duration::from_secs(60))
+        .wait_running(id)
+        .await;
+    assert_eq!(running.status, ExecutionStatus::Running, "{running:?}");
+    let cancel = client.cancel(id).await;
     assert_eq!(cancel.status(), 202);
-    let canceled = client.wait_terminal(created.id).await;
+    let canceled = client.wait_terminal(id).await;
     assert_eq!(canceled.status, ExecutionStatus::Canceled, "{canceled:?}");
 
-    let again = client
-        .http
-        .post(format!(
-            "{}/api/v1/executions/{}/cancel",
-            client.base_url, created.id
-        ))
-        .send()
-        .await
-        .unwrap();
+    let again = client.cancel(id).await;
     assert_eq!(again.status(), 409);
     let body: ErrorBody = again.json().await.unwrap();
     assert!(body.detail.contains("already ended"), "{body:?}");
-    finish(server).await;
+    server.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -608,5 +422,5 @@ async fn readiness_checks_every_dependency() {
         .await
         .unwrap();
     assert_eq!(live.status(), 200);
-    finish(server).await;
+    server.finish().await;
 }

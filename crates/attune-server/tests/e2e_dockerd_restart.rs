@@ -7,7 +7,7 @@
 //! dockerd running, started the way scripts/setup-host.sh starts it.
 
 use attune_protocol::api::{ExecutionStatus, ExecutionView};
-use attune_server::testing::TestServer;
+use attune_server::testing::{ContainerGuard, TestClient, TestServer};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -106,121 +106,34 @@ impl Drop for DockerdGuard {
     }
 }
 
-/// Removes every container of a controller when dropped.
-struct ContainerGuard {
-    controller_id: String,
+/// `/readyz`, whatever its status.
+async fn readiness(client: &TestClient) -> Value {
+    client.get_json("/readyz").await
 }
 
-fn containers_of(controller_id: &str) -> Vec<String> {
-    let output = Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--no-trunc",
-            "--filter",
-            &format!("label=attune.controller={controller_id}"),
-        ])
-        .output()
-        .expect("docker ps");
-    String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
-}
-
-impl Drop for ContainerGuard {
-    fn drop(&mut self) {
-        for container_id in containers_of(&self.controller_id) {
-            let _ = Command::new("docker")
-                .args(["rm", "-f", &container_id])
-                .output();
+/// Polls `/readyz` until `condition` holds for its body.
+async fn wait_readiness(
+    client: &TestClient,
+    what: &str,
+    condition: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let body = readiness(client).await;
+        if condition(&body) {
+            return body;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: never seen in /readyz: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-struct Client {
-    http: reqwest::Client,
-    base_url: String,
-}
-
-impl Client {
-    async fn register_faults_pack(&self) {
-        let pack_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/packs/faults");
-        let archive = attune_pack::build_pack_archive(pack_dir).expect("build pack");
-        let response = self
-            .http
-            .post(format!("{}/api/v1/packs?force=true", self.base_url))
-            .header("content-type", "application/x-tar")
-            .body(archive)
-            .send()
-            .await
-            .expect("upload pack");
-        assert_eq!(response.status(), 201, "register faults pack");
-    }
-
-    /// Runs a short nap to its end.
-    async fn nap(&self) -> ExecutionView {
-        let response = self
-            .http
-            .post(format!("{}/api/v1/executions", self.base_url))
-            .json(&json!({"action": "faults.nap", "parameters": {"seconds": 0}}))
-            .send()
-            .await
-            .expect("submit execution");
-        assert_eq!(response.status(), 201);
-        let id = response
-            .json::<ExecutionView>()
-            .await
-            .expect("execution body")
-            .id;
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let execution: ExecutionView = self
-                .http
-                .get(format!("{}/api/v1/executions/{id}", self.base_url))
-                .send()
-                .await
-                .expect("get execution")
-                .json()
-                .await
-                .expect("execution body");
-            if execution.status.is_terminal() {
-                return execution;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "execution {id} never ended: {execution:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn readiness(&self) -> Value {
-        self.http
-            .get(format!("{}/readyz", self.base_url))
-            .send()
-            .await
-            .expect("readyz")
-            .json()
-            .await
-            .expect("readyz body")
-    }
-
-    /// Polls `/readyz` until `condition` holds for its body.
-    async fn wait_readiness(&self, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let body = self.readiness().await;
-            if condition(&body) {
-                return body;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{what}: never seen in /readyz: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+/// Runs a short nap to its end.
+async fn nap(client: &TestClient) -> ExecutionView {
+    client.run("faults.nap", json!({"seconds": 0})).await
 }
 
 fn events_counter(body: &Value, name: &str) -> u64 {
@@ -237,46 +150,41 @@ async fn the_events_stream_resumes_and_executions_run_after_dockerd_restarts() {
     let server = TestServer::start(&[("ATTUNE__EXECUTOR__KILL_GRACE_SECONDS", "1")])
         .await
         .expect("start test server");
-    let _containers = ContainerGuard {
-        controller_id: server.controller_id.clone(),
-    };
-    let client = Client {
-        http: reqwest::Client::new(),
-        base_url: server.base_url.clone(),
-    };
-    client.register_faults_pack().await;
-    let before = client.nap().await;
+    let _containers = ContainerGuard::new(&server.controller_id);
+    let client = TestClient::new(&server);
+    client
+        .register_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/packs/faults"))
+        .await;
+    let before = nap(&client).await;
     assert_eq!(before.status, ExecutionStatus::Succeeded, "{before:?}");
     // The first run's start/die/destroy came over the first connection.
-    let readiness = client
-        .wait_readiness("events over the first connection", |body| {
-            events_counter(body, "last_event_connection") >= 1
-        })
-        .await;
-    let connections_before = events_counter(&readiness, "connections");
+    let ready = wait_readiness(&client, "events over the first connection", |body| {
+        events_counter(body, "last_event_connection") >= 1
+    })
+    .await;
+    let connections_before = events_counter(&ready, "connections");
 
     tokio::task::spawn_blocking(stop_dockerd)
         .await
         .expect("stop dockerd");
-    let down = client.readiness().await;
+    let down = readiness(&client).await;
     assert_ne!(down["checks"]["docker"], "ok", "{down}");
     tokio::task::spawn_blocking(start_dockerd)
         .await
         .expect("start dockerd");
 
-    client
-        .wait_readiness("the events stream reconnected", |body| {
-            body["checks"]["docker"] == "ok"
-                && body["docker_events"]["following"] == true
-                && events_counter(body, "connections") > connections_before
-        })
-        .await;
+    wait_readiness(&client, "the events stream reconnected", |body| {
+        body["checks"]["docker"] == "ok"
+            && body["docker_events"]["following"] == true
+            && events_counter(body, "connections") > connections_before
+    })
+    .await;
     // Executions run again, and their containers' events arrive over a connection opened
     // after the restart. (A reconnection attempt made just before the engine came back may
     // still fail once; the tracker then retries within its backoff, so nap until seen.)
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        let after = client.nap().await;
+        let after = nap(&client).await;
         assert_eq!(
             after.status,
             ExecutionStatus::Succeeded,
@@ -285,7 +193,7 @@ async fn the_events_stream_resumes_and_executions_run_after_dockerd_restarts() {
         let seen = tokio::time::Instant::now() + Duration::from_secs(15);
         let mut resumed = false;
         while !resumed && tokio::time::Instant::now() < seen {
-            let body = client.readiness().await;
+            let body = readiness(&client).await;
             resumed = events_counter(&body, "last_event_connection") > connections_before;
             if !resumed {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -297,14 +205,9 @@ async fn the_events_stream_resumes_and_executions_run_after_dockerd_restarts() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "no container event over a connection opened after the restart: {}",
-            client.readiness().await
+            readiness(&client).await
         );
     }
 
-    let controller_id = server.controller_id.clone();
-    server.stop().await.expect("stop test server");
-    assert!(
-        containers_of(&controller_id).is_empty(),
-        "no container left"
-    );
+    server.finish().await;
 }

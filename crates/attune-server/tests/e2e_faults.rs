@@ -7,10 +7,12 @@
 //! Needs Docker, RabbitMQ, Postgres, the images of scripts/build-images.sh and the agent of
 //! scripts/build-agent.sh (`make test` provides all of them).
 
-use attune_protocol::api::{ExecutionStatus, ExecutionView, List};
-use attune_server::db::Store;
-use attune_server::testing::{TestDatabase, TestEnvironment, TestServer};
-use serde_json::{json, Value};
+use attune_protocol::api::ExecutionStatus;
+use attune_server::testing::{
+    assert_no_containers_left, containers_of, wait_no_containers, ContainerGuard, TestClient,
+    TestDatabase, TestEnvironment, TestServer,
+};
+use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
@@ -21,179 +23,13 @@ fn faults_pack_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/packs/faults")
 }
 
-struct Client {
-    http: reqwest::Client,
-    base_url: String,
-}
-
-impl Client {
-    fn new(base_url: &str) -> Client {
-        Client {
-            http: reqwest::Client::new(),
-            base_url: base_url.to_string(),
-        }
-    }
-
-    async fn register_faults_pack(&self) {
-        let archive = attune_pack::build_pack_archive(faults_pack_dir()).expect("build pack");
-        let response = self
-            .http
-            .post(format!("{}/api/v1/packs?force=true", self.base_url))
-            .header("content-type", "application/x-tar")
-            .body(archive)
-            .send()
-            .await
-            .expect("upload pack");
-        let status = response.status();
-        let body = response.text().await.unwrap_or_default();
-        assert_eq!(status, 201, "register faults pack: {body}");
-    }
-
-    async fn submit(&self, action: &str, parameters: Value) -> i64 {
-        let response = self
-            .http
-            .post(format!("{}/api/v1/executions", self.base_url))
-            .json(&json!({"action": action, "parameters": parameters}))
-            .send()
-            .await
-            .expect("submit execution");
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        assert_eq!(status, 201, "submit {action}: {text}");
-        serde_json::from_str::<ExecutionView>(&text)
-            .expect("execution body")
-            .id
-    }
-
-    async fn execution(&self, id: i64) -> ExecutionView {
-        self.http
-            .get(format!("{}/api/v1/executions/{id}", self.base_url))
-            .send()
-            .await
-            .expect("get execution")
-            .json()
-            .await
-            .expect("execution body")
-    }
-
-    async fn executions(&self) -> Vec<ExecutionView> {
-        let list: List<ExecutionView> = self
-            .http
-            .get(format!("{}/api/v1/executions?limit=1000", self.base_url))
-            .send()
-            .await
-            .expect("list executions")
-            .json()
-            .await
-            .expect("executions body");
-        list.items
-    }
-
-    async fn wait_for(
-        &self,
-        id: i64,
-        what: &str,
-        done: impl Fn(&ExecutionView) -> bool,
-    ) -> ExecutionView {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let execution = self.execution(id).await;
-            if done(&execution) {
-                return execution;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "execution {id} not {what} after {DEADLINE:?}: {execution:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn wait_terminal(&self, id: i64) -> ExecutionView {
-        self.wait_for(id, "terminal", |execution| execution.status.is_terminal())
-            .await
-    }
-
-    /// Waits until the execution runs (or ended early, which the caller then reports).
-    async fn wait_running(&self, id: i64) -> ExecutionView {
-        self.wait_for(id, "running", |execution| {
-            execution.status == ExecutionStatus::Running || execution.status.is_terminal()
-        })
-        .await
-    }
-}
-
-/// The ids of every container (running or not) carrying a controller's label.
-fn containers_of(controller_id: &str) -> Vec<String> {
-    let output = Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--no-trunc",
-            "--filter",
-            &format!("label=attune.controller={controller_id}"),
-        ])
-        .output()
-        .expect("docker ps");
-    String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
-}
-
-async fn wait_no_containers(controller_id: &str) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let left = containers_of(controller_id);
-        if left.is_empty() {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "containers of {controller_id} never removed: {left:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Removes every container of a controller when dropped, whatever happened in the test.
-struct ContainerGuard {
-    controller_id: String,
-}
-
-impl Drop for ContainerGuard {
-    fn drop(&mut self) {
-        for container_id in containers_of(&self.controller_id) {
-            let _ = Command::new("docker")
-                .args(["rm", "-f", &container_id])
-                .output();
-        }
-    }
-}
-
-/// The failure kind as stored (the API shows only the reason).
-async fn failure_kind(database_url: &str, id: i64) -> Option<String> {
-    let store = Store::connect(database_url, 1)
-        .await
-        .expect("connect to test database");
-    let kind = store
-        .get_execution(id)
-        .await
-        .expect("execution")
-        .failure_kind;
-    store.pool().close().await;
-    kind
-}
-
-async fn start_in_process() -> (TestServer, Client, ContainerGuard) {
+async fn start_in_process() -> (TestServer, TestClient, ContainerGuard) {
     let server = TestServer::start(&[("ATTUNE__EXECUTOR__KILL_GRACE_SECONDS", "1")])
         .await
         .expect("start test server");
-    let guard = ContainerGuard {
-        controller_id: server.controller_id.clone(),
-    };
-    let client = Client::new(&server.base_url);
-    client.register_faults_pack().await;
+    let guard = ContainerGuard::new(&server.controller_id);
+    let client = TestClient::new(&server);
+    client.register_dir(faults_pack_dir()).await;
     (server, client, guard)
 }
 
@@ -245,7 +81,7 @@ fn pids_current(cgroup: &Path) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_bomb_is_held_by_the_pids_limit_and_ends_as_timeout_or_failed() {
     let (server, client, _guard) = start_in_process().await;
-    let id = client.submit("faults.forkbomb", json!({})).await;
+    let id = client.submit_ok("faults.forkbomb", json!({})).await;
     let running = client.wait_running(id).await;
     assert_eq!(running.status, ExecutionStatus::Running, "{running:?}");
     let container_id = running.container_id.clone().expect("container id");
@@ -308,10 +144,8 @@ async fn a_fork_bomb_is_held_by_the_pids_limit_and_ends_as_timeout_or_failed() {
         !done.error.clone().unwrap_or_default().is_empty(),
         "with a reason: {done:?}"
     );
-    wait_no_containers(&server.controller_id).await;
-    let controller_id = server.controller_id.clone();
-    server.stop().await.expect("stop test server");
-    assert!(containers_of(&controller_id).is_empty());
+    wait_no_containers(&server.controller_id, DEADLINE).await;
+    server.finish().await;
 }
 
 /// The host pid of the agent in a container, from `docker top` (its comm is attune-agent).
@@ -333,7 +167,7 @@ fn agent_host_pid(container_id: &str) -> Option<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_mid_job_fails_the_execution_and_its_container_is_removed() {
     let (server, client, _guard) = start_in_process().await;
-    let id = client.submit("faults.nap", json!({"seconds": 90})).await;
+    let id = client.submit_ok("faults.nap", json!({"seconds": 90})).await;
     let running = client.wait_running(id).await;
     assert_eq!(running.status, ExecutionStatus::Running, "{running:?}");
     let container_id = running.container_id.clone().expect("container id");
@@ -350,7 +184,7 @@ async fn an_agent_killed_mid_job_fails_the_execution_and_its_container_is_remove
 
     let done = client.wait_terminal(id).await;
     assert_eq!(done.status, ExecutionStatus::Failed, "{done:?}");
-    let kind = failure_kind(&server.database.url, id).await;
+    let kind = server.database.failure_kind(id).await;
     assert!(
         matches!(kind.as_deref(), Some("agent-exited") | Some("killed")),
         "kind {kind:?}: {done:?}"
@@ -362,7 +196,7 @@ async fn an_agent_killed_mid_job_fails_the_execution_and_its_container_is_remove
             && error.contains("before report"),
         "the reason says the agent died before reporting: {error}"
     );
-    wait_no_containers(&server.controller_id).await;
+    wait_no_containers(&server.controller_id, DEADLINE).await;
     server.stop().await.expect("stop test server");
 }
 
@@ -529,16 +363,14 @@ impl Drop for ServerProcess {
 async fn a_sigkilled_server_process_is_restarted_and_leaves_no_container_and_no_live_execution() {
     let database = TestDatabase::create().await.expect("create test database");
     let command = ServerCommand::new(&database, &[]);
-    let _guard = ContainerGuard {
-        controller_id: command.controller_id.clone(),
-    };
+    let _guard = ContainerGuard::new(&command.controller_id);
     let base_url = command.base_url();
     let mut first = command.spawn(1);
     first.wait_ready(&base_url).await;
-    let client = Client::new(&base_url);
-    client.register_faults_pack().await;
-    let long = client.submit("faults.nap", json!({"seconds": 20})).await;
-    let short = client.submit("faults.nap", json!({"seconds": 4})).await;
+    let client = TestClient::for_url(&base_url);
+    client.register_dir(faults_pack_dir()).await;
+    let long = client.submit_ok("faults.nap", json!({"seconds": 20})).await;
+    let short = client.submit_ok("faults.nap", json!({"seconds": 4})).await;
     for id in [long, short] {
         let running = client.wait_running(id).await;
         assert_eq!(
@@ -556,15 +388,10 @@ async fn a_sigkilled_server_process_is_restarted_and_leaves_no_container_and_no_
     let mut second = command.spawn(2);
     second.wait_ready(&base_url).await;
     // A fresh client: the old connections died with the first process.
-    let client = Client::new(&base_url);
+    let client = TestClient::for_url(&base_url);
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        let live: Vec<ExecutionView> = client
-            .executions()
-            .await
-            .into_iter()
-            .filter(|execution| !execution.status.is_terminal())
-            .collect();
+        let live = client.unfinished_executions().await;
         if live.is_empty() {
             break;
         }
@@ -604,7 +431,7 @@ async fn a_sigkilled_server_process_is_restarted_and_leaves_no_container_and_no_
         "the new process adopted the running containers:\n{}",
         second.log_tail()
     );
-    wait_no_containers(&command.controller_id).await;
+    wait_no_containers(&command.controller_id, DEADLINE).await;
 
     let status = second.sigterm().await;
     assert!(
@@ -612,7 +439,7 @@ async fn a_sigkilled_server_process_is_restarted_and_leaves_no_container_and_no_
         "SIGTERM stops the server cleanly ({status}):\n{}",
         second.log_tail()
     );
-    assert!(containers_of(&command.controller_id).is_empty());
+    assert_no_containers_left(&command.controller_id);
     database.drop_database().await.expect("drop test database");
 }
 
@@ -630,22 +457,20 @@ async fn a_pull_with_credentials_from_a_refusing_loopback_registry_fails_fast_an
             ("ATTUNE__LOG__LEVEL", "debug"),
         ],
     );
-    let _guard = ContainerGuard {
-        controller_id: command.controller_id.clone(),
-    };
+    let _guard = ContainerGuard::new(&command.controller_id);
     let base_url = command.base_url();
     let mut server = command.spawn(1);
     server.wait_ready(&base_url).await;
-    let client = Client::new(&base_url);
-    client.register_faults_pack().await;
+    let client = TestClient::for_url(&base_url);
+    client.register_dir(faults_pack_dir()).await;
 
     let submitted = tokio::time::Instant::now();
-    let id = client.submit("faults.private_image", json!({})).await;
+    let id = client.submit_ok("faults.private_image", json!({})).await;
     let done = client.wait_terminal(id).await;
     let took = submitted.elapsed();
     assert_eq!(done.status, ExecutionStatus::Failed, "{done:?}");
     assert_eq!(
-        failure_kind(&database.url, id).await.as_deref(),
+        database.failure_kind(id).await.as_deref(),
         Some("pull-failed")
     );
     let error = done.error.clone().unwrap_or_default();
@@ -668,6 +493,6 @@ async fn a_pull_with_credentials_from_a_refusing_loopback_registry_fails_fast_an
         !log.contains(PASSWORD) && !error.contains(PASSWORD),
         "the password never appears in the log or the reason"
     );
-    assert!(containers_of(&command.controller_id).is_empty());
+    assert_no_containers_left(&command.controller_id);
     database.drop_database().await.expect("drop test database");
 }

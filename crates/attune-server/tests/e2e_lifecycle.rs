@@ -8,11 +8,12 @@
 //! Needs Docker, RabbitMQ, Postgres, the images of scripts/build-images.sh and the agent of
 //! scripts/build-agent.sh (`make test` provides all of them).
 
-use attune_protocol::api::{ErrorBody, ExecutionStatus, ExecutionView, List};
-use attune_server::db::Store;
-use attune_server::testing::{TestEnvironment, TestServer};
+use attune_protocol::api::{ErrorBody, ExecutionStatus};
+use attune_server::testing::{
+    containers_of, wait_no_containers, ContainerGuard, TestClient, TestEnvironment, TestServer,
+};
 use bollard::container::{InspectContainerOptions, ListContainersOptions};
-use serde_json::{json, Value};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -25,191 +26,46 @@ fn lifecycle_pack_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/packs/lifecycle")
 }
 
-struct Client {
-    http: reqwest::Client,
-    base_url: String,
-}
-
-impl Client {
-    fn new(server: &TestServer) -> Client {
-        Client {
-            http: reqwest::Client::new(),
-            base_url: server.base_url.clone(),
-        }
-    }
-
-    async fn register_lifecycle_pack(&self) {
-        let archive =
-            attune_pack::build_pack_archive(lifecycle_pack_dir()).expect("build pack archive");
-        let response = self
-            .http
-            .post(format!("{}/api/v1/packs?force=true", self.base_url))
-            .header("content-type", "application/x-tar")
-            .body(archive)
-            .send()
-            .await
-            .expect("upload pack");
-        let status = response.status();
-        let body = response.text().await.unwrap();
-        assert_eq!(status, 201, "register lifecycle pack: {body}");
-    }
-
-    async fn submit(&self, action: &str, parameters: Value) -> reqwest::Response {
-        self.http
-            .post(format!("{}/api/v1/executions", self.base_url))
-            .json(&json!({"action": action, "parameters": parameters}))
-            .send()
-            .await
-            .expect("submit execution")
-    }
-
-    async fn submit_ok(&self, action: &str, parameters: Value) -> i64 {
-        let response = self.submit(action, parameters).await;
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        assert_eq!(status, 201, "submit {action}: {text}");
-        serde_json::from_str::<ExecutionView>(&text).unwrap().id
-    }
-
-    async fn execution(&self, id: i64) -> ExecutionView {
-        self.http
-            .get(format!("{}/api/v1/executions/{id}", self.base_url))
-            .send()
-            .await
-            .expect("get execution")
-            .json()
-            .await
-            .expect("execution body")
-    }
-
-    async fn executions(&self) -> Vec<ExecutionView> {
-        let list: List<ExecutionView> = self
-            .http
-            .get(format!("{}/api/v1/executions?limit=1000", self.base_url))
-            .send()
-            .await
-            .expect("list executions")
-            .json()
-            .await
-            .expect("executions body");
-        list.items
-    }
-
-    async fn wait_for(
-        &self,
-        id: i64,
-        what: &str,
-        done: impl Fn(&ExecutionView) -> bool,
-    ) -> ExecutionView {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let execution = self.execution(id).await;
-            if done(&execution) {
-                return execution;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "execution {id} not {what} after {DEADLINE:?}: {execution:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn wait_terminal(&self, id: i64) -> ExecutionView {
-        self.wait_for(id, "terminal", |execution| execution.status.is_terminal())
-            .await
-    }
-
-    async fn wait_running(&self, id: i64) -> ExecutionView {
-        self.wait_for(id, "running", |execution| {
-            execution.status == ExecutionStatus::Running || execution.status.is_terminal()
-        })
-        .await
-    }
-
-    async fn run(&self, action: &str, parameters: Value) -> ExecutionView {
-        let id = self.submit_ok(action, parameters).await;
-        self.wait_terminal(id).await
-    }
-
-    async fn cancel(&self, id: i64) {
-        let response = self
-            .http
-            .post(format!("{}/api/v1/executions/{id}/cancel", self.base_url))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202, "cancel {id}");
-    }
-}
-
-/// The ids of every container (running or not) carrying a controller's label.
-fn containers_of(controller_id: &str) -> Vec<String> {
-    let output = Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--no-trunc",
-            "--filter",
-            &format!("label=attune.controller={controller_id}"),
-        ])
-        .output()
-        .expect("docker ps");
-    String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
-}
-
-/// Removes every container of a controller when dropped, whatever happened in the test.
-struct ContainerGuard {
-    controller_id: String,
-}
-
-impl Drop for ContainerGuard {
-    fn drop(&mut self) {
-        for container_id in containers_of(&self.controller_id) {
-            let _ = Command::new("docker")
-                .args(["rm", "-f", &container_id])
-                .output();
-        }
-    }
-}
-
-/// The failure kind as stored (the API shows only the reason).
-async fn failure_kind(server: &TestServer, id: i64) -> Option<String> {
-    let store = Store::connect(&server.database.url, 1)
-        .await
-        .expect("connect to test database");
-    let kind = store
-        .get_execution(id)
-        .await
-        .expect("execution")
-        .failure_kind;
-    store.pool().close().await;
-    kind
-}
-
-async fn start(extra: &[(&str, &str)]) -> (TestServer, Client, ContainerGuard) {
+async fn start(extra: &[(&str, &str)]) -> (TestServer, TestClient, ContainerGuard) {
     let mut settings = vec![("ATTUNE__EXECUTOR__KILL_GRACE_SECONDS", "1")];
     settings.extend_from_slice(extra);
     let server = TestServer::start(&settings)
         .await
         .expect("start test server");
-    let guard = ContainerGuard {
-        controller_id: server.controller_id.clone(),
-    };
-    let client = Client::new(&server);
-    client.register_lifecycle_pack().await;
+    let guard = ContainerGuard::new(&server.controller_id);
+    let client = TestClient::new(&server);
+    client.register_dir(lifecycle_pack_dir()).await;
     (server, client, guard)
 }
 
-/// Stops the server and asserts it left no container behind.
-async fn finish(server: TestServer) {
-    let controller_id = server.controller_id.clone();
-    server.stop().await.expect("stop test server");
-    let left = containers_of(&controller_id);
-    assert!(left.is_empty(), "containers left behind: {left:?}");
+/// Waits until a container of the controller is gone; fails the test with `what` after `deadline`.
+async fn wait_container_removed(
+    controller_id: &str,
+    container_id: &str,
+    deadline: Duration,
+    what: &str,
+) {
+    let give_up = tokio::time::Instant::now() + deadline;
+    while containers_of(controller_id)
+        .iter()
+        .any(|id| id == container_id)
+    {
+        assert!(tokio::time::Instant::now() < give_up, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `docker kill` from outside, as an operator would; asserts the engine did it.
+fn docker_kill(container_id: &str) {
+    let killed = Command::new("docker")
+        .args(["kill", container_id])
+        .output()
+        .expect("docker kill");
+    assert!(
+        killed.status.success(),
+        "docker kill {container_id}: {}",
+        String::from_utf8_lossy(&killed.stderr)
+    );
 }
 
 async fn docker() -> bollard::Docker {
@@ -286,16 +142,15 @@ async fn a_controller_killed_mid_run_restarts_with_no_orphan_and_no_stuck_execut
         .restart(&[("ATTUNE__EXECUTOR__KILL_GRACE_SECONDS", "1")])
         .await
         .expect("restart");
-    let client = Client::new(&server);
+    let client = TestClient::new(&server);
     // The listener accepts before the start-up reconcile is done: wait for its effect.
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while containers_of(&server.controller_id).contains(&stray) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the start-up reconcile never removed the stray container"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_container_removed(
+        &server.controller_id,
+        &stray,
+        DEADLINE,
+        "the start-up reconcile never removed the stray container",
+    )
+    .await;
 
     // The short nap was adopted: its agent's report reaches the new server.
     let short_done = client.wait_terminal(short).await;
@@ -310,26 +165,14 @@ async fn a_controller_killed_mid_run_restarts_with_no_orphan_and_no_stuck_execut
         client.execution(long).await.status,
         ExecutionStatus::Running
     );
-    client.cancel(long).await;
+    assert_eq!(client.cancel(long).await.status(), 202, "cancel {long}");
     let long_done = client.wait_terminal(long).await;
     assert_eq!(long_done.status, ExecutionStatus::Canceled, "{long_done:?}");
 
-    let stuck: Vec<_> = client
-        .executions()
-        .await
-        .into_iter()
-        .filter(|execution| !execution.status.is_terminal())
-        .collect();
+    let stuck = client.unfinished_executions().await;
     assert!(stuck.is_empty(), "no execution stuck: {stuck:?}");
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !containers_of(&server.controller_id).is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "containers never removed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    finish(server).await;
+    wait_no_containers(&server.controller_id, DEADLINE).await;
+    server.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,23 +184,18 @@ async fn docker_kill_of_a_running_action_fails_it_as_killed() {
     let running = client.wait_running(id).await;
     assert_eq!(running.status, ExecutionStatus::Running, "{running:?}");
     let container_id = running.container_id.expect("container id");
-    let killed = Command::new("docker")
-        .args(["kill", &container_id])
-        .output()
-        .expect("docker kill");
-    assert!(
-        killed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&killed.stderr)
-    );
+    docker_kill(&container_id);
     let done = client.wait_terminal(id).await;
     assert_eq!(done.status, ExecutionStatus::Failed, "{done:?}");
     assert!(
         done.error.as_deref().unwrap_or_default().contains("killed"),
         "{done:?}"
     );
-    assert_eq!(failure_kind(&server, id).await.as_deref(), Some("killed"));
-    finish(server).await;
+    assert_eq!(
+        server.database.failure_kind(id).await.as_deref(),
+        Some("killed")
+    );
+    server.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,11 +206,7 @@ async fn an_idempotent_action_whose_container_dies_is_requeued_once() {
         .await;
     let running = client.wait_running(id).await;
     let container_id = running.container_id.expect("container id");
-    let killed = Command::new("docker")
-        .args(["kill", &container_id])
-        .output()
-        .expect("docker kill");
-    assert!(killed.status.success());
+    docker_kill(&container_id);
     let done = client.wait_terminal(id).await;
     assert_eq!(done.status, ExecutionStatus::Failed, "{done:?}");
     let error = done.error.clone().unwrap_or_default();
@@ -385,18 +219,14 @@ async fn an_idempotent_action_whose_container_dies_is_requeued_once() {
     assert_eq!(retry.retry_of, Some(id), "{retry:?}");
     assert_eq!(retry.action, "lifecycle.nap_idempotent");
     // A retry is never retried: killing it again ends it for good.
-    let killed = Command::new("docker")
-        .args(["kill", retry.container_id.as_deref().expect("container id")])
-        .output()
-        .expect("docker kill");
-    assert!(killed.status.success());
+    docker_kill(retry.container_id.as_deref().expect("container id"));
     let retry_done = client.wait_terminal(retry_id).await;
     assert_eq!(retry_done.status, ExecutionStatus::Failed, "{retry_done:?}");
     assert!(
         !retry_done.error.unwrap_or_default().contains("requeued"),
         "requeued only once"
     );
-    finish(server).await;
+    server.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,7 +239,7 @@ async fn a_memory_hog_over_its_limit_is_oom_or_killed_never_success() {
     // learns from the engine that it was an OOM kill and reclassifies it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let kind = failure_kind(&server, done.id).await;
+        let kind = server.database.failure_kind(done.id).await;
         if matches!(kind.as_deref(), Some("oom") | Some("killed")) {
             break;
         }
@@ -424,7 +254,7 @@ async fn a_memory_hog_over_its_limit_is_oom_or_killed_never_success() {
         error.contains("memory") || error.contains("killed"),
         "{error}"
     );
-    finish(server).await;
+    server.finish().await;
 }
 
 fn agent_volume_name() -> String {
@@ -451,12 +281,7 @@ async fn every_container_carries_the_hardened_defaults_and_its_limits() {
         } else {
             json!({})
         };
-        let done = client.run(action, parameters).await;
-        assert_eq!(
-            done.status,
-            ExecutionStatus::Succeeded,
-            "{action}: {done:?}"
-        );
+        let done = client.run_succeeded(action, parameters).await;
         ran.insert(done.container_id.clone().expect("container id"), done);
     }
     let read_only = ran
@@ -582,7 +407,7 @@ async fn every_container_carries_the_hardened_defaults_and_its_limits() {
             .await
             .expect("remove inspected container");
     }
-    finish(server).await;
+    server.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -602,7 +427,7 @@ async fn the_image_allow_list_refuses_at_submit_time() {
         "{body:?}"
     );
     assert!(client.executions().await.is_empty(), "nothing stored");
-    finish(server).await;
+    server.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -614,13 +439,12 @@ async fn the_periodic_reconcile_sweeps_containers_of_unknown_executions() {
     .await;
     let docker = docker().await;
     let stray = create_stray_container(&docker, &server.controller_id, "424242").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while containers_of(&server.controller_id).contains(&stray) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "stray container never swept"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    finish(server).await;
+    wait_container_removed(
+        &server.controller_id,
+        &stray,
+        Duration::from_secs(30),
+        "stray container never swept",
+    )
+    .await;
+    server.finish().await;
 }
