@@ -117,8 +117,16 @@ impl Pool {
 #[derive(Default)]
 pub struct Pools {
     pools: Mutex<BTreeMap<PoolKey, Pool>>,
-    /// Woken when a container is returned or retired (claimers waiting at `max`).
+    /// Woken when a container is returned, retired or finished starting.
     returned: Notify,
+    /// Set at shutdown: containers coming back or finishing their start are retired.
+    shutting_down: std::sync::atomic::AtomicBool,
+}
+
+impl Pools {
+    fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 enum Claim {
@@ -407,7 +415,7 @@ impl Controller {
                         .map(|(warm, _)| warm)
                         .unwrap_or(warm);
                     warm.uses += 1;
-                    if healthy && warm.uses < pool.spec.max_uses {
+                    if healthy && warm.uses < pool.spec.max_uses && !self.pools.is_shutting_down() {
                         warm.idle_since = Instant::now();
                         pool.idle.push_back(warm);
                         None
@@ -485,11 +493,17 @@ impl Controller {
                 let orphan = {
                     let mut pools = controller.pools.pools.lock().expect("pools lock");
                     match (pools.get_mut(&key), started) {
-                        (Some(pool), Ok(warm)) => {
+                        (Some(pool), Ok(warm)) if !controller.pools.is_shutting_down() => {
                             pool.starting = pool.starting.saturating_sub(1);
                             pool.total_created += 1;
                             pool.idle.push_back(warm);
                             None
+                        }
+                        (Some(pool), Ok(warm)) => {
+                            pool.starting = pool.starting.saturating_sub(1);
+                            pool.total_created += 1;
+                            pool.retired += 1;
+                            Some(warm)
                         }
                         (None, Ok(warm)) => Some(warm),
                         (pool, Err(failure)) => {
@@ -526,6 +540,31 @@ impl Controller {
 
     /// Retires every idle warm container (at shutdown).
     pub async fn retire_idle_pools(&self) {
+        self.pools
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Starts in flight retire their container when they finish; wait for them (bounded),
+        // so the process does not exit with a half-made container.
+        let deadline = Instant::now() + self.settings.agent_start_timeout + Duration::from_secs(5);
+        loop {
+            let returned = self.pools.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            let starting: u32 = {
+                let pools = self.pools.pools.lock().expect("pools lock");
+                pools.values().map(|pool| pool.starting).sum()
+            };
+            if starting == 0 {
+                break;
+            }
+            tokio::select! {
+                _ = &mut returned => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(starting, "warm containers still starting at shutdown; the next start-up reconcile removes them");
+                    break;
+                }
+            }
+        }
         let idle: Vec<WarmContainer> = {
             let mut pools = self.pools.pools.lock().expect("pools lock");
             pools
