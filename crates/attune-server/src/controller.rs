@@ -604,18 +604,23 @@ impl Controller {
                 )
                 .map_err(|error| injection_failed(format!("add agent to archive: {error}")))?;
         }
-        if read_only {
+        // With the agent in a volume, the pack's files come from a per-digest volume too, so
+        // nothing is copied per container (put_archive costs ~50 ms even for a few KiB).
+        if read_only || plan.agent_volume.is_some() {
             let content = pack_volume_content(&pack_archive, &pack_entries);
-            self.filler
-                .ensure(&content, helper_image)
-                .await
-                .map_err(|error| {
-                    injection_failed(format!(
+            match self.filler.ensure(&content, helper_image).await {
+                Ok(()) => plan.binds.push(format!("{}:{pack_dir}:ro", content.volume)),
+                Err(error) if read_only => {
+                    return Err(injection_failed(format!(
                         "action {} has a read-only root filesystem, which needs the files of pack {} in a volume: {error}",
                         action.action_ref, action.pack_ref
-                    ))
-                })?;
-            plan.binds.push(format!("{}:{pack_dir}:ro", content.volume));
+                    )))
+                }
+                Err(error) => {
+                    tracing::warn!(%error, pack = %action.pack_ref, "pack volume unavailable; copying the pack's files into the container");
+                    add_pack_entries(&mut archive, &pack_dir, &pack_entries)?;
+                }
+            }
         } else {
             add_pack_entries(&mut archive, &pack_dir, &pack_entries)?;
         }

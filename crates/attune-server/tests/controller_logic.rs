@@ -703,7 +703,7 @@ fn uploads(calls: &[DockerCall]) -> Vec<Vec<(String, u32, u64)>> {
 }
 
 #[tokio::test]
-async fn volume_delivery_mounts_the_agent_read_only_filled_once_and_copies_only_pack_files() {
+async fn volume_delivery_mounts_agent_and_pack_read_only_filled_once_and_copies_nothing() {
     let mut harness = Harness::with_settings(ControllerSettings {
         agent_delivery: AgentDelivery::Volume,
         ..settings(Duration::from_secs(10))
@@ -712,6 +712,7 @@ async fn volume_delivery_mounts_the_agent_read_only_filled_once_and_copies_only_
     harness.docker.add_image("busybox:1.36", "amd64");
     let agent = fake_agent_binary(62);
     let volume = format!("attune-agent-{}", &agent.sha256[..12]);
+    let mut pack_volume = String::new();
     for round in 0..2 {
         harness.docker.clear_calls();
         harness.run_succeeding().await;
@@ -722,33 +723,36 @@ async fn volume_delivery_mounts_the_agent_read_only_filled_once_and_copies_only_
             "{:?}",
             spec.binds
         );
+        let pack_bind = spec
+            .binds
+            .iter()
+            .find(|bind| bind.ends_with(":/opt/attune/packs/hello:ro"))
+            .unwrap_or_else(|| panic!("the pack comes from a volume: {:?}", spec.binds));
+        pack_volume = pack_bind.split(':').next().unwrap().to_string();
+        assert!(pack_volume.starts_with("attune-pack-"), "{pack_volume}");
         assert_eq!(spec.labels["attune.agent-delivery"], "volume");
         let calls = harness.docker.calls();
-        let uploaded = uploads(&calls);
-        let action_upload = uploaded.last().expect("pack files uploaded");
-        assert!(
-            !action_upload
-                .iter()
-                .any(|(path, _, _)| path.contains("attune-agent")),
-            "the agent is not copied: {action_upload:?}"
-        );
-        assert!(action_upload.iter().any(|(path, mode, _)| path
-            == "opt/attune/packs/hello/actions/greet.sh"
-            && *mode == 0o755));
         let helpers = count(
             &calls,
             |call| matches!(call, DockerCall::CreateContainer(spec) if spec.labels.get("attune.role").map(String::as_str) == Some("volume-fill")),
         );
         assert_eq!(
             helpers,
-            if round == 0 { 1 } else { 0 },
-            "filled once per process"
+            if round == 0 { 2 } else { 0 },
+            "agent and pack volumes filled once per process"
+        );
+        assert_eq!(
+            uploads(&calls).len(),
+            helpers,
+            "only the volume fills upload anything: nothing is copied into the action's container"
         );
         assert!(
             !calls.iter().any(|call| matches!(call, DockerCall::Start(id) if harness.docker.container(id).is_some_and(|c| c.spec.labels.contains_key("attune.role")))),
             "the fill helper is never started"
         );
     }
+    let pack = harness.docker.volume(&pack_volume).expect("pack volume");
+    assert_eq!(pack.files["actions/greet.sh"].mode, 0o755);
     let filled = harness.docker.volume(&volume).expect("agent volume");
     assert_eq!(filled.labels["attune.agent-sha256"], agent.sha256);
     assert_eq!(filled.labels["attune.managed"], "true");
