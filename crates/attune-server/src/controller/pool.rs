@@ -114,13 +114,29 @@ impl Pool {
 }
 
 /// Every pool of one controller.
-#[derive(Default)]
 pub struct Pools {
     pools: Mutex<BTreeMap<PoolKey, Pool>>,
     /// Woken when a container is returned, retired or finished starting.
     returned: Notify,
     /// Set at shutdown: containers coming back or finishing their start are retired.
     shutting_down: std::sync::atomic::AtomicBool,
+    /// Bounds warm containers being created at once: refilling a large pool must not open
+    /// hundreds of engine connections (and memory) in one burst.
+    starts: tokio::sync::Semaphore,
+}
+
+/// Warm containers created at once, across all pools.
+const CONCURRENT_WARM_STARTS: usize = 8;
+
+impl Default for Pools {
+    fn default() -> Self {
+        Pools {
+            pools: Mutex::default(),
+            returned: Notify::new(),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
+            starts: tokio::sync::Semaphore::new(CONCURRENT_WARM_STARTS),
+        }
+    }
 }
 
 impl Pools {
@@ -303,6 +319,12 @@ impl Controller {
         key: &PoolKey,
         template: &PoolTemplate,
     ) -> Result<WarmContainer, ExecutionFailure> {
+        let _start_permit = self
+            .pools
+            .starts
+            .acquire()
+            .await
+            .expect("the warm start semaphore is never closed");
         let short_id = &uuid::Uuid::new_v4().simple().to_string()[..10];
         let agent_id = format!("pool-{short_id}");
         let mut spec = self.create_spec(0, &agent_id, &template.container_spec, &template.image);
