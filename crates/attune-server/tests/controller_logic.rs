@@ -602,8 +602,9 @@ async fn agent_that_never_reports_is_injection_failed_and_killed() {
 #[tokio::test]
 async fn cancel_is_sent_to_the_agent_and_enforced_by_killing() {
     let mut harness = Harness::with_busybox().await;
-    let (id, run) = harness.spawn_greet().await;
-    let agent_id = harness.next_job_agent().await;
+    // Cancel only once the container runs: earlier, the controller never starts it at all
+    // (cancel_before_start_never_starts_the_container).
+    let (id, agent_id, _container_id, run) = harness.start_greet().await;
     harness.apply(running_event(&agent_id, id, None)).await;
     harness.store.request_cancel(id).await.unwrap();
     harness.signals.cancel(id);
@@ -1199,17 +1200,16 @@ fn registered_agent_digest_is_compared_with_the_label() {
 #[tokio::test]
 async fn silent_agent_loses_its_lease_and_the_execution_fails() {
     let mut harness = Harness::with_settings(ControllerSettings {
-        lease: Duration::from_millis(600),
+        lease: Duration::from_millis(1500),
         ..settings(Duration::from_secs(10))
     })
     .await;
     harness.docker.add_image("busybox:1.36", "amd64");
-    let (id, run) = harness.spawn_greet().await;
-    let agent_id = harness.next_job_agent().await;
+    let (id, agent_id, _container_id, run) = harness.start_greet().await;
     harness.apply(running_event(&agent_id, id, None)).await;
-    // Two heartbeats keep the lease (600 ms) alive past its first expiry...
-    for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(400)).await;
+    // Heartbeats every 500 ms keep the lease (1.5 s) alive well past its first expiry...
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let heartbeat = AgentEvent::Heartbeat {
             agent_id: agent_id.clone(),
             running: vec![id],
