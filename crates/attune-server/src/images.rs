@@ -102,10 +102,9 @@ impl ImageResolver {
             .entry(image.to_string())
             .or_default()
             .clone();
-        let started_waiting = Instant::now();
         let _guard = lock.lock().await;
-        let pulled_meanwhile = started_waiting.elapsed() > Duration::from_millis(1);
-        if policy != PullPolicy::Always || pulled_meanwhile {
+        // Whoever held the lock may have pulled it; `always` pulls regardless.
+        if policy != PullPolicy::Always {
             if let Some(info) = self.inspect(image).await? {
                 return Ok(info);
             }
