@@ -17,4 +17,4 @@ esac
 # Leftovers of an interrupted run.
 docker ps -aq --filter label=attune.bench=agent-delivery | xargs -r -n1 docker rm -f >/dev/null  # one at a time (see benchlib.py)
 
-exec cargo run --quiet -p attune-server --example agent_delivery -- "$@"
+exec cargo run --quiet -p attune-controller --example agent_delivery -- "$@"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where the time of one cold execution goes, step by step, for both agent delivery paths.
 
-Each path gets a private attune-server (RUST_LOG=attune_server=debug) whose Docker engine is
+Each path gets a private attune-server (RUST_LOG=attune_controller=debug) whose Docker engine is
 reached through a timing proxy (docker_proxy.py: it records when each HTTP request to the
 engine was sent and when its answer began). Executions of `bench.echo` run one at a time; for
 each, the client's submit time, the execution's database timestamps (microseconds), the
@@ -190,7 +190,7 @@ def main():
                 os.path.join(socket_dir, f"{delivery}.sock")).start()
             servers[delivery] = BenchServer(
                 f"breakdown-{delivery}", {"ATTUNE__DOCKER__AGENT_DELIVERY": delivery},
-                rust_log="info,attune_server=debug",
+                rust_log="info,attune_server=debug,attune_controller=debug,attune_store=debug",
                 docker_host=f"unix://{proxies[delivery].listen_path}").__enter__()
             servers[delivery].register_pack("bench")
         proxies["docker run"] = DockerTimingProxy(

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where the time of one warm-pool execution goes, step by step.
 
-A private attune-server with RUST_LOG=attune_server=debug runs `bench.warm_echo` (a pool of
+A private attune-server with RUST_LOG=attune_controller=debug runs `bench.warm_echo` (a pool of
 4 ready busybox workers) one execution at a time. For each, the client's submit and
 terminal-seen times, the execution's database timestamps (each is the start of the statement
 that wrote it, microseconds) and the server's debug log lines (each written after the step
@@ -64,7 +64,7 @@ def main():
     database_settings = dict(setting.split("=", 1) for setting in args.database_setting)
     load_before = load_average()
     runs = {}
-    with BenchServer("warm-breakdown", rust_log="info,attune_server=debug",
+    with BenchServer("warm-breakdown", rust_log="info,attune_server=debug,attune_controller=debug,attune_store=debug",
                      database_settings=database_settings) as server:
         server.register_pack("bench")
         for _ in range(20):

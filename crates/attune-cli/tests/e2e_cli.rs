@@ -2,7 +2,7 @@
 //! the newcomer's commands from the README, with their exit codes.
 
 use attune_protocol::api::{ExecutionStatus, ExecutionView};
-use attune_server::testing::TestServer;
+use attune_testkit::TestServer;
 use std::path::PathBuf;
 use std::process::Output;
 

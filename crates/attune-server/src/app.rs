@@ -3,17 +3,19 @@
 //! future completes, then drains. Every background task is aborted when [`run`] is dropped, so
 //! an aborted server (a simulated crash) leaves nothing running behind it.
 
-use crate::api::{router, AppState};
-use crate::broker::{AgentChannel, Broker, BrokerError};
 use crate::config::Settings;
-use crate::controller::{AgentBinary, AgentBinaryError, Controller, ControllerSettings};
-use crate::db::{Store, StoreError};
-use crate::docker::bollard_engine::BollardEngine;
-use crate::docker::{DockerError, DockerOps};
-use crate::scheduler::{
+use attune_api::{AppState, ControlPlane};
+use attune_broker::{AgentChannel, Broker, BrokerError};
+use attune_controller::scheduler::{
     reconcile_at_start, run_periodic_reconcile, run_scheduler, SchedulerWakeup,
 };
-use crate::signals::ExecutionSignals;
+use attune_controller::signals::ExecutionSignals;
+use attune_controller::{AgentBinary, AgentBinaryError, Controller, ControllerSettings};
+use attune_docker::bollard_engine::BollardEngine;
+use attune_docker::{DockerError, DockerOps};
+use attune_protocol::api::{ContainerView, PoolView};
+use attune_protocol::AgentCommand;
+use attune_store::{Store, StoreError};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,7 +74,7 @@ pub async fn run(
         .await?,
     );
     let engine = BollardEngine::connect(settings.docker.host.as_deref()).await?;
-    let engine_is_local = crate::delivery::engine_is_local(engine.docker_host());
+    let engine_is_local = attune_controller::delivery::engine_is_local(engine.docker_host());
     let docker: Arc<dyn DockerOps> = Arc::new(engine);
     let host_cpus = match docker.engine_info().await {
         Ok(info) => {
@@ -108,13 +110,17 @@ pub async fn run(
 
     // Reports that arrived while no server ran must reach the supervisions adopted below.
     let consumer = broker.consume_events(64).await?;
-    let events_task = tokio::spawn(crate::events::consume_events(
-        consumer,
-        store.clone(),
-        signals.clone(),
-    ));
+    let events_task = {
+        let store = store.clone();
+        let signals = signals.clone();
+        tokio::spawn(attune_broker::apply_deliveries(consumer, move |event| {
+            let store = store.clone();
+            let signals = signals.clone();
+            async move { attune_controller::events::apply_event(&store, &signals, event).await }
+        }))
+    };
     tasks.track(&events_task);
-    let status_feed = crate::status_feed::StatusFeed::default();
+    let status_feed = attune_store::status_feed::StatusFeed::default();
     let status_feed_task = tokio::spawn(status_feed.clone().run(store.clone()));
     tasks.track(&status_feed_task);
 
@@ -153,28 +159,31 @@ pub async fn run(
     tasks.track(&pool_task);
     tasks.track(&scheduler_task);
 
-    let state = AppState {
-        store,
+    let control = LocalControlPlane {
         docker,
         agents,
-        broker_health: broker.clone(),
+        broker: broker.clone(),
         signals,
         wakeup,
-        max_pack_bytes: settings.server.max_pack_bytes,
         controller,
+    };
+    let state = AppState {
+        store,
+        max_pack_bytes: settings.server.max_pack_bytes,
+        control: Arc::new(control),
         status_feed,
         validators: Default::default(),
     };
     let address = listener.local_addr()?;
     tracing::info!(%address, "attune-server listening");
     let http_stop = stop.clone();
-    let serve = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+    let served = attune_api::serve(listener, state, async move {
         tokio::select! {
             _ = shutdown => {}
             _ = http_stop.cancelled() => {}
         }
-    });
-    let served = serve.await;
+    })
+    .await;
     tracing::info!("shutting down: no new executions; waiting for running ones");
     stop.cancel();
     if let Err(error) = scheduler_task.await {
@@ -215,5 +224,72 @@ fn controller_settings(
         timeout_slack: Duration::from_secs(5),
         lease: Duration::from_secs(settings.executor.lease_seconds),
         registry_auth: settings.docker.registry_auth.clone(),
+    }
+}
+
+/// The controller of this process, as the API sees it.
+struct LocalControlPlane {
+    docker: Arc<dyn DockerOps>,
+    agents: Arc<dyn AgentChannel>,
+    broker: Arc<Broker>,
+    signals: ExecutionSignals,
+    wakeup: SchedulerWakeup,
+    controller: Controller,
+}
+
+#[async_trait::async_trait]
+impl ControlPlane for LocalControlPlane {
+    async fn checks(&self) -> Vec<(&'static str, Result<(), String>)> {
+        let message_queue = if self.broker.is_connected() {
+            Ok(())
+        } else {
+            Err("not connected".to_string())
+        };
+        let docker = self.docker.ping().await.map_err(|error| error.to_string());
+        vec![("message_queue", message_queue), ("docker", docker)]
+    }
+
+    fn details(&self) -> serde_json::Value {
+        // Informational: supervisors fall back to waiting on containers while the stream is down.
+        let tracker = self.controller.lifecycle();
+        serde_json::json!({
+            "following": tracker.is_following(),
+            "connections": tracker.connections(),
+            "events_received": tracker.events_received(),
+            "last_event_connection": tracker.last_event_connection(),
+        })
+    }
+
+    fn pool_views(&self) -> Vec<PoolView> {
+        self.controller.pool_views()
+    }
+
+    fn pool_container_views(&self) -> Vec<ContainerView> {
+        self.controller.pool_container_views()
+    }
+
+    fn check_action_image(&self, container: Option<&serde_json::Value>) -> Result<(), String> {
+        self.controller
+            .settings()
+            .policy
+            .check_action_image(container)
+            .map_err(|error| error.to_string())
+    }
+
+    fn execution_requested(&self) {
+        self.wakeup.wake();
+    }
+
+    async fn cancel_requested(&self, execution_id: i64, agent_id: Option<&str>) {
+        if let Some(agent_id) = agent_id {
+            if let Err(error) = self
+                .agents
+                .send_command(agent_id, &AgentCommand::Cancel { execution_id })
+                .await
+            {
+                tracing::error!(execution_id, %error, "send cancel to agent");
+            }
+        }
+        self.signals.cancel(execution_id);
     }
 }

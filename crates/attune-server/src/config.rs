@@ -1,6 +1,6 @@
 //! Server settings: defaults < config file < `ATTUNE__SECTION__KEY` environment < command-line flags.
 
-use crate::delivery::AgentDelivery;
+use attune_controller::delivery::AgentDelivery;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -80,20 +80,20 @@ pub struct DockerSettings {
     /// file, or `ATTUNE__DOCKER__REGISTRY_AUTH='{"ghcr.io": {"username": "...", "password":
     /// "..."}}'` (JSON) in the environment. Passwords are never logged.
     #[serde(default)]
-    pub registry_auth: crate::docker::RegistryAuth,
+    pub registry_auth: attune_docker::RegistryAuth,
 }
 
 impl DockerSettings {
     /// `default_memory` in bytes (`None`: no limit).
     pub fn default_memory_bytes(&self) -> Option<i64> {
-        crate::limits::parse_default_memory(&self.default_memory)
+        attune_controller::limits::parse_default_memory(&self.default_memory)
             .ok()
             .flatten()
     }
 
     /// The allow-lists as a policy (checked valid by [`Settings::load`]).
-    pub fn execution_policy(&self) -> crate::limits::ExecutionPolicy {
-        crate::limits::ExecutionPolicy::new(
+    pub fn execution_policy(&self) -> attune_controller::limits::ExecutionPolicy {
+        attune_controller::limits::ExecutionPolicy::new(
             &self.allowed_images,
             &self.allowed_capabilities,
             self.default_image.clone(),
@@ -255,13 +255,15 @@ impl Settings {
                 reason: "must be at least 1".into(),
             });
         }
-        if let Err(reason) = crate::limits::parse_default_memory(&self.docker.default_memory) {
+        if let Err(reason) =
+            attune_controller::limits::parse_default_memory(&self.docker.default_memory)
+        {
             return Err(SettingsError::Invalid {
                 key: "docker.default_memory",
                 reason,
             });
         }
-        if let Err(reason) = crate::limits::ExecutionPolicy::new(
+        if let Err(reason) = attune_controller::limits::ExecutionPolicy::new(
             &self.docker.allowed_images,
             &self.docker.allowed_capabilities,
             None,

@@ -6,7 +6,7 @@
 //! scripts/build-agent.sh (`make test` provides all of them).
 
 use attune_protocol::api::{ErrorBody, ExecutionStatus, ExecutionView, List};
-use attune_server::testing::{TestClient, TestServer};
+use attune_testkit::{TestClient, TestServer};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::Duration;

@@ -7,7 +7,7 @@
 //! dockerd running, started the way scripts/setup-host.sh starts it.
 
 use attune_protocol::api::{ExecutionStatus, ExecutionView};
-use attune_server::testing::{ContainerGuard, TestClient, TestServer};
+use attune_testkit::{ContainerGuard, TestClient, TestServer};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

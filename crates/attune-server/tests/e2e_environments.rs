@@ -3,7 +3,7 @@
 //! shared `attune-envs` volume, the next reuses it untouched, and a changed dependency file gets
 //! an environment of its own. Needs `scripts/build-images.sh python-venv` (`make test` builds it).
 
-use attune_server::testing::{TestClient, TestServer};
+use attune_testkit::{TestClient, TestServer};
 use serde_json::json;
 use std::path::Path;
 use std::time::Duration;

@@ -8,7 +8,7 @@
 //! scripts/build-agent.sh (`make test` provides all of them).
 
 use attune_protocol::api::ExecutionStatus;
-use attune_server::testing::{
+use attune_testkit::{
     assert_no_containers_left, containers_of, wait_no_containers, ContainerGuard, TestClient,
     TestDatabase, TestEnvironment, TestServer,
 };

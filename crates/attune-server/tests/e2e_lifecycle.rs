@@ -9,7 +9,7 @@
 //! scripts/build-agent.sh (`make test` provides all of them).
 
 use attune_protocol::api::{ErrorBody, ExecutionStatus};
-use attune_server::testing::{
+use attune_testkit::{
     containers_of, wait_no_containers, ContainerGuard, TestClient, TestEnvironment, TestServer,
 };
 use bollard::container::{InspectContainerOptions, ListContainersOptions};

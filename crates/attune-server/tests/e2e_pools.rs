@@ -2,7 +2,7 @@
 //! never exceed max, never cross packs, and are all removed when the server stops.
 
 use attune_protocol::api::ExecutionStatus;
-use attune_server::testing::{containers_of, TestClient, TestServer};
+use attune_testkit::{containers_of, TestClient, TestServer};
 use serde_json::json;
 use std::collections::HashSet;
 use std::path::PathBuf;

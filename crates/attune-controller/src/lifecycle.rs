@@ -8,8 +8,8 @@
 //! tracker only adds knowledge: supervisors keep `wait_container` as a fallback, so no execution
 //! depends on the stream being up.
 
-use crate::controller::{LABEL_CONTROLLER, LABEL_MANAGED};
-use crate::docker::{ContainerEvent, DockerOps};
+use attune_docker::labels::{LABEL_CONTROLLER, LABEL_MANAGED};
+use attune_docker::{ContainerEvent, DockerOps};
 use backon::BackoffBuilder;
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -284,8 +284,8 @@ impl LifecycleTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docker::fake::RecordingDocker;
-    use crate::docker::{ContainerCreateSpec, DockerError};
+    use attune_docker::fake::RecordingDocker;
+    use attune_docker::{ContainerCreateSpec, DockerError};
     use std::collections::BTreeMap;
 
     const DEADLINE: Duration = Duration::from_secs(10);

@@ -2,7 +2,7 @@
 //! inspections (the warm path must not pay an engine round trip per execution), and one pull at
 //! a time per image — concurrent executions needing the same missing image share its pull.
 
-use crate::docker::{DockerError, DockerOps, ImageInfo, RegistryAuth};
+use attune_docker::{DockerError, DockerOps, ImageInfo, RegistryAuth};
 use attune_protocol::api::{ContainerSpec, PullPolicy};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -137,7 +137,7 @@ impl ImageResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docker::fake::{DockerCall, RecordingDocker};
+    use attune_docker::fake::{DockerCall, RecordingDocker};
 
     fn spec(image: &str, pull_policy: PullPolicy) -> ContainerSpec {
         ContainerSpec {

@@ -1,4 +1,5 @@
-//! The Docker operations the controller needs, behind one trait.
+//! `attune-docker`: the Docker operations the controller needs, behind one trait; the only crate
+//! that depends on bollard.
 //!
 //! [`bollard_engine::BollardEngine`] talks to a real engine (negotiating the API version down to
 //! what the engine speaks, 1.41 for Docker 20.10); [`fake::RecordingDocker`] records every call
@@ -6,7 +7,9 @@
 
 pub mod archive;
 pub mod bollard_engine;
+#[cfg(any(test, feature = "fake"))]
 pub mod fake;
+pub mod labels;
 
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;

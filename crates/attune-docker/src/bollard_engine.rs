@@ -5,7 +5,7 @@
 //! controller branches on: unreachable engine → `Unavailable`, HTTP 404 → `NotFound`, failed
 //! pulls → `PullFailed`, anything else the engine refuses → `Rejected`.
 
-use super::{
+use crate::{
     registry_of, ContainerCreateSpec, ContainerEvent, ContainerState, ContainerSummary,
     DockerError, DockerOps, EngineInfo, ImageInfo, RegistryCredentials, VolumeInfo,
     DOCKER_HUB_REGISTRY,
@@ -76,11 +76,6 @@ impl BollardEngine {
     /// The address this engine was reached at.
     pub fn docker_host(&self) -> &str {
         &self.docker_host
-    }
-
-    /// The underlying bollard client, for callers that need an operation the trait lacks.
-    pub fn client(&self) -> &Docker {
-        &self.docker
     }
 }
 
@@ -742,7 +737,7 @@ mod tests {
         assert_eq!(compression_of(&[0x1f, 0x8b, 0x08, 0x00]), Some("gzip"));
         assert_eq!(compression_of(b"BZh91AY"), Some("bzip2"));
         assert_eq!(compression_of(b"opt/\0\0\0"), None);
-        let mut plain = super::super::archive::InjectionArchive::new();
+        let mut plain = crate::archive::InjectionArchive::new();
         plain.add_file("a", 0o644, "x").unwrap();
         assert_eq!(compression_of(&plain.finish()), None);
     }

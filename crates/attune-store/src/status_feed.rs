@@ -2,7 +2,7 @@
 //! trigger on every status change), so API requests can wait for an execution to end without
 //! polling — whichever server stored the change.
 
-use crate::db::Store;
+use crate::Store;
 use attune_protocol::api::ExecutionStatus;
 use std::time::Duration;
 use tokio::sync::broadcast;

@@ -6,16 +6,16 @@
 //! copied in with put_archive before start), `volume` (the shared agent volume mounted
 //! read-only; filled once before the rounds, and that fill is timed on its own).
 //!
-//! usage: cargo run -p attune-server --example agent_delivery -- [--iterations N]
+//! usage: cargo run -p attune-controller --example agent_delivery -- [--iterations N]
 //!        [--agent PATH] [--image IMAGE]
 //! Prints a Markdown table of medians and 90th percentiles, in milliseconds.
 
 use anyhow::{bail, Context};
-use attune_server::controller::AgentBinary;
-use attune_server::delivery::{agent_volume_name, VolumeContent, VolumeFiller};
-use attune_server::docker::archive::{InjectionArchive, EXECUTABLE_MODE};
-use attune_server::docker::bollard_engine::BollardEngine;
-use attune_server::docker::{ContainerCreateSpec, DockerOps};
+use attune_controller::delivery::{agent_volume_name, VolumeContent, VolumeFiller};
+use attune_controller::execution::AgentBinary;
+use attune_docker::archive::{InjectionArchive, EXECUTABLE_MODE};
+use attune_docker::bollard_engine::BollardEngine;
+use attune_docker::{ContainerCreateSpec, DockerOps};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;

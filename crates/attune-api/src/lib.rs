@@ -1,18 +1,15 @@
-//! The HTTP API (axum): packs, actions, executions, logs, cancel, health.
+//! `attune-api`: the HTTP API (axum) — packs, actions, executions, logs, cancel, health. The
+//! only crate that depends on axum; it reads and writes Postgres through the store and reaches
+//! the controllers only through [`ControlPlane`].
 //!
 //! Every error is JSON `{"error", "detail"}` with a fitting status code.
 
-use crate::broker::AgentChannel;
-use crate::db::{ActionRow, ExecutionFilter, NewPack, PackRow, Store, StoreError};
-use crate::docker::DockerOps;
-use crate::scheduler::SchedulerWakeup;
-use crate::signals::ExecutionSignals;
-use crate::status_feed::StatusFeed;
 use attune_protocol::api::{
     ActionView, ContainerSpec, ContainerView, CreateExecutionRequest, ErrorBody, ExecutionStatus,
     ExecutionView, List, LogChunkView, PackView, PoolView,
 };
-use attune_protocol::AgentCommand;
+use attune_store::status_feed::StatusFeed;
+use attune_store::{ActionRow, ExecutionFilter, NewPack, PackRow, Store, StoreError};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -26,29 +23,32 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Reports whether the message queue connection is up.
-pub trait BrokerHealth: Send + Sync + 'static {
-    fn is_connected(&self) -> bool;
-}
-
-impl BrokerHealth for crate::broker::Broker {
-    fn is_connected(&self) -> bool {
-        crate::broker::Broker::is_connected(self)
-    }
+/// What the API needs from the controllers: their health, their pools, and wakeups.
+#[async_trait::async_trait]
+pub trait ControlPlane: Send + Sync + 'static {
+    /// Named checks (`message_queue`, `docker`), each `Ok` or the reason it fails.
+    async fn checks(&self) -> Vec<(&'static str, Result<(), String>)>;
+    /// Extra, informational readiness details (e.g. the engine's events stream).
+    fn details(&self) -> serde_json::Value;
+    /// The warm pools.
+    fn pool_views(&self) -> Vec<PoolView>;
+    /// The warm pools' containers.
+    fn pool_container_views(&self) -> Vec<ContainerView>;
+    /// Whether the operator's image allow-list admits an action's stored container settings.
+    fn check_action_image(&self, container: Option<&serde_json::Value>) -> Result<(), String>;
+    /// An execution was requested.
+    fn execution_requested(&self);
+    /// A cancel of a live execution was stored; tell whoever runs it.
+    async fn cancel_requested(&self, execution_id: i64, agent_id: Option<&str>);
 }
 
 /// Everything the handlers use.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
-    pub docker: Arc<dyn DockerOps>,
-    pub agents: Arc<dyn AgentChannel>,
-    pub broker_health: Arc<dyn BrokerHealth>,
-    pub signals: ExecutionSignals,
-    pub wakeup: SchedulerWakeup,
     pub max_pack_bytes: u64,
-    /// For pool and container views.
-    pub controller: crate::controller::Controller,
+    /// The controllers' side: health, pools, wakeups.
+    pub control: Arc<dyn ControlPlane>,
     /// Status changes, for requests that wait for an execution to end.
     pub status_feed: StatusFeed,
     /// Compiled parameter schemas.
@@ -152,6 +152,17 @@ impl From<JsonRejection> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// Serves the API on `listener` until `shutdown` resolves (requests in flight finish).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 /// The API router.
 pub fn router(state: AppState) -> Router {
     let pack_body_limit = state.max_pack_bytes as usize + 1;
@@ -185,32 +196,23 @@ async fn livez() -> Json<serde_json::Value> {
 
 async fn readyz(State(state): State<AppState>) -> Response {
     let database = state.store.ping().await.map_err(|error| error.to_string());
-    let message_queue = if state.broker_health.is_connected() {
-        Ok(())
-    } else {
-        Err("not connected".to_string())
-    };
-    let docker = state.docker.ping().await.map_err(|error| error.to_string());
-    let check = |result: &Result<(), String>| match result {
-        Ok(()) => json!("ok"),
-        Err(error) => json!(error),
-    };
-    let ready = database.is_ok() && message_queue.is_ok() && docker.is_ok();
-    // Informational: supervisors fall back to waiting on containers while the stream is down.
-    let tracker = state.controller.lifecycle();
+    let mut checks = vec![("database", database)];
+    checks.extend(state.control.checks().await);
+    let ready = checks.iter().all(|(_, result)| result.is_ok());
+    let checks: serde_json::Map<String, serde_json::Value> = checks
+        .into_iter()
+        .map(|(name, result)| {
+            let value = match result {
+                Ok(()) => json!("ok"),
+                Err(error) => json!(error),
+            };
+            (name.to_string(), value)
+        })
+        .collect();
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
-        "checks": {
-            "database": check(&database),
-            "message_queue": check(&message_queue),
-            "docker": check(&docker),
-        },
-        "docker_events": {
-            "following": tracker.is_following(),
-            "connections": tracker.connections(),
-            "events_received": tracker.events_received(),
-            "last_event_connection": tracker.last_event_connection(),
-        }
+        "checks": checks,
+        "docker_events": state.control.details(),
     });
     let status = if ready {
         StatusCode::OK
@@ -268,7 +270,7 @@ async fn register_pack(
     tracing::info!(pack = %pack.pack_ref, actions = pack.actions.len(), "pack registered");
     Ok((
         StatusCode::CREATED,
-        Json(pack.to_view(crate::db::format_time(row.registered_at))),
+        Json(pack.to_view(attune_store::format_time(row.registered_at))),
     ))
 }
 
@@ -315,7 +317,7 @@ fn pack_view(pack: &PackRow, actions: Vec<String>) -> PackView {
         description: pack.description.clone(),
         version: pack.version.clone(),
         actions,
-        registered_at: crate::db::format_time(pack.registered_at),
+        registered_at: attune_store::format_time(pack.registered_at),
     }
 }
 
@@ -328,9 +330,10 @@ fn action_view(action: &ActionRow) -> ActionView {
         runner_type: action.runner_type.clone(),
         entry_point: action.entry_point.clone(),
         parameters: action.parameters_schema.clone(),
-        parameter_delivery: crate::db::enum_from_name(&action.parameter_delivery)
+        parameter_delivery: attune_store::enum_from_name(&action.parameter_delivery)
             .unwrap_or_default(),
-        parameter_format: crate::db::enum_from_name(&action.parameter_format).unwrap_or_default(),
+        parameter_format: attune_store::enum_from_name(&action.parameter_format)
+            .unwrap_or_default(),
         timeout: action.timeout_seconds.max(0) as u64,
         container: action
             .container
@@ -339,7 +342,7 @@ fn action_view(action: &ActionRow) -> ActionView {
         isolation: action
             .isolation
             .as_deref()
-            .and_then(crate::db::enum_from_name),
+            .and_then(attune_store::enum_from_name),
         pool: action
             .pool
             .clone()
@@ -394,9 +397,7 @@ async fn create_execution(
     }
     // The operator's image allow-list (the controller checks again before creating).
     state
-        .controller
-        .settings()
-        .policy
+        .control
         .check_action_image(action.container.as_ref())
         .map_err(|error| {
             ApiError::new(
@@ -418,7 +419,7 @@ async fn create_execution(
         })?;
     let execution = state.store.create_execution(&action, &parameters).await?;
     tracing::info!(execution_id = execution.id, action = %action.action_ref, "execution requested");
-    state.wakeup.wake();
+    state.control.execution_requested();
     Ok((StatusCode::CREATED, Json(execution.to_view())))
 }
 
@@ -548,7 +549,7 @@ async fn cancel_execution(
     let marked = state.store.request_cancel(execution_id).await?;
     if marked.status() == ExecutionStatus::Requested {
         let fields =
-            crate::db::TransitionFields::error("canceled", "canceled before it was scheduled");
+            attune_store::TransitionFields::error("canceled", "canceled before it was scheduled");
         if let Some(row) = state
             .store
             .transition(execution_id, ExecutionStatus::Canceled, fields)
@@ -559,29 +560,23 @@ async fn cancel_execution(
         }
     }
     let row = state.store.get_execution(execution_id).await?;
-    if let Some(agent_id) = &row.agent_id {
-        if let Err(error) = state
-            .agents
-            .send_command(agent_id, &AgentCommand::Cancel { execution_id })
-            .await
-        {
-            tracing::error!(execution_id, %error, "send cancel to agent");
-        }
-    }
-    state.signals.cancel(execution_id);
+    state
+        .control
+        .cancel_requested(execution_id, row.agent_id.as_deref())
+        .await;
     tracing::info!(execution_id, "cancel requested");
     Ok((StatusCode::ACCEPTED, Json(row.to_view())))
 }
 
 async fn list_pools(State(state): State<AppState>) -> Json<List<PoolView>> {
     Json(List {
-        items: state.controller.pool_views(),
+        items: state.control.pool_views(),
     })
 }
 
 /// Warm pool containers from memory, per-execution containers from live executions.
 async fn list_containers(State(state): State<AppState>) -> ApiResult<Json<List<ContainerView>>> {
-    let mut items = state.controller.pool_container_views();
+    let mut items = state.control.pool_container_views();
     let pooled: std::collections::HashSet<String> =
         items.iter().map(|view| view.container_id.clone()).collect();
     for execution in state.store.live_executions().await? {

@@ -1,14 +1,16 @@
-//! The server's side of RabbitMQ: commands to agents' own queues, events from the shared queue.
+//! `attune-broker`: the controller's side of RabbitMQ (commands to agents' own queues, events
+//! from the controller's events queue); the only crate besides the agent that depends on lapin.
 //!
 //! Publishing uses publisher confirms and persistent messages; consuming uses manual acks.
 //! [`AgentChannel`] is what the controller needs, so its logic is tested with a recording fake.
 
 use async_trait::async_trait;
 use attune_protocol::queues::agent_job_queue;
-use attune_protocol::AgentCommand;
+use attune_protocol::{AgentCommand, AgentEvent};
+use futures_util::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
@@ -156,6 +158,25 @@ impl Broker {
             .map_err(amqp(format!("consume {queue}")))
     }
 
+    /// Consumes the events queue until the consumer ends, handing each decoded event to
+    /// `apply` and acking it only after `apply` succeeded; an event `apply` fails on is nacked
+    /// (after a short pause) so the broker redelivers it. A message that is not an event is
+    /// logged and dropped.
+    pub async fn consume_events_with<F, Fut, E>(
+        &self,
+        prefetch: u16,
+        apply: F,
+    ) -> Result<(), BrokerError>
+    where
+        F: Fn(AgentEvent) -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let consumer = self.consume_events(prefetch).await?;
+        apply_deliveries(consumer, apply).await;
+        Ok(())
+    }
+
     /// Closes the connection.
     pub async fn close(&self) {
         if let Err(error) = self
@@ -223,6 +244,53 @@ impl AgentChannel for Broker {
             .map_err(amqp(format!("delete queue {queue}")))?;
         Ok(())
     }
+}
+
+/// Drives a consumer of agent events: decode, apply, then ack (or nack to retry).
+pub async fn apply_deliveries<F, Fut, E>(mut consumer: Consumer, apply: F)
+where
+    F: Fn(AgentEvent) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    while let Some(delivery) = consumer.next().await {
+        let delivery = match delivery {
+            Ok(delivery) => delivery,
+            Err(error) => {
+                tracing::error!(%error, "receive agent event");
+                continue;
+            }
+        };
+        let event: AgentEvent = match serde_json::from_slice(&delivery.data) {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::error!(%error, "drop malformed agent event");
+                if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+                    tracing::error!(%error, "ack malformed agent event");
+                }
+                continue;
+            }
+        };
+        match apply(event).await {
+            Ok(()) => {
+                if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+                    tracing::error!(%error, "ack agent event");
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "store agent event; it will be redelivered");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let options = BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                };
+                if let Err(error) = delivery.nack(options).await {
+                    tracing::error!(%error, "nack agent event");
+                }
+            }
+        }
+    }
+    tracing::warn!("agent events consumer ended");
 }
 
 /// The URL without its password, for messages.

@@ -10,16 +10,19 @@
 
 pub mod pool;
 
-use crate::broker::AgentChannel;
-use crate::db::{enum_from_name, ActionRow, ExecutionRow, Store, TransitionFields};
 use crate::delivery::{
     agent_volume_name, pack_volume_name, AgentDelivery, VolumeContent, VolumeError, VolumeFiller,
 };
-use crate::docker::archive::InjectionArchive;
-use crate::docker::{ContainerCreateSpec, DockerError, DockerOps, ImageInfo, RegistryAuth};
 use crate::lifecycle::{ContainerWatch, LifecycleTracker};
 use crate::limits::{container_limits, ExecutionPolicy};
 use crate::signals::{ExecutionSignal, ExecutionSignals};
+use attune_broker::AgentChannel;
+use attune_docker::archive::InjectionArchive;
+use attune_docker::labels::{
+    LABEL_AGENT_DELIVERY, LABEL_AGENT_ID, LABEL_AGENT_SHA256, LABEL_CONTROLLER, LABEL_EXECUTION,
+    LABEL_MANAGED, LABEL_PACK_SHA256, LABEL_ROLE,
+};
+use attune_docker::{ContainerCreateSpec, DockerError, DockerOps, ImageInfo, RegistryAuth};
 use attune_protocol::api::{ContainerSpec, ExecutionStatus, PoolSpec};
 use attune_protocol::queues::{
     AGENT_PATH_IN_CONTAINER, ENVIRONMENTS_DIR_IN_CONTAINER, ENV_AGENT_ENV_CACHE,
@@ -27,6 +30,7 @@ use attune_protocol::queues::{
     ENV_AGENT_WORKDIR, ENV_MESSAGE_QUEUE_URL, PACKS_DIR_IN_CONTAINER,
 };
 use attune_protocol::{AgentCommand, Job, Runtime, PROTOCOL_VERSION};
+use attune_store::{enum_from_name, ActionRow, ExecutionRow, Store, TransitionFields};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -39,23 +43,6 @@ pub const READ_ONLY_WORK_DIR: &str = "/tmp";
 const READ_ONLY_WORK_DIR_OPTIONS: &str = "rw,nosuid,nodev,mode=1777,size=64m";
 /// How long `auto` delivery copies the agent after a volume operation failed.
 const VOLUME_RETRY_AFTER: Duration = Duration::from_secs(300);
-
-/// Label marking every container Attune manages.
-pub const LABEL_MANAGED: &str = "attune.managed";
-/// Label naming the execution a container runs.
-pub const LABEL_EXECUTION: &str = "attune.execution";
-/// Label naming the controller that created a container.
-pub const LABEL_CONTROLLER: &str = "attune.controller";
-/// Label naming the agent id inside a container.
-pub const LABEL_AGENT_ID: &str = "attune.agent-id";
-/// Label carrying the agent's sha256 (on containers running it and volumes holding it).
-pub const LABEL_AGENT_SHA256: &str = "attune.agent-sha256";
-/// Label carrying a pack archive's sha256 on the volume holding its files.
-pub const LABEL_PACK_SHA256: &str = "attune.pack-sha256";
-/// Label naming what a helper container is for (e.g. `volume-fill`).
-pub const LABEL_ROLE: &str = "attune.role";
-/// Label naming how the agent reached a container (`volume` or `put-archive`).
-pub const LABEL_AGENT_DELIVERY: &str = "attune.agent-delivery";
 
 /// The static agent binary the controller injects.
 #[derive(Clone)]

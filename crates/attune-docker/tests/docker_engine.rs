@@ -4,12 +4,11 @@
 //! image from `scripts/build-images.sh`. Every container is labelled `attune.test=true` plus a
 //! per-test run label, and a guard removes it with `docker rm -f` even when an assertion fails.
 
-use attune_server::docker::archive::{InjectionArchive, EXECUTABLE_MODE, FILE_MODE};
-use attune_server::docker::bollard_engine::BollardEngine;
-use attune_server::docker::{
+use attune_docker::archive::{InjectionArchive, EXECUTABLE_MODE, FILE_MODE};
+use attune_docker::bollard_engine::BollardEngine;
+use attune_docker::{
     ContainerCreateSpec, ContainerEvent, DockerError, DockerOps, RegistryCredentials,
 };
-use bollard::container::InspectContainerOptions;
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -181,47 +180,36 @@ exit 7
         .await
         .expect("upload archive");
 
-    // The engine's own view of the HostConfig, read with bollard directly.
-    let inspect = engine
-        .client()
-        .inspect_container(&container_id, None::<InspectContainerOptions>)
-        .await
-        .expect("inspect with bollard");
-    let host_config = inspect.host_config.expect("host config");
-    assert_eq!(host_config.cap_drop, Some(vec!["ALL".to_string()]));
+    // The engine's own view of the HostConfig, read with the docker CLI (independent of us).
+    let inspect = docker_inspect(&container_id);
+    let host_config = &inspect["HostConfig"];
+    assert_eq!(host_config["CapDrop"], serde_json::json!(["ALL"]));
     assert_eq!(
-        host_config.cap_add,
-        Some(vec!["NET_BIND_SERVICE".to_string()])
+        host_config["CapAdd"],
+        serde_json::json!(["NET_BIND_SERVICE"])
     );
-    assert!(host_config
-        .security_opt
-        .unwrap_or_default()
-        .contains(&"no-new-privileges".to_string()));
-    assert_eq!(host_config.init, Some(true));
-    assert_eq!(host_config.pids_limit, Some(64));
-    assert_eq!(host_config.memory, Some(MEMORY_BYTES));
-    assert_eq!(host_config.memory_swap, Some(MEMORY_BYTES));
-    assert_eq!(host_config.nano_cpus, Some(500_000_000));
-    let ulimits = host_config.ulimits.unwrap_or_default();
-    let nofile = ulimits
-        .iter()
-        .find(|ulimit| ulimit.name.as_deref() == Some("nofile"))
+    assert!(host_config["SecurityOpt"]
+        .as_array()
+        .is_some_and(|options| options.contains(&serde_json::json!("no-new-privileges"))));
+    assert_eq!(host_config["Init"], true);
+    assert_eq!(host_config["PidsLimit"], 64);
+    assert_eq!(host_config["Memory"], MEMORY_BYTES);
+    assert_eq!(host_config["MemorySwap"], MEMORY_BYTES);
+    assert_eq!(host_config["NanoCpus"], 500_000_000);
+    let nofile = host_config["Ulimits"]
+        .as_array()
+        .and_then(|ulimits| ulimits.iter().find(|ulimit| ulimit["Name"] == "nofile"))
         .expect("nofile ulimit");
-    assert_eq!((nofile.soft, nofile.hard), (Some(256), Some(256)));
-    assert_eq!(host_config.network_mode.as_deref(), Some("none"));
-    assert_eq!(host_config.auto_remove, Some(false));
-    assert_eq!(host_config.readonly_rootfs, Some(false));
     assert_eq!(
-        host_config
-            .tmpfs
-            .unwrap_or_default()
-            .get("/scratch")
-            .map(String::as_str),
-        Some("rw,size=1m")
+        (&nofile["Soft"], &nofile["Hard"]),
+        (&serde_json::json!(256), &serde_json::json!(256))
     );
-    let container_config = inspect.config.expect("container config");
-    assert_eq!(container_config.user.as_deref(), Some("65534:65534"));
-    assert_eq!(container_config.working_dir.as_deref(), Some("/tmp"));
+    assert_eq!(host_config["NetworkMode"], "none");
+    assert_eq!(host_config["AutoRemove"], false);
+    assert_eq!(host_config["ReadonlyRootfs"], false);
+    assert_eq!(host_config["Tmpfs"]["/scratch"], "rw,size=1m");
+    assert_eq!(inspect["Config"]["User"], "65534:65534");
+    assert_eq!(inspect["Config"]["WorkingDir"], "/tmp");
 
     engine.start_container(&container_id).await.expect("start");
     let exit_code = tokio::time::timeout(DEADLINE, engine.wait_container(&container_id))
@@ -658,4 +646,19 @@ async fn a_volume_filled_through_a_created_container_serves_a_read_only_containe
         .remove_volume(&volume)
         .await
         .expect("removing a missing volume is not an error");
+}
+
+/// `docker inspect` of one container, as JSON.
+fn docker_inspect(container_id: &str) -> serde_json::Value {
+    let output = std::process::Command::new("docker")
+        .args(["inspect", container_id])
+        .output()
+        .expect("run docker inspect");
+    assert!(
+        output.status.success(),
+        "docker inspect {container_id} failed"
+    );
+    let mut all: Vec<serde_json::Value> =
+        serde_json::from_slice(&output.stdout).expect("docker inspect prints JSON");
+    all.pop().expect("one container")
 }

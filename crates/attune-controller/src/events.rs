@@ -3,13 +3,10 @@
 //! Each event is acked only after its effect is stored; redelivered events are harmless because
 //! status changes are conditional and log chunks are keyed by sequence number.
 
-use crate::db::{Store, StoreError, TransitionFields};
 use crate::signals::ExecutionSignals;
 use attune_protocol::api::ExecutionStatus;
 use attune_protocol::{AgentEvent, JobOutcome, JobReport};
-use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
-use std::time::Duration;
+use attune_store::{Store, StoreError, TransitionFields};
 
 /// Applies one event. Returns an error only when it should be retried (database trouble).
 pub async fn apply_event(
@@ -96,7 +93,9 @@ async fn apply_report(store: &Store, report: JobReport) -> Result<ExecutionStatu
         stderr_truncated: Some(report.stderr_truncated),
         result: report.result,
         error: report.error,
-        failure_kind: report.failure_kind.map(|kind| crate::db::enum_name(&kind)),
+        failure_kind: report
+            .failure_kind
+            .map(|kind| attune_store::enum_name(&kind)),
         ..Default::default()
     };
     match store.transition(execution_id, status, fields).await? {
@@ -111,50 +110,4 @@ async fn apply_report(store: &Store, report: JobReport) -> Result<ExecutionStatu
             Ok(current.status())
         }
     }
-}
-
-/// Consumes the events queue until the consumer ends; acks after each event is stored.
-pub async fn consume_events(
-    mut consumer: lapin::Consumer,
-    store: Store,
-    signals: ExecutionSignals,
-) {
-    while let Some(delivery) = consumer.next().await {
-        let delivery = match delivery {
-            Ok(delivery) => delivery,
-            Err(error) => {
-                tracing::error!(%error, "receive agent event");
-                continue;
-            }
-        };
-        let event: AgentEvent = match serde_json::from_slice(&delivery.data) {
-            Ok(event) => event,
-            Err(error) => {
-                tracing::error!(%error, "drop malformed agent event");
-                if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
-                    tracing::error!(%error, "ack malformed agent event");
-                }
-                continue;
-            }
-        };
-        match apply_event(&store, &signals, event).await {
-            Ok(()) => {
-                if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
-                    tracing::error!(%error, "ack agent event");
-                }
-            }
-            Err(error) => {
-                tracing::error!(%error, "store agent event; it will be redelivered");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let options = BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                };
-                if let Err(error) = delivery.nack(options).await {
-                    tracing::error!(%error, "nack agent event");
-                }
-            }
-        }
-    }
-    tracing::warn!("agent events consumer ended");
 }

@@ -3,12 +3,11 @@
 //! makes a restarted server adopt or clean up what its predecessor left, and the periodic sweep
 //! that removes containers whose execution ended or is unknown.
 
-use crate::controller::{
-    Controller, LABEL_AGENT_ID, LABEL_CONTROLLER, LABEL_EXECUTION, LABEL_MANAGED,
-};
-use crate::db::{Store, TransitionFields};
-use crate::docker::DockerOps;
+use crate::execution::Controller;
+use attune_docker::labels::{LABEL_AGENT_ID, LABEL_CONTROLLER, LABEL_EXECUTION, LABEL_MANAGED};
+use attune_docker::DockerOps;
 use attune_protocol::api::ExecutionStatus;
+use attune_store::{Store, TransitionFields};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,7 +120,7 @@ pub async fn reconcile_at_start(
         .collect();
     let mut live_by_id: HashMap<i64, _> = live.into_iter().map(|row| (row.id, row)).collect();
     for container in containers {
-        let pooled = crate::controller::pool::is_pool_container(&container.labels);
+        let pooled = crate::execution::pool::is_pool_container(&container.labels);
         let execution_id = if pooled {
             live_by_container.get(&container.id).copied()
         } else {
@@ -214,7 +213,7 @@ pub async fn sweep_containers(
     let now = chrono::Utc::now().timestamp();
     let mut report = SweepReport::default();
     for container in containers {
-        if crate::controller::pool::is_pool_container(&container.labels) {
+        if crate::execution::pool::is_pool_container(&container.labels) {
             continue;
         }
         let execution_id = container

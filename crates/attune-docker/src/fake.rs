@@ -8,7 +8,7 @@
 //! be pulled (and which registries demand a login), failures to inject for the next call of an operation, the exit code a container
 //! reports, its logs, and container events.
 
-use super::{
+use crate::{
     registry_of, ContainerCreateSpec, ContainerEvent, ContainerState, ContainerSummary,
     DockerError, DockerOps, EngineInfo, ImageInfo, RegistryCredentials, VolumeInfo,
 };
@@ -1071,7 +1071,7 @@ impl DockerOps for RecordingDocker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docker::archive::{InjectionArchive, EXECUTABLE_MODE};
+    use crate::archive::{InjectionArchive, EXECUTABLE_MODE};
     use std::time::Duration;
 
     const DEADLINE: Duration = Duration::from_secs(5);

@@ -5,21 +5,21 @@
 //! allow-lists reach (or stop) the container, and the periodic sweep removes only what it may.
 
 use async_trait::async_trait;
-use attune_protocol::api::ExecutionStatus;
-use attune_protocol::{AgentCommand, AgentEvent, Job, JobOutcome, JobReport};
-use attune_server::broker::{AgentChannel, BrokerError};
-use attune_server::controller::{
+use attune_broker::{AgentChannel, BrokerError};
+use attune_controller::delivery::AgentDelivery;
+use attune_controller::events::apply_event;
+use attune_controller::execution::{
     check_agent_sha256, AgentBinary, AgentIdentity, Controller, ControllerSettings,
 };
-use attune_server::db::{ExecutionRow, NewPack, Store};
-use attune_server::delivery::AgentDelivery;
-use attune_server::docker::fake::{DockerCall, Operation, RecordingDocker};
-use attune_server::docker::{ContainerCreateSpec, DockerError, DockerOps};
-use attune_server::events::apply_event;
-use attune_server::limits::ExecutionPolicy;
-use attune_server::scheduler::{reconcile_at_start, sweep_containers};
-use attune_server::signals::ExecutionSignals;
-use attune_server::testing::TestDatabase;
+use attune_controller::limits::ExecutionPolicy;
+use attune_controller::scheduler::{reconcile_at_start, sweep_containers};
+use attune_controller::signals::ExecutionSignals;
+use attune_docker::fake::{DockerCall, Operation, RecordingDocker};
+use attune_docker::{ContainerCreateSpec, DockerError, DockerOps};
+use attune_protocol::api::ExecutionStatus;
+use attune_protocol::{AgentCommand, AgentEvent, Job, JobOutcome, JobReport};
+use attune_store::testing::TestDatabase;
+use attune_store::{ExecutionRow, NewPack, Store};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -1104,7 +1104,7 @@ async fn periodic_sweep_removes_only_old_containers_of_ended_or_unknown_executio
         .transition(
             ended.id,
             ExecutionStatus::Failed,
-            attune_server::db::TransitionFields::error("test", "ended"),
+            attune_store::TransitionFields::error("test", "ended"),
         )
         .await
         .unwrap();
@@ -1323,7 +1323,7 @@ async fn restart_reconcile_adopts_a_busy_warm_container_by_id_and_removes_idle_o
 
 #[tokio::test]
 async fn pulls_carry_the_credentials_of_the_image_registry_and_no_others() {
-    use attune_server::docker::{RegistryAuth, RegistryCredentials};
+    use attune_docker::{RegistryAuth, RegistryCredentials};
     let hub = RegistryCredentials {
         username: "hub-user".into(),
         password: "hub-secret".into(),

@@ -7,23 +7,19 @@
 //! a container after `max_uses` executions or `idle_timeout` idle, and drains to nothing when
 //! unused for `idle_timeout`. Per-execution isolation never touches this module.
 
-use super::{Controller, ExecutionFailure, LABEL_AGENT_ID, LABEL_EXECUTION};
-use crate::db::{ActionRow, ExecutionRow};
-use crate::docker::ImageInfo;
+use super::{Controller, ExecutionFailure};
 use crate::signals::ExecutionSignal;
+use attune_docker::labels::{LABEL_AGENT_ID, LABEL_EXECUTION, LABEL_PACK, LABEL_POOL};
+use attune_docker::ImageInfo;
 use attune_protocol::api::{ContainerSpec, ContainerView, PoolSpec, PoolView};
 use attune_protocol::queues::ENV_AGENT_MODE;
 use attune_protocol::AgentCommand;
+use attune_store::{ActionRow, ExecutionRow};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
-
-/// Label naming the pool a warm container belongs to.
-pub const LABEL_POOL: &str = "attune.pool";
-/// Label naming the pack a warm container serves.
-pub const LABEL_PACK: &str = "attune.pack";
 
 /// What makes two warm containers interchangeable.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

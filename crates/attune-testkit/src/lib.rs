@@ -9,100 +9,17 @@
 //! [`ContainerGuard`] and [`TestServer::finish`] check and clean the containers a controller
 //! leaves on the shared Docker engine.
 
-use crate::config::{Settings, SettingsOverrides};
 use attune_protocol::api::{ExecutionStatus, ExecutionView, List, LogChunkView, PoolView};
+use attune_server::config::{Settings, SettingsOverrides};
+pub use attune_store::testing::{TestDatabase, TestEnvironment};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
-use sqlx::Connection;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-
-/// Where the services are, from the environment with local defaults.
-pub struct TestEnvironment {
-    /// A Postgres URL whose user may create databases.
-    pub admin_database_url: String,
-    pub message_queue_url: String,
-    pub agent_binary: PathBuf,
-}
-
-impl TestEnvironment {
-    pub fn from_env() -> TestEnvironment {
-        let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-        TestEnvironment {
-            admin_database_url: std::env::var("ATTUNE_TEST_DATABASE_URL").unwrap_or_else(|_| {
-                "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_string()
-            }),
-            message_queue_url: std::env::var("ATTUNE_TEST_MQ_URL")
-                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string()),
-            agent_binary: std::env::var("ATTUNE_AGENT_BINARY")
-                .map(PathBuf::from)
-                .unwrap_or_else(|_| workspace.join("agent-dist/attune-agent-x86_64")),
-        }
-    }
-}
-
-/// A fresh, migrated database, dropped by [`TestDatabase::drop_database`].
-pub struct TestDatabase {
-    pub url: String,
-    pub name: String,
-    admin_database_url: String,
-}
-
-impl TestDatabase {
-    /// Creates an empty database (migrations run when a [`crate::db::Store`] connects).
-    pub async fn create() -> Result<TestDatabase, String> {
-        let environment = TestEnvironment::from_env();
-        let unique = uuid::Uuid::new_v4().simple().to_string();
-        let name = format!("attune_test_{}", &unique[..12]);
-        let mut admin = sqlx::PgConnection::connect(&environment.admin_database_url)
-            .await
-            .map_err(|error| format!("connect to {}: {error}", environment.admin_database_url))?;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .map_err(|error| format!("create database {name}: {error}"))?;
-        admin.close().await.ok();
-        Ok(TestDatabase {
-            url: replace_database(&environment.admin_database_url, &name),
-            name,
-            admin_database_url: environment.admin_database_url,
-        })
-    }
-
-    /// Drops the database, closing any connection still open to it.
-    pub async fn drop_database(&self) -> Result<(), String> {
-        let mut admin = sqlx::PgConnection::connect(&self.admin_database_url)
-            .await
-            .map_err(|error| format!("connect to drop test database: {error}"))?;
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut admin)
-        .await
-        .map_err(|error| format!("drop test database {}: {error}", self.name))?;
-        Ok(())
-    }
-
-    /// The failure kind stored for an execution (the API shows only the reason); panics if
-    /// the database cannot be reached or holds no such execution.
-    pub async fn failure_kind(&self, execution_id: i64) -> Option<String> {
-        let store = crate::db::Store::connect(&self.url, 1)
-            .await
-            .expect("connect to test database");
-        let kind = store
-            .get_execution(execution_id)
-            .await
-            .expect("execution")
-            .failure_kind;
-        store.pool().close().await;
-        kind
-    }
-}
 
 /// A running server.
 pub struct TestServer {
@@ -112,7 +29,7 @@ pub struct TestServer {
     pub events_queue: String,
     pub database: TestDatabase,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), crate::app::ServerError>>>,
+    task: Option<JoinHandle<Result<(), attune_server::app::ServerError>>>,
 }
 
 impl TestServer {
@@ -130,11 +47,7 @@ impl TestServer {
     /// kept); a crashed one is simply replaced.
     pub async fn restart(mut self, extra: &[(&str, &str)]) -> Result<TestServer, String> {
         self.stop_task().await?;
-        let database = TestDatabase {
-            url: self.database.url.clone(),
-            name: self.database.name.clone(),
-            admin_database_url: self.database.admin_database_url.clone(),
-        };
+        let database = self.database.clone();
         Self::start_with_identity(
             extra,
             database,
@@ -182,7 +95,7 @@ impl TestServer {
             .local_addr()
             .map_err(|error| format!("test listener address: {error}"))?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(crate::app::run(settings, listener, async move {
+        let task = tokio::spawn(attune_server::app::run(settings, listener, async move {
             let _ = stopped.await;
         }));
         let server = TestServer {
@@ -526,39 +439,5 @@ impl Drop for ContainerGuard {
                 .args(["rm", "-f", &container_id])
                 .output();
         }
-    }
-}
-
-/// `postgres://user:pw@host:port/old?x` → same with `new` as the database.
-fn replace_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map(|index| index + 3).unwrap_or(0);
-    let prefix = match base[scheme_end..].find('/') {
-        Some(slash) => &base[..scheme_end + slash],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{prefix}/{database}?{query}"),
-        None => format!("{prefix}/{database}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::replace_database;
-
-    #[test]
-    fn database_is_replaced() {
-        assert_eq!(
-            replace_database("postgres://u:p@127.0.0.1:5432/postgres", "x"),
-            "postgres://u:p@127.0.0.1:5432/x"
-        );
-        assert_eq!(
-            replace_database("postgres://u@h/postgres?sslmode=disable", "x"),
-            "postgres://u@h/x?sslmode=disable"
-        );
     }
 }

@@ -1,4 +1,5 @@
-//! Postgres access: packs, actions, executions and their logs, agents.
+//! `attune-store`: Postgres access (packs, actions, executions and their logs, agents), the
+//! only crate that depends on sqlx.
 //!
 //! Every change of an execution's status goes through [`Store::transition`], which applies the
 //! one table of legal transitions (`ExecutionStatus::allowed_next`) as a conditional update, so
@@ -11,6 +12,10 @@ use serde_json::{Map, Value};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::FromRow;
 use std::time::Duration;
+
+pub mod status_feed;
+#[cfg(feature = "test-database")]
+pub mod testing;
 
 /// Errors from the store that callers branch on.
 #[derive(Debug, thiserror::Error)]

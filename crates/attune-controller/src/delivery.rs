@@ -11,9 +11,9 @@
 //! the full digest, so a fill cut short is noticed and redone. Each volume is checked or filled
 //! once per process; concurrent first users wait for the same fill.
 
-use crate::controller::{LABEL_CONTROLLER, LABEL_MANAGED, LABEL_ROLE};
-use crate::docker::archive::InjectionArchive;
-use crate::docker::{ContainerCreateSpec, DockerError, DockerOps};
+use attune_docker::archive::InjectionArchive;
+use attune_docker::labels::{LABEL_CONTROLLER, LABEL_MANAGED, LABEL_ROLE};
+use attune_docker::{ContainerCreateSpec, DockerError, DockerOps};
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -274,7 +274,7 @@ impl VolumeFiller {
             tracing::debug!(%volume, "volume already filled");
             return Ok(());
         }
-        let archive_error = |error: crate::docker::archive::ArchiveError| VolumeError::Archive {
+        let archive_error = |error: attune_docker::archive::ArchiveError| VolumeError::Archive {
             volume: volume.to_string(),
             reason: error.to_string(),
         };
@@ -303,8 +303,8 @@ impl VolumeFiller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::LABEL_AGENT_SHA256;
-    use crate::docker::fake::{DockerCall, Operation, RecordingDocker};
+    use attune_docker::fake::{DockerCall, Operation, RecordingDocker};
+    use attune_docker::labels::LABEL_AGENT_SHA256;
 
     fn agent_content(bytes: &[u8]) -> VolumeContent {
         let digest = "ab".repeat(32);
