@@ -23,23 +23,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What the API needs from the controllers: their health, their pools, and wakeups.
-#[async_trait::async_trait]
-pub trait ControlPlane: Send + Sync + 'static {
-    /// Named checks (`message_queue`, `docker`), each `Ok` or the reason it fails.
-    async fn checks(&self) -> Vec<(&'static str, Result<(), String>)>;
-    /// Extra, informational readiness details (e.g. the engine's events stream).
-    fn details(&self) -> serde_json::Value;
-    /// The warm pools.
-    fn pool_views(&self) -> Vec<PoolView>;
-    /// The warm pools' containers.
-    fn pool_container_views(&self) -> Vec<ContainerView>;
-    /// Whether the operator's image allow-list admits an action's stored container settings.
+/// The operator's admission policy, checked when an execution is requested (the controller
+/// that runs it checks again before creating anything).
+pub trait Admission: Send + Sync + 'static {
+    /// Whether the image allow-list admits an action's stored container settings.
     fn check_action_image(&self, container: Option<&serde_json::Value>) -> Result<(), String>;
-    /// An execution was requested.
-    fn execution_requested(&self);
-    /// A cancel of a live execution was stored; tell whoever runs it.
-    async fn cancel_requested(&self, execution_id: i64, agent_id: Option<&str>);
 }
 
 /// Everything the handlers use.
@@ -47,8 +35,10 @@ pub trait ControlPlane: Send + Sync + 'static {
 pub struct AppState {
     pub store: Store,
     pub max_pack_bytes: u64,
-    /// The controllers' side: health, pools, wakeups.
-    pub control: Arc<dyn ControlPlane>,
+    /// The image allow-list.
+    pub admission: Arc<dyn Admission>,
+    /// A controller whose last heartbeat is older than this is not counted as live.
+    pub controller_grace: Duration,
     /// Status changes, for requests that wait for an execution to end.
     pub status_feed: StatusFeed,
     /// Compiled parameter schemas.
@@ -194,25 +184,69 @@ async fn livez() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// Ready when the database answers and at least one controller is live (heartbeat within
+/// the grace, not stopped or lost) with every check of its own passing. `checks.docker` and
+/// `checks.message_queue` sum up the live controllers' own checks; `controllers` lists each.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let database = state.store.ping().await.map_err(|error| error.to_string());
-    let mut checks = vec![("database", database)];
-    checks.extend(state.control.checks().await);
-    let ready = checks.iter().all(|(_, result)| result.is_ok());
-    let checks: serde_json::Map<String, serde_json::Value> = checks
-        .into_iter()
-        .map(|(name, result)| {
-            let value = match result {
-                Ok(()) => json!("ok"),
-                Err(error) => json!(error),
-            };
-            (name.to_string(), value)
+    let grace = state.controller_grace.as_secs_f64();
+    let (database, controllers) = match state.store.list_controllers().await {
+        Ok(controllers) => (Ok(()), controllers),
+        Err(error) => (Err(error.to_string()), Vec::new()),
+    };
+    let live: Vec<_> = controllers
+        .iter()
+        .filter(|row| {
+            row.lost_at.is_none() && row.stopped_at.is_none() && row.heartbeat_age_seconds < grace
+        })
+        .collect();
+    let mut checks = serde_json::Map::new();
+    checks.insert(
+        "database".into(),
+        match &database {
+            Ok(()) => json!("ok"),
+            Err(error) => json!(error),
+        },
+    );
+    for name in ["message_queue", "docker"] {
+        let failing: Vec<String> = live
+            .iter()
+            .filter(|row| row.checks[name] != "ok")
+            .map(|row| format!("controller {}: {}", row.id, row.checks[name]))
+            .collect();
+        let value = if database.is_err() {
+            json!("unknown: the database is unavailable")
+        } else if live.is_empty() {
+            json!(format!(
+                "no live controller (none sent a heartbeat in the last {grace}s)"
+            ))
+        } else if failing.is_empty() {
+            json!("ok")
+        } else {
+            json!(failing.join("; "))
+        };
+        checks.insert(name.into(), value);
+    }
+    let ready = checks.values().all(|value| value == "ok");
+    let controllers: Vec<serde_json::Value> = controllers
+        .iter()
+        .map(|row| {
+            json!({
+                "id": row.id,
+                "live": live.iter().any(|live| live.id == row.id),
+                "docker_host": row.docker_host,
+                "engine_version": row.engine_version,
+                "architecture": row.architecture,
+                "capacity": row.capacity,
+                "heartbeat_age_seconds": row.heartbeat_age_seconds,
+                "checks": row.checks,
+                "details": row.details,
+            })
         })
         .collect();
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "checks": checks,
-        "docker_events": state.control.details(),
+        "controllers": controllers,
     });
     let status = if ready {
         StatusCode::OK
@@ -397,7 +431,7 @@ async fn create_execution(
     }
     // The operator's image allow-list (the controller checks again before creating).
     state
-        .control
+        .admission
         .check_action_image(action.container.as_ref())
         .map_err(|error| {
             ApiError::new(
@@ -419,7 +453,6 @@ async fn create_execution(
         })?;
     let execution = state.store.create_execution(&action, &parameters).await?;
     tracing::info!(execution_id = execution.id, action = %action.action_ref, "execution requested");
-    state.control.execution_requested();
     Ok((StatusCode::CREATED, Json(execution.to_view())))
 }
 
@@ -560,23 +593,20 @@ async fn cancel_execution(
         }
     }
     let row = state.store.get_execution(execution_id).await?;
-    state
-        .control
-        .cancel_requested(execution_id, row.agent_id.as_deref())
-        .await;
     tracing::info!(execution_id, "cancel requested");
     Ok((StatusCode::ACCEPTED, Json(row.to_view())))
 }
 
-async fn list_pools(State(state): State<AppState>) -> Json<List<PoolView>> {
-    Json(List {
-        items: state.control.pool_views(),
-    })
+/// Every live controller's warm pools, from the snapshots they store with their heartbeats.
+async fn list_pools(State(state): State<AppState>) -> ApiResult<Json<List<PoolView>>> {
+    let (items, _) = state.store.pool_snapshots().await?;
+    Ok(Json(List { items }))
 }
 
-/// Warm pool containers from memory, per-execution containers from live executions.
+/// Warm pool containers from the controllers' snapshots, per-execution containers from live
+/// executions (with the controller that owns each).
 async fn list_containers(State(state): State<AppState>) -> ApiResult<Json<List<ContainerView>>> {
-    let mut items = state.control.pool_container_views();
+    let (_, mut items) = state.store.pool_snapshots().await?;
     let pooled: std::collections::HashSet<String> =
         items.iter().map(|view| view.container_id.clone()).collect();
     for execution in state.store.live_executions().await? {
@@ -587,6 +617,7 @@ async fn list_containers(State(state): State<AppState>) -> ApiResult<Json<List<C
             continue;
         }
         items.push(ContainerView {
+            controller_id: execution.controller_id.clone().unwrap_or_default(),
             container_id,
             state: execution.status.clone(),
             pool: None,

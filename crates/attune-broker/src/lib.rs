@@ -44,6 +44,8 @@ pub trait AgentChannel: Send + Sync + 'static {
         -> Result<(), BrokerError>;
     /// Deletes an agent's job queue once the agent is gone.
     async fn delete_agent_queue(&self, agent_id: &str) -> Result<(), BrokerError>;
+    /// Whether the connection to the broker is up (for the controller's health checks).
+    fn is_connected(&self) -> bool;
 }
 
 /// A connection to RabbitMQ with a confirm-mode publishing channel.
@@ -191,6 +193,10 @@ impl Broker {
 
 #[async_trait]
 impl AgentChannel for Broker {
+    fn is_connected(&self) -> bool {
+        Broker::is_connected(self)
+    }
+
     async fn declare_agent_queue(&self, agent_id: &str) -> Result<(), BrokerError> {
         let queue = agent_job_queue(agent_id);
         self.publish_channel

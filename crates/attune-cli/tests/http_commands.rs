@@ -84,6 +84,7 @@ fn execution(status: ExecutionStatus) -> ExecutionView {
         image: Some("busybox:1.36".to_string()),
         container_id: None,
         agent_id: None,
+        controller_id: None,
         requested_at: "2024-05-01T12:00:00Z".to_string(),
         scheduled_at: None,
         started_at: Some("2024-05-01T12:00:01Z".to_string()),

@@ -7,11 +7,14 @@ use crate::signals::ExecutionSignals;
 use attune_protocol::api::ExecutionStatus;
 use attune_protocol::{AgentEvent, JobOutcome, JobReport};
 use attune_store::{Store, StoreError, TransitionFields};
+use std::time::Duration;
 
 /// Applies one event. Returns an error only when it should be retried (database trouble).
+/// `lease` is how long a running execution stays alive after its agent's last word.
 pub async fn apply_event(
     store: &Store,
     signals: &ExecutionSignals,
+    lease: Duration,
     event: AgentEvent,
 ) -> Result<(), StoreError> {
     match event {
@@ -27,6 +30,7 @@ pub async fn apply_event(
         } => {
             let fields = TransitionFields {
                 agent_id: Some(agent_id),
+                lease: Some(lease),
                 ..Default::default()
             };
             if store
@@ -53,6 +57,7 @@ pub async fn apply_event(
             signals.terminal(execution_id, status);
         }
         AgentEvent::Heartbeat { agent_id, running } => {
+            store.renew_leases(&running, lease).await?;
             for execution_id in running {
                 signals.heartbeat(execution_id);
             }

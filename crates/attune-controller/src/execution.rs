@@ -30,7 +30,7 @@ use attune_protocol::queues::{
     ENV_AGENT_WORKDIR, ENV_MESSAGE_QUEUE_URL, PACKS_DIR_IN_CONTAINER,
 };
 use attune_protocol::{AgentCommand, Job, Runtime, PROTOCOL_VERSION};
-use attune_store::{enum_from_name, ActionRow, ExecutionRow, Store, TransitionFields};
+use attune_store::{enum_from_name, ActionRow, ExecutionRow, Fence, Store, TransitionFields};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -260,7 +260,7 @@ impl Controller {
     }
 
     /// Runs a scheduled execution to a terminal status. Never returns an error: every failure
-    /// is stored on the execution.
+    /// is stored on the execution (fenced by the claim, so a take-over wins).
     pub async fn run_execution(&self, execution: ExecutionRow) {
         let execution_id = execution.id;
         let subscription = self.signals.subscribe(execution_id);
@@ -268,63 +268,14 @@ impl Controller {
         let outcome = self
             .launch_and_supervise(&execution, subscription.receiver.clone(), &mut placement)
             .await;
-        if let Err(mut failure) = outcome {
+        if let Err(failure) = outcome {
             tracing::warn!(execution_id, kind = failure.kind, reason = %failure.reason, "execution did not succeed");
-            if let Some(retry_id) = self.requeue_if_idempotent(&execution, &failure).await {
-                failure.reason =
-                    format!("{}; requeued once as execution {retry_id}", failure.reason);
-            }
-            self.finish_with_failure(execution_id, &failure).await;
+            self.finish_with_failure(&execution, &failure).await;
         }
         if let Some(placement) = placement {
             self.clean_up(execution_id, &placement).await;
         }
         drop(subscription);
-    }
-
-    /// When the agent or its container died under an idempotent action, queues the action again
-    /// (once: a retry is never retried) and returns the new execution's id.
-    async fn requeue_if_idempotent(
-        &self,
-        execution: &ExecutionRow,
-        failure: &ExecutionFailure,
-    ) -> Option<i64> {
-        const AGENT_OR_CONTAINER_DIED: [&str; 4] = [
-            "killed",
-            "agent-exited",
-            "lease-expired",
-            "controller-restarted",
-        ];
-        if execution.retry_of.is_some()
-            || failure.status != ExecutionStatus::Failed
-            || !AGENT_OR_CONTAINER_DIED.contains(&failure.kind)
-        {
-            return None;
-        }
-        let action_id = execution.action_id?;
-        let idempotent = self
-            .store
-            .get_action_by_id(action_id)
-            .await
-            .map(|action| action.idempotent)
-            .unwrap_or(false);
-        if !idempotent {
-            return None;
-        }
-        match self.store.create_retry(execution).await {
-            Ok(retry) => {
-                tracing::info!(
-                    execution_id = execution.id,
-                    retry_id = retry.id,
-                    "idempotent execution requeued"
-                );
-                Some(retry.id)
-            }
-            Err(error) => {
-                tracing::error!(execution_id = execution.id, %error, "requeue idempotent execution");
-                None
-            }
-        }
     }
 
     /// Takes over supervising an execution whose container a previous controller started.
@@ -345,6 +296,13 @@ impl Controller {
             None => 3600,
         };
         let image = execution.image.clone().unwrap_or_default();
+        let origin = match self.store.now().await {
+            Ok(database_now) => SupervisionOrigin::adopted(&execution, database_now),
+            Err(error) => {
+                tracing::error!(execution_id, %error, "read the database clock; deadlines restart from now");
+                SupervisionOrigin::Fresh
+            }
+        };
         let mut watch = self.tracker.watch(&container_id);
         let outcome = self
             .supervise_watched(
@@ -353,6 +311,7 @@ impl Controller {
                 &agent_id,
                 &image,
                 Duration::from_secs(timeout_seconds),
+                origin,
                 &mut receiver,
                 &mut watch,
             )
@@ -362,7 +321,7 @@ impl Controller {
                 self.record_oom_after_report(execution_id, &container_id, &mut watch)
                     .await
             }
-            Err(failure) => self.finish_with_failure(execution_id, &failure).await,
+            Err(failure) => self.finish_with_failure(&execution, &failure).await,
         }
         let placement = Placement {
             container_id,
@@ -372,23 +331,70 @@ impl Controller {
         drop(subscription);
     }
 
-    async fn finish_with_failure(&self, execution_id: i64, failure: &ExecutionFailure) {
-        let fields = TransitionFields::error(failure.kind, failure.reason.clone());
+    /// Stores a failure as the execution's end, under this controller's fence; an idempotent
+    /// action whose agent, container or controller died is requeued once in the same
+    /// transaction, only if this end was stored (a report that landed first wins).
+    async fn finish_with_failure(&self, execution: &ExecutionRow, failure: &ExecutionFailure) {
+        let execution_id = execution.id;
+        let mut fields = TransitionFields::error(failure.kind, failure.reason.clone());
+        fields.fence = Fence::of(execution);
         match self
             .store
-            .transition(execution_id, failure.status, fields)
+            .finish(execution_id, failure.status, fields, true)
             .await
         {
-            Ok(Some(_)) => self.signals.terminal(execution_id, failure.status),
+            Ok(Some((_, retry_id))) => {
+                if let Some(retry_id) = retry_id {
+                    tracing::info!(execution_id, retry_id, "idempotent execution requeued");
+                }
+                self.signals.terminal(execution_id, failure.status)
+            }
             Ok(None) => {
                 tracing::debug!(
                     execution_id,
-                    "execution already terminal; failure not recorded"
+                    "execution already terminal or no longer ours; failure not recorded"
                 )
             }
             Err(error) => {
                 tracing::error!(execution_id, %error, "record failure of execution")
             }
+        }
+    }
+
+    /// Stores the container chosen for an execution, under this controller's fence.
+    pub(crate) async fn record_placement(
+        &self,
+        execution: &ExecutionRow,
+        image: &str,
+        container_id: &str,
+        agent_id: &str,
+    ) -> Result<(), ExecutionFailure> {
+        let execution_id = execution.id;
+        let fence = Fence::of(execution).ok_or_else(|| {
+            ExecutionFailure::failed(
+                "controller-lost",
+                format!(
+                    "execution {execution_id} has no owner; it was not claimed by this controller"
+                ),
+            )
+        })?;
+        match self
+            .store
+            .set_placement(execution_id, &fence, image, container_id, agent_id)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ExecutionFailure::failed(
+                "controller-lost",
+                format!(
+                    "execution {execution_id} is no longer owned by controller {} (epoch {}); another controller took it over",
+                    fence.controller_id, fence.epoch
+                ),
+            )),
+            Err(error) => Err(ExecutionFailure::failed(
+                "database",
+                format!("record container of execution {execution_id}: {error}"),
+            )),
         }
     }
 
@@ -455,21 +461,8 @@ impl Controller {
             agent_id: agent_id.clone(),
         });
         tracing::info!(execution_id, %container_id, image = %container_spec.image, agent_delivery = plan.agent_delivery(), "container created");
-        if let Err(error) = self
-            .store
-            .set_placement(
-                execution_id,
-                &container_spec.image,
-                &container_id,
-                &agent_id,
-            )
-            .await
-        {
-            return Err(ExecutionFailure::failed(
-                "database",
-                format!("record container of execution {execution_id}: {error}"),
-            ));
-        }
+        self.record_placement(execution, &container_spec.image, &container_id, &agent_id)
+            .await?;
         // Watch before starting, so no event of this container is missed.
         let mut watch = self.tracker.watch(&container_id);
 
@@ -533,6 +526,7 @@ impl Controller {
             &agent_id,
             &container_spec.image,
             timeout,
+            SupervisionOrigin::Fresh,
             &mut signal,
             &mut watch,
         );
@@ -738,6 +732,7 @@ impl Controller {
             agent_id,
             image,
             timeout,
+            SupervisionOrigin::Fresh,
             signal,
             &mut watch,
         )
@@ -755,11 +750,25 @@ impl Controller {
         agent_id: &str,
         image: &str,
         timeout: Duration,
+        origin: SupervisionOrigin,
         signal: &mut tokio::sync::watch::Receiver<ExecutionSignal>,
         watch: &mut ContainerWatch,
     ) -> Result<(), ExecutionFailure> {
         let grace = Duration::from_secs(self.settings.kill_grace_seconds);
-        let started = Instant::now();
+        let now = Instant::now();
+        // Deadlines count from the stored timestamps, so they survive a restart and adoption.
+        let (started, mut lease_renewed) = match origin {
+            SupervisionOrigin::Fresh => (now, now),
+            SupervisionOrigin::Adopted {
+                since_placed,
+                lease_remaining,
+            } => (
+                now.checked_sub(since_placed).unwrap_or(now),
+                lease_remaining
+                    .and_then(|remaining| (now + remaining).checked_sub(self.settings.lease))
+                    .unwrap_or(now),
+            ),
+        };
         let start_deadline = started + self.settings.agent_start_timeout;
         let hard_deadline = started
             + self.settings.agent_start_timeout
@@ -774,10 +783,10 @@ impl Controller {
         let mut database_check = tokio::time::interval(Duration::from_secs(5));
         database_check.tick().await;
         let mut events_open = true;
-        // The agent's lease on a running execution, renewed by its heartbeats.
-        let mut lease_renewed = Instant::now();
-        let mut heartbeats_seen = 0;
-        let mut was_running = false;
+        // `lease_renewed`: the agent's lease on a running execution, renewed by its heartbeats.
+        // An adopted execution already running keeps the lease its stored timestamps give.
+        let mut heartbeats_seen = signal.borrow().heartbeats;
+        let mut was_running = signal.borrow().running;
 
         loop {
             let current = *signal.borrow_and_update();
@@ -835,8 +844,14 @@ impl Controller {
                     return self.after_container_exit(execution_id, container_id, image, exit_code, signal, watch).await;
                 }
                 _ = database_check.tick() => {
-                    if self.is_terminal_in_database(execution_id).await {
-                        return Ok(());
+                    // The database is the truth; the feed's notifications only come sooner.
+                    match self.store.get_execution(execution_id).await {
+                        Ok(row) if row.status().is_terminal() => return Ok(()),
+                        Ok(row) if row.cancel_requested && !current.cancel_requested => {
+                            self.signals.cancel(execution_id)
+                        }
+                        Ok(_) => {}
+                        Err(error) => tracing::error!(execution_id, %error, "read execution status"),
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
@@ -1145,6 +1160,41 @@ impl Controller {
             read_only_rootfs: limits.read_only,
             tmpfs,
             binds: Vec::new(),
+        }
+    }
+}
+
+/// Where a supervision's deadlines count from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SupervisionOrigin {
+    /// The container was just started: every deadline counts from now.
+    Fresh,
+    /// An adopted execution: deadlines count from its stored timestamps.
+    Adopted {
+        /// Time since its container was chosen (the start deadline's base).
+        since_placed: Duration,
+        /// What is left of its agent's lease, when one was stored.
+        lease_remaining: Option<Duration>,
+    },
+}
+
+impl SupervisionOrigin {
+    /// The origin of an adopted execution, against the database's clock.
+    pub fn adopted(execution: &ExecutionRow, database_now: chrono::DateTime<chrono::Utc>) -> Self {
+        let since = |time: chrono::DateTime<chrono::Utc>| {
+            (database_now - time).to_std().unwrap_or(Duration::ZERO)
+        };
+        let since_placed = execution
+            .placed_at
+            .or(execution.scheduled_at)
+            .map(since)
+            .unwrap_or(Duration::ZERO);
+        let lease_remaining = execution
+            .lease_expires_at
+            .map(|expires| (expires - database_now).to_std().unwrap_or(Duration::ZERO));
+        SupervisionOrigin::Adopted {
+            since_placed,
+            lease_remaining,
         }
     }
 }

@@ -7,7 +7,8 @@
 //! and pack files by shared volume or put_archive), [`images`] (pull policy, one pull per
 //! image), [`limits`] (resources and allow-lists), [`lifecycle`] (the engine's container
 //! events), [`signals`] (in-process wakeups of supervisors), [`events`] (agents' reports into
-//! the database), [`scheduler`] (claims work, reconciles at start and periodically).
+//! the database), [`scheduler`] (claims work, reconciles at start and periodically),
+//! [`membership`] (registration, heartbeats, take-over of lost controllers, cancels).
 
 pub mod delivery;
 pub mod events;
@@ -15,6 +16,7 @@ pub mod execution;
 pub mod images;
 pub mod lifecycle;
 pub mod limits;
+pub mod membership;
 pub mod scheduler;
 pub mod signals;
 

@@ -7,7 +7,8 @@ use crate::execution::Controller;
 use attune_docker::labels::{LABEL_AGENT_ID, LABEL_CONTROLLER, LABEL_EXECUTION, LABEL_MANAGED};
 use attune_docker::DockerOps;
 use attune_protocol::api::ExecutionStatus;
-use attune_store::{Store, TransitionFields};
+use attune_store::status_feed::StatusFeed;
+use attune_store::{ExecutionRow, Fence, Store, TransitionFields};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,30 @@ pub struct SchedulerWakeup(Arc<Notify>);
 impl SchedulerWakeup {
     pub fn wake(&self) {
         self.0.notify_one();
+    }
+
+    /// Wakes the scheduler whenever any server stores a requested execution (or the feed
+    /// reconnects, after which a notification may have been missed), until `stop`.
+    pub async fn follow(self, feed: StatusFeed, stop: CancellationToken) {
+        let mut changes = feed.subscribe();
+        let mut connections = feed.connections();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                changed = connections.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    self.wake();
+                }
+                change = changes.recv() => match change {
+                    Ok(change) if change.status == ExecutionStatus::Requested => self.wake(),
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.wake(),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
     }
 }
 
@@ -44,7 +69,8 @@ pub async fn run_scheduler(
         }
         let free = permits.available_permits();
         if free > 0 {
-            match store.claim_requested(free as i64).await {
+            let controller_id = &controller.settings().controller_id;
+            match store.claim_requested(controller_id, free as i64).await {
                 Ok(claimed) => {
                     let claimed_any = !claimed.is_empty();
                     for execution in claimed {
@@ -111,7 +137,7 @@ pub async fn reconcile_at_start(
         .await
         .map_err(|error| format!("list managed containers: {error}"))?;
     let live = store
-        .live_executions()
+        .live_executions_of(&controller_id)
         .await
         .map_err(|error| format!("list live executions: {error}"))?;
     let live_by_container: HashMap<String, i64> = live
@@ -145,7 +171,7 @@ pub async fn reconcile_at_start(
             (execution, _) => {
                 if let Some(execution) = execution {
                     // Its container never started: the execution cannot continue.
-                    fail_orphaned(store, execution.id).await;
+                    fail_orphaned(store, &execution).await;
                     report.failed += 1;
                 }
                 if pooled {
@@ -162,22 +188,35 @@ pub async fn reconcile_at_start(
         }
     }
     for execution in live_by_id.into_values() {
-        fail_orphaned(store, execution.id).await;
+        fail_orphaned(store, &execution).await;
         report.failed += 1;
     }
     Ok(report)
 }
 
-async fn fail_orphaned(store: &Store, execution_id: i64) {
-    let fields = TransitionFields::error(
+/// Ends an execution whose container did not survive the restart; an idempotent one is
+/// requeued once (its action may not have run to its end).
+async fn fail_orphaned(store: &Store, execution: &ExecutionRow) {
+    let mut fields = TransitionFields::error(
         "controller-restarted",
         "the controller restarted and the execution's container was not running any more",
     );
-    if let Err(error) = store
-        .transition(execution_id, ExecutionStatus::Failed, fields)
+    fields.fence = Fence::of(execution);
+    match store
+        .finish(execution.id, ExecutionStatus::Failed, fields, true)
         .await
     {
-        tracing::error!(execution_id, %error, "fail orphaned execution");
+        Ok(Some((_, Some(retry_id)))) => {
+            tracing::info!(
+                execution_id = execution.id,
+                retry_id,
+                "orphaned idempotent execution requeued"
+            )
+        }
+        Ok(_) => {}
+        Err(error) => {
+            tracing::error!(execution_id = execution.id, %error, "fail orphaned execution")
+        }
     }
 }
 
@@ -204,7 +243,7 @@ pub async fn sweep_containers(
         .await
         .map_err(|error| format!("list managed containers: {error}"))?;
     let live: HashSet<i64> = store
-        .live_executions()
+        .live_executions_of(controller_id)
         .await
         .map_err(|error| format!("list live executions: {error}"))?
         .into_iter()

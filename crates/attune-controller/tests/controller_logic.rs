@@ -19,7 +19,7 @@ use attune_docker::{ContainerCreateSpec, DockerError, DockerOps};
 use attune_protocol::api::ExecutionStatus;
 use attune_protocol::{AgentCommand, AgentEvent, Job, JobOutcome, JobReport};
 use attune_store::testing::TestDatabase;
-use attune_store::{ExecutionRow, NewPack, Store};
+use attune_store::{ExecutionRow, Fence, NewPack, Store};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -37,6 +37,10 @@ struct ScriptedAgents {
 
 #[async_trait]
 impl AgentChannel for ScriptedAgents {
+    fn is_connected(&self) -> bool {
+        true
+    }
+
     async fn declare_agent_queue(&self, _agent_id: &str) -> Result<(), BrokerError> {
         Ok(())
     }
@@ -225,7 +229,12 @@ impl Harness {
             .create_execution(&action, parameters.as_object().unwrap())
             .await
             .unwrap();
-        let mut claimed = self.store.claim_requested(10).await.unwrap();
+        let controller_id = self.controller.settings().controller_id.clone();
+        let mut claimed = self
+            .store
+            .claim_requested(&controller_id, 10)
+            .await
+            .unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].id, created.id);
         claimed.remove(0)
@@ -267,7 +276,7 @@ impl Harness {
 
     /// Stores an agent's event, as the events consumer does.
     async fn apply(&self, event: AgentEvent) {
-        apply_event(&self.store, &self.signals, event)
+        apply_event(&self.store, &self.signals, Duration::from_secs(20), event)
             .await
             .unwrap();
     }
@@ -1260,7 +1269,13 @@ async fn restart_reconcile_adopts_a_busy_warm_container_by_id_and_removes_idle_o
     let pooled = harness.scheduled_execution("hello.greet").await;
     harness
         .store
-        .set_placement(pooled.id, "busybox:1.36", &busy, "pool-busy")
+        .set_placement(
+            pooled.id,
+            &Fence::of(&pooled).unwrap(),
+            "busybox:1.36",
+            &busy,
+            "pool-busy",
+        )
         .await
         .unwrap();
     harness
@@ -1270,7 +1285,13 @@ async fn restart_reconcile_adopts_a_busy_warm_container_by_id_and_removes_idle_o
     let lost = harness.scheduled_execution("hello.greet").await;
     harness
         .store
-        .set_placement(lost.id, "busybox:1.36", &"f".repeat(64), "pool-gone")
+        .set_placement(
+            lost.id,
+            &Fence::of(&lost).unwrap(),
+            "busybox:1.36",
+            &"f".repeat(64),
+            "pool-gone",
+        )
         .await
         .unwrap();
 
@@ -1302,6 +1323,7 @@ async fn restart_reconcile_adopts_a_busy_warm_container_by_id_and_removes_idle_o
     apply_event(
         &harness.store,
         &harness.signals,
+        Duration::from_secs(20),
         succeeded_report("pool-busy", pooled.id),
     )
     .await

@@ -230,6 +230,9 @@ pub struct ExecutionView {
     pub container_id: Option<String>,
     #[serde(default)]
     pub agent_id: Option<String>,
+    /// The controller that owns (or owned) the execution.
+    #[serde(default)]
+    pub controller_id: Option<String>,
     pub requested_at: String,
     #[serde(default)]
     pub scheduled_at: Option<String>,
@@ -310,6 +313,9 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PoolView {
     /// Identifies the pool: pack, image digest, agent version and resource class.
+    /// The controller whose pool this is.
+    #[serde(default)]
+    pub controller_id: String,
     pub key: String,
     pub pack: String,
     pub image: String,
@@ -334,6 +340,9 @@ pub struct PoolView {
 /// A container the controller manages (`GET /api/v1/containers`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerView {
+    /// The controller that manages the container.
+    #[serde(default)]
+    pub controller_id: String,
     pub container_id: String,
     /// `idle`, `busy` or `starting` for pool containers; `running` for per-execution ones.
     pub state: String,

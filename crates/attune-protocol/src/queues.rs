@@ -6,6 +6,12 @@ pub const AGENT_EVENTS_QUEUE: &str = "attune.agent.events";
 /// Prefix of an agent's own job queue; the full name is `attune.agent.<agent_id>.jobs`.
 pub const AGENT_QUEUE_PREFIX: &str = "attune.agent.";
 
+/// The events queue of one controller: the agents it starts report there, and only it
+/// consumes it (so no controller sees another's agents' events).
+pub fn controller_events_queue(controller_id: &str) -> String {
+    format!("attune.controller.{controller_id}.events")
+}
+
 /// The job queue of one agent.
 pub fn agent_job_queue(agent_id: &str) -> String {
     format!("{AGENT_QUEUE_PREFIX}{agent_id}.jobs")

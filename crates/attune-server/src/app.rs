@@ -1,11 +1,17 @@
-//! Wires the server together: database, broker, Docker engine, controller, container events
-//! tracker, scheduler, periodic reconcile, events consumer and HTTP API; runs until a shutdown
-//! future completes, then drains. Every background task is aborted when [`run`] is dropped, so
-//! an aborted server (a simulated crash) leaves nothing running behind it.
+//! Wires the server's roles together and runs them until a shutdown future completes, then
+//! drains. The `controller` role is one Docker host's controller: engine, broker, container
+//! events tracker, events consumer, membership (registration, heartbeats, take-over), start-up
+//! reconcile, scheduler (claims work for this controller), pools and the periodic sweep. The
+//! `api` role serves HTTP from the database alone. Every background task is aborted when
+//! [`run`] is dropped, so an aborted server (a simulated crash) leaves nothing running behind.
 
 use crate::config::Settings;
-use attune_api::{AppState, ControlPlane};
+use attune_api::{Admission, AppState};
 use attune_broker::{AgentChannel, Broker, BrokerError};
+use attune_controller::limits::ExecutionPolicy;
+use attune_controller::membership::{
+    follow_cancels, store_pool_snapshots, Membership, MembershipSettings,
+};
 use attune_controller::scheduler::{
     reconcile_at_start, run_periodic_reconcile, run_scheduler, SchedulerWakeup,
 };
@@ -13,9 +19,8 @@ use attune_controller::signals::ExecutionSignals;
 use attune_controller::{AgentBinary, AgentBinaryError, Controller, ControllerSettings};
 use attune_docker::bollard_engine::BollardEngine;
 use attune_docker::{DockerError, DockerOps};
-use attune_protocol::api::{ContainerView, PoolView};
-use attune_protocol::AgentCommand;
-use attune_store::{Store, StoreError};
+use attune_store::status_feed::StatusFeed;
+use attune_store::{ControllerRegistration, Store, StoreError};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,15 +61,152 @@ pub enum ServerError {
     Http(#[from] std::io::Error),
 }
 
-/// Runs the whole server on `listener` until `shutdown` resolves.
+/// Which parts of the server a process runs (`--roles api,controller`; default both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    /// Serve the HTTP API.
+    pub api: bool,
+    /// Run a controller for this process's Docker engine (claims and runs executions).
+    pub controller: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles {
+        api: true,
+        controller: true,
+    };
+
+    /// Parses `api,controller` (`scheduler` is accepted as part of `controller`: each
+    /// controller schedules the work it claims).
+    pub fn parse(text: &str) -> Result<Roles, String> {
+        let mut roles = Roles {
+            api: false,
+            controller: false,
+        };
+        for role in text
+            .split(',')
+            .map(str::trim)
+            .filter(|role| !role.is_empty())
+        {
+            match role {
+                "api" => roles.api = true,
+                "controller" | "scheduler" => roles.controller = true,
+                "all" => roles = Roles::ALL,
+                other => {
+                    return Err(format!(
+                        "unknown role {other:?}: roles are api, scheduler, controller"
+                    ))
+                }
+            }
+        }
+        if !roles.api && !roles.controller {
+            return Err("no role given: name api, controller or both".into());
+        }
+        Ok(roles)
+    }
+}
+
+/// Runs every role on `listener` until `shutdown` resolves.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    run_roles(settings, Roles::ALL, Some(listener), shutdown).await
+}
+
+/// Runs the given roles until `shutdown` resolves; the API serves on `listener`.
+pub async fn run_roles(
+    settings: Settings,
+    roles: Roles,
+    listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let store = Store::connect(&settings.database.url, settings.database.max_connections).await?;
+    let mut tasks = AbortOnDrop::default();
+    let stop = CancellationToken::new();
+    let status_feed = StatusFeed::default();
+    let status_feed_task = tokio::spawn(status_feed.clone().run(store.clone()));
+    tasks.track(&status_feed_task);
+
+    let controller = if roles.controller {
+        Some(start_controller(&settings, &store, &status_feed, &stop, &mut tasks).await?)
+    } else {
+        None
+    };
+
+    let served = match (roles.api, listener) {
+        (true, Some(listener)) => {
+            let state = AppState {
+                store: store.clone(),
+                max_pack_bytes: settings.server.max_pack_bytes,
+                admission: Arc::new(ImageAdmission(settings.docker.execution_policy())),
+                controller_grace: Duration::from_secs(settings.executor.controller_grace_seconds),
+                status_feed,
+                validators: Default::default(),
+            };
+            let address = listener.local_addr()?;
+            tracing::info!(%address, "attune-server listening");
+            let http_stop = stop.clone();
+            attune_api::serve(listener, state, async move {
+                tokio::select! {
+                    _ = shutdown => {}
+                    _ = http_stop.cancelled() => {}
+                }
+            })
+            .await
+        }
+        _ => {
+            shutdown.await;
+            Ok(())
+        }
+    };
+    tracing::info!("shutting down: no new executions; waiting for running ones");
+    stop.cancel();
+    if let Some(controller) = controller {
+        controller.drain().await;
+    }
+    drop(tasks);
+    served?;
+    Ok(())
+}
+
+/// A running controller role, to drain at shutdown.
+struct ControllerRole {
+    broker: Arc<Broker>,
+    scheduler: JoinHandle<()>,
+    pools: JoinHandle<()>,
+    membership: JoinHandle<()>,
+}
+
+impl ControllerRole {
+    /// Waits for running executions and warm containers to end, marks the controller stopped.
+    async fn drain(self) {
+        if let Err(error) = self.scheduler.await {
+            tracing::error!(%error, "scheduler task");
+        }
+        if let Err(error) = self.pools.await {
+            tracing::error!(%error, "pool maintenance task");
+        }
+        if let Err(error) = self.membership.await {
+            tracing::error!(%error, "membership task");
+        }
+        self.broker.close().await;
+    }
+}
+
+/// Starts this process's controller: registers it, adopts what its previous incarnation left,
+/// and starts claiming work.
+async fn start_controller(
+    settings: &Settings,
+    store: &Store,
+    status_feed: &StatusFeed,
+    stop: &CancellationToken,
+    tasks: &mut AbortOnDrop,
+) -> Result<ControllerRole, ServerError> {
+    let controller_id = settings.executor.controller_id.clone();
     let agent = AgentBinary::load(&settings.docker.agent_binary)?;
     tracing::info!(path = %settings.docker.agent_binary.display(), sha256 = %agent.sha256, architecture = %agent.architecture, "agent binary loaded");
-    let store = Store::connect(&settings.database.url, settings.database.max_connections).await?;
     let broker = Arc::new(
         Broker::connect(
             &settings.message_queue.url,
@@ -75,35 +217,40 @@ pub async fn run(
     );
     let engine = BollardEngine::connect(settings.docker.host.as_deref()).await?;
     let engine_is_local = attune_controller::delivery::engine_is_local(engine.docker_host());
+    let docker_host = engine.docker_host().to_string();
     let docker: Arc<dyn DockerOps> = Arc::new(engine);
-    let host_cpus = match docker.engine_info().await {
+    let (host_cpus, engine_version) = match docker.engine_info().await {
         Ok(info) => {
             tracing::info!(version = %info.server_version, api = %info.api_version, cpus = info.cpus, local = engine_is_local, "docker engine connected");
-            Some(info.cpus as f64).filter(|cpus| *cpus > 0.0)
+            (
+                Some(info.cpus as f64).filter(|cpus| *cpus > 0.0),
+                info.server_version.clone(),
+            )
         }
         Err(error) => {
             tracing::warn!(%error, "docker engine info");
-            None
+            (None, String::new())
         }
     };
 
     let signals = ExecutionSignals::default();
     let wakeup = SchedulerWakeup::default();
     let agents: Arc<dyn AgentChannel> = broker.clone();
+    let controller_settings = controller_settings(settings, engine_is_local, host_cpus);
+    let lease = controller_settings.lease;
+    let architecture = agent.architecture.clone();
     let controller = Controller::new(
         store.clone(),
         docker.clone(),
         agents.clone(),
         signals.clone(),
-        controller_settings(&settings, engine_is_local, host_cpus),
+        controller_settings,
         agent,
     );
-    let mut tasks = AbortOnDrop::default();
-    let stop = CancellationToken::new();
     // Follow container events before anything starts, so no die/oom is missed.
     let tracker_task = tokio::spawn(controller.lifecycle().clone().run(
         docker.clone(),
-        settings.executor.controller_id.clone(),
+        controller_id.clone(),
         stop.clone(),
     ));
     tasks.track(&tracker_task);
@@ -116,24 +263,59 @@ pub async fn run(
         tokio::spawn(attune_broker::apply_deliveries(consumer, move |event| {
             let store = store.clone();
             let signals = signals.clone();
-            async move { attune_controller::events::apply_event(&store, &signals, event).await }
+            async move { attune_controller::events::apply_event(&store, &signals, lease, event).await }
         }))
     };
     tasks.track(&events_task);
-    let status_feed = attune_store::status_feed::StatusFeed::default();
-    let status_feed_task = tokio::spawn(status_feed.clone().run(store.clone()));
-    tasks.track(&status_feed_task);
+    let cancels_task = tokio::spawn(follow_cancels(
+        status_feed.clone(),
+        signals.clone(),
+        stop.clone(),
+    ));
+    tasks.track(&cancels_task);
+    let wakeup_task = tokio::spawn(wakeup.clone().follow(status_feed.clone(), stop.clone()));
+    tasks.track(&wakeup_task);
+    let snapshots_task = tokio::spawn(store_pool_snapshots(
+        store.clone(),
+        controller.clone(),
+        Duration::from_millis(250),
+        stop.clone(),
+    ));
+    tasks.track(&snapshots_task);
+
+    let membership = Membership {
+        store: store.clone(),
+        controller: controller.clone(),
+        docker: docker.clone(),
+        agents: agents.clone(),
+        settings: MembershipSettings {
+            heartbeat: Duration::from_secs(settings.executor.controller_heartbeat_seconds),
+            grace: Duration::from_secs(settings.executor.controller_grace_seconds),
+        },
+    };
+    let registration = ControllerRegistration {
+        id: controller_id.clone(),
+        docker_host,
+        engine_version,
+        architecture,
+        capacity: settings.executor.concurrency as i32,
+        events_queue: settings.message_queue.events_queue.clone(),
+    };
+    let incarnation = membership.register(&registration).await?;
+    tracing::info!(%controller_id, incarnation, events_queue = %registration.events_queue, "controller registered");
 
     let mut adoptions = JoinSet::new();
-    match reconcile_at_start(&store, &docker, &controller, &mut adoptions).await {
+    match reconcile_at_start(store, &docker, &controller, &mut adoptions).await {
         Ok(report) => tracing::info!(?report, "start-up reconcile done"),
         Err(error) => tracing::error!(%error, "start-up reconcile"),
     }
+    let membership_task = tokio::spawn(membership.run(stop.clone()));
+    tasks.track(&membership_task);
 
     let reconcile_task = tokio::spawn(run_periodic_reconcile(
         store.clone(),
         docker.clone(),
-        settings.executor.controller_id.clone(),
+        controller_id.clone(),
         Duration::from_secs(settings.executor.reconcile_interval_seconds),
         Duration::from_secs(settings.executor.reconcile_grace_seconds),
         stop.clone(),
@@ -150,52 +332,20 @@ pub async fn run(
     };
     let scheduler_task = tokio::spawn(run_scheduler(
         store.clone(),
-        controller.clone(),
+        controller,
         settings.executor.concurrency,
-        wakeup.clone(),
+        wakeup,
         stop.clone(),
         adoptions,
     ));
     tasks.track(&pool_task);
     tasks.track(&scheduler_task);
-
-    let control = LocalControlPlane {
-        docker,
-        agents,
-        broker: broker.clone(),
-        signals,
-        wakeup,
-        controller,
-    };
-    let state = AppState {
-        store,
-        max_pack_bytes: settings.server.max_pack_bytes,
-        control: Arc::new(control),
-        status_feed,
-        validators: Default::default(),
-    };
-    let address = listener.local_addr()?;
-    tracing::info!(%address, "attune-server listening");
-    let http_stop = stop.clone();
-    let served = attune_api::serve(listener, state, async move {
-        tokio::select! {
-            _ = shutdown => {}
-            _ = http_stop.cancelled() => {}
-        }
+    Ok(ControllerRole {
+        broker,
+        scheduler: scheduler_task,
+        pools: pool_task,
+        membership: membership_task,
     })
-    .await;
-    tracing::info!("shutting down: no new executions; waiting for running ones");
-    stop.cancel();
-    if let Err(error) = scheduler_task.await {
-        tracing::error!(%error, "scheduler task");
-    }
-    if let Err(error) = pool_task.await {
-        tracing::error!(%error, "pool maintenance task");
-    }
-    broker.close().await;
-    drop(tasks);
-    served?;
-    Ok(())
 }
 
 fn controller_settings(
@@ -227,69 +377,13 @@ fn controller_settings(
     }
 }
 
-/// The controller of this process, as the API sees it.
-struct LocalControlPlane {
-    docker: Arc<dyn DockerOps>,
-    agents: Arc<dyn AgentChannel>,
-    broker: Arc<Broker>,
-    signals: ExecutionSignals,
-    wakeup: SchedulerWakeup,
-    controller: Controller,
-}
+/// The image allow-list, as the API checks it at submission.
+struct ImageAdmission(ExecutionPolicy);
 
-#[async_trait::async_trait]
-impl ControlPlane for LocalControlPlane {
-    async fn checks(&self) -> Vec<(&'static str, Result<(), String>)> {
-        let message_queue = if self.broker.is_connected() {
-            Ok(())
-        } else {
-            Err("not connected".to_string())
-        };
-        let docker = self.docker.ping().await.map_err(|error| error.to_string());
-        vec![("message_queue", message_queue), ("docker", docker)]
-    }
-
-    fn details(&self) -> serde_json::Value {
-        // Informational: supervisors fall back to waiting on containers while the stream is down.
-        let tracker = self.controller.lifecycle();
-        serde_json::json!({
-            "following": tracker.is_following(),
-            "connections": tracker.connections(),
-            "events_received": tracker.events_received(),
-            "last_event_connection": tracker.last_event_connection(),
-        })
-    }
-
-    fn pool_views(&self) -> Vec<PoolView> {
-        self.controller.pool_views()
-    }
-
-    fn pool_container_views(&self) -> Vec<ContainerView> {
-        self.controller.pool_container_views()
-    }
-
+impl Admission for ImageAdmission {
     fn check_action_image(&self, container: Option<&serde_json::Value>) -> Result<(), String> {
-        self.controller
-            .settings()
-            .policy
+        self.0
             .check_action_image(container)
             .map_err(|error| error.to_string())
-    }
-
-    fn execution_requested(&self) {
-        self.wakeup.wake();
-    }
-
-    async fn cancel_requested(&self, execution_id: i64, agent_id: Option<&str>) {
-        if let Some(agent_id) = agent_id {
-            if let Err(error) = self
-                .agents
-                .send_command(agent_id, &AgentCommand::Cancel { execution_id })
-                .await
-            {
-                tracing::error!(execution_id, %error, "send cancel to agent");
-            }
-        }
-        self.signals.cancel(execution_id);
     }
 }

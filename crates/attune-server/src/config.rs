@@ -36,7 +36,8 @@ pub struct MessageQueueSettings {
     /// AMQP URL handed to agents in containers (defaults to `url`; differs when the
     /// containers are not on the host network).
     pub agent_url: Option<String>,
-    /// Queue agents report to; separate servers sharing one broker need separate queues.
+    /// Queue this controller's agents report to; empty (the default) means
+    /// `attune.controller.<controller id>.events`. Each controller must have its own.
     pub events_queue: String,
 }
 
@@ -123,6 +124,11 @@ pub struct ExecutorSettings {
     /// A container younger than this many seconds is never swept (its creation may still be
     /// in flight).
     pub reconcile_grace_seconds: u64,
+    /// Seconds between this controller's heartbeats in the `controllers` table.
+    pub controller_heartbeat_seconds: u64,
+    /// Seconds another controller may go without a heartbeat before this one takes over its
+    /// live executions (and before the API stops counting it as live).
+    pub controller_grace_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -163,7 +169,7 @@ max_connections = 16
 
 [message_queue]
 url = "amqp://guest:guest@127.0.0.1:5672/%2f"
-events_queue = "attune.agent.events"
+events_queue = ""
 
 [docker]
 network = "host"
@@ -185,6 +191,8 @@ lease_seconds = 20
 controller_id = ""
 reconcile_interval_seconds = 30
 reconcile_grace_seconds = 60
+controller_heartbeat_seconds = 2
+controller_grace_seconds = 10
 
 [log]
 format = "text"
@@ -239,6 +247,10 @@ impl Settings {
         if settings.executor.controller_id.is_empty() {
             settings.executor.controller_id = default_controller_id();
         }
+        if settings.message_queue.events_queue.is_empty() {
+            settings.message_queue.events_queue =
+                attune_protocol::queues::controller_events_queue(&settings.executor.controller_id);
+        }
         Ok(settings)
     }
 
@@ -277,6 +289,22 @@ impl Settings {
             return Err(SettingsError::Invalid {
                 key: "executor.reconcile_interval_seconds",
                 reason: "must be at least 1".into(),
+            });
+        }
+        if self.executor.controller_heartbeat_seconds == 0 {
+            return Err(SettingsError::Invalid {
+                key: "executor.controller_heartbeat_seconds",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.executor.controller_grace_seconds < 2 * self.executor.controller_heartbeat_seconds {
+            return Err(SettingsError::Invalid {
+                key: "executor.controller_grace_seconds",
+                reason: format!(
+                    "{} must be at least twice executor.controller_heartbeat_seconds ({}), or a slow heartbeat would count as a lost controller",
+                    self.executor.controller_grace_seconds,
+                    self.executor.controller_heartbeat_seconds
+                ),
             });
         }
         if self.docker.pids_limit < 16 {

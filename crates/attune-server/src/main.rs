@@ -1,4 +1,5 @@
-//! `attune-server`: reads settings, starts logging, serves until SIGTERM or Ctrl-C, drains.
+//! `attune-server`: reads settings and roles, starts logging, runs until SIGTERM or Ctrl-C,
+//! drains.
 
 use anyhow::Context;
 use attune_server::config::{Settings, SettingsOverrides};
@@ -27,6 +28,9 @@ struct Arguments {
     /// The static agent binary to inject (docker.agent_binary).
     #[arg(long)]
     agent_binary: Option<PathBuf>,
+    /// Roles of this process: `api`, `controller` (`scheduler` is part of it), comma-separated.
+    #[arg(long, env = "ATTUNE_ROLES", default_value = "api,controller")]
+    roles: String,
 }
 
 #[tokio::main]
@@ -39,16 +43,24 @@ async fn main() -> anyhow::Result<()> {
         log_format: arguments.log_format,
         agent_binary: arguments.agent_binary,
     };
+    let roles = attune_server::app::Roles::parse(&arguments.roles)
+        .map_err(|reason| anyhow::anyhow!("invalid --roles: {reason}"))?;
     let settings = Settings::load(arguments.config.as_deref(), &overrides)?;
     attune_server::telemetry::init(
         &settings.log.level,
         settings.log.format == "json",
         std::io::stderr,
     );
-    let listener = tokio::net::TcpListener::bind(&settings.server.bind)
-        .await
-        .with_context(|| format!("listen on {}", settings.server.bind))?;
-    attune_server::app::run(settings, listener, shutdown_signal()).await?;
+    let listener = if roles.api {
+        Some(
+            tokio::net::TcpListener::bind(&settings.server.bind)
+                .await
+                .with_context(|| format!("listen on {}", settings.server.bind))?,
+        )
+    } else {
+        None
+    };
+    attune_server::app::run_roles(settings, roles, listener, shutdown_signal()).await?;
     Ok(())
 }
 

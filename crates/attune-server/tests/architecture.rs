@@ -76,7 +76,11 @@ fn the_agent_depends_on_the_protocol_crate_alone_of_ours() {
         .iter()
         .filter(|dependency| dependency.starts_with("attune-"))
         .collect();
-    assert_eq!(ours, ["attune-protocol"], "attune-agent depends on {ours:?}");
+    assert_eq!(
+        ours,
+        ["attune-protocol"],
+        "attune-agent depends on {ours:?}"
+    );
 }
 
 #[test]

@@ -46,7 +46,15 @@ async fn warm_containers_are_reused_retired_and_kept_per_pack() {
         "never across packs"
     );
 
-    let pools = client.pools().await;
+    // Pools are shown from the snapshot each controller stores when they change.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let pools = loop {
+        let pools = client.pools().await;
+        if pools.len() == 2 || tokio::time::Instant::now() > deadline {
+            break pools;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(pools.len(), 2, "one pool per pack: {pools:?}");
     let pooled = pools.iter().find(|pool| pool.pack == "pooled").unwrap();
     assert!(pooled.retired >= 1, "{pooled:?}");

@@ -5,7 +5,7 @@
 //! one table of legal transitions (`ExecutionStatus::allowed_next`) as a conditional update, so
 //! an illegal or repeated transition (a redelivered message, a race) changes nothing.
 
-use attune_protocol::api::{ExecutionStatus, ExecutionView, LogChunkView};
+use attune_protocol::api::{ContainerView, ExecutionStatus, ExecutionView, LogChunkView, PoolView};
 use attune_protocol::{AgentRegistration, OutputStream};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
@@ -26,6 +26,9 @@ pub enum StoreError {
     Conflict(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// A stored value does not decode (a corrupt row).
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
     #[error("database migration: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
 }
@@ -101,6 +104,14 @@ pub struct ExecutionRow {
     pub failure_kind: Option<String>,
     pub cancel_requested: bool,
     pub retry_of: Option<i64>,
+    /// The controller that claimed it (and its containers).
+    pub controller_id: Option<String>,
+    /// Bumped at each change of owner; the owner's writes carry it (see [`Fence`]).
+    pub lease_epoch: i64,
+    /// When its container was chosen (the base of the agent start deadline).
+    pub placed_at: Option<DateTime<Utc>>,
+    /// Until when its agent's last heartbeat keeps it alive.
+    pub lease_expires_at: Option<DateTime<Utc>>,
     pub requested_at: DateTime<Utc>,
     pub scheduled_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
@@ -145,6 +156,7 @@ impl ExecutionRow {
             image: self.image.clone(),
             container_id: self.container_id.clone(),
             agent_id: self.agent_id.clone(),
+            controller_id: self.controller_id.clone(),
             requested_at: format_time(self.requested_at),
             scheduled_at: self.scheduled_at.map(format_time),
             started_at: self.started_at.map(format_time),
@@ -174,7 +186,80 @@ pub struct TransitionFields {
     pub result: Option<Value>,
     pub error: Option<String>,
     pub failure_kind: Option<String>,
+    /// When set, the write applies only while this controller still owns the execution
+    /// under this epoch.
+    pub fence: Option<Fence>,
+    /// Renews the agent's lease: it expires this long after the write.
+    pub lease: Option<Duration>,
 }
+
+/// A controller's claim on an execution: its id and the epoch it claimed (or adopted) with.
+/// A write carrying a stale fence changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub controller_id: String,
+    pub epoch: i64,
+}
+
+impl Fence {
+    /// The fence of an execution row as its owner holds it (`None` when it has no owner).
+    pub fn of(row: &ExecutionRow) -> Option<Fence> {
+        Some(Fence {
+            controller_id: row.controller_id.clone()?,
+            epoch: row.lease_epoch,
+        })
+    }
+}
+
+/// A controller as it registers itself.
+#[derive(Debug, Clone, Default)]
+pub struct ControllerRegistration {
+    pub id: String,
+    pub docker_host: String,
+    pub engine_version: String,
+    pub architecture: String,
+    pub capacity: i32,
+    pub events_queue: String,
+}
+
+/// A controller as stored.
+#[derive(Debug, Clone, FromRow)]
+pub struct ControllerRow {
+    pub id: String,
+    pub docker_host: String,
+    pub engine_version: String,
+    pub architecture: String,
+    pub capacity: i32,
+    pub events_queue: String,
+    pub incarnation: i64,
+    pub started_at: DateTime<Utc>,
+    pub last_heartbeat_at: DateTime<Utc>,
+    pub stopped_at: Option<DateTime<Utc>>,
+    pub lost_at: Option<DateTime<Utc>>,
+    pub checks: Value,
+    pub details: Value,
+    /// Seconds since its last heartbeat, by the database's clock.
+    pub heartbeat_age_seconds: f64,
+}
+
+/// What a take-over did to one execution of a lost controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakenOver {
+    pub execution_id: i64,
+    pub lost_controller_id: String,
+    /// The retry queued for an idempotent action.
+    pub retry_id: Option<i64>,
+}
+
+/// Failure kinds after which an idempotent action is requeued once: its agent, container or
+/// controller died, so the action may not have run to its end.
+pub const REQUEUE_KINDS: [&str; 5] = [
+    "killed",
+    "agent-exited",
+    "lease-expired",
+    "controller-restarted",
+    "controller-lost",
+];
 
 impl TransitionFields {
     /// Only an error reason (and its kind).
@@ -205,8 +290,8 @@ pub struct NewPack<'a> {
 const EXECUTION_COLUMNS: &str =
     "id, action_ref, action_id, status, parameters, secret_parameters, \
     image, container_id, agent_id, exit_code, signal, duration_ms, stdout, stderr, stdout_truncated, \
-    stderr_truncated, result, error, failure_kind, cancel_requested, retry_of, requested_at, scheduled_at, \
-    started_at, finished_at";
+    stderr_truncated, result, error, failure_kind, cancel_requested, retry_of, controller_id, \
+    lease_epoch, placed_at, lease_expires_at, requested_at, scheduled_at, started_at, finished_at";
 
 const ACTION_COLUMNS: &str = "a.id, a.pack_id, p.ref AS pack_ref, \
     p.archive_sha256 AS pack_sha256, a.ref, a.label, a.description, \
@@ -459,72 +544,65 @@ impl Store {
 
     /// Moves an execution to `next` if that is legal from its current status, writing the
     /// step's timestamp and the given fields. Returns the updated row, or `None` when the
-    /// execution was not in a status from which `next` may be reached.
+    /// execution was not in a status from which `next` may be reached (or the write's fence is
+    /// stale). Every status write goes through here.
     pub async fn transition(
         &self,
         execution_id: i64,
         next: ExecutionStatus,
         fields: TransitionFields,
     ) -> Result<Option<ExecutionRow>, StoreError> {
-        let previous: Vec<&str> = ExecutionStatus::allowed_previous(next)
+        transition_with(&self.pool, execution_id, next, fields).await
+    }
+
+    /// Ends an execution as failed (or another terminal status) and, when `requeue` asks
+    /// and the action is idempotent, queues it once more — in one transaction, and only if
+    /// the terminal transition itself happened (a report that landed first wins and nothing
+    /// is requeued). Returns the stored row and the retry's id.
+    pub async fn finish(
+        &self,
+        execution_id: i64,
+        next: ExecutionStatus,
+        fields: TransitionFields,
+        requeue: bool,
+    ) -> Result<Option<(ExecutionRow, Option<i64>)>, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let outcome = finish_in(&mut transaction, execution_id, next, fields, requeue).await?;
+        transaction.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Claims up to `limit` requested executions for `controller_id`, oldest first, moving
+    /// them to `scheduled` and bumping their epoch. Safe with several controllers: rows locked
+    /// by another claimer are skipped.
+    pub async fn claim_requested(
+        &self,
+        controller_id: &str,
+        limit: i64,
+    ) -> Result<Vec<ExecutionRow>, StoreError> {
+        let previous: Vec<&str> = ExecutionStatus::allowed_previous(ExecutionStatus::Scheduled)
             .into_iter()
             .map(ExecutionStatus::as_str)
             .collect();
-        let timestamp_column = match next {
-            ExecutionStatus::Requested => "requested_at",
-            ExecutionStatus::Scheduled => "scheduled_at",
-            ExecutionStatus::Running => "started_at",
-            _ => "finished_at",
-        };
-        let row = sqlx::query_as(&format!(
-            "UPDATE executions SET status = $2, {timestamp_column} = now(),
-                 agent_id = COALESCE($4, agent_id),
-                 container_id = COALESCE($5, container_id),
-                 image = COALESCE($6, image),
-                 exit_code = COALESCE($7, exit_code),
-                 signal = COALESCE($8, signal),
-                 duration_ms = COALESCE($16, duration_ms),
-                 stdout = COALESCE($9, stdout),
-                 stderr = COALESCE($10, stderr),
-                 stdout_truncated = COALESCE($11, stdout_truncated),
-                 stderr_truncated = COALESCE($12, stderr_truncated),
-                 result = COALESCE($13, result),
-                 error = COALESCE($14, error),
-                 failure_kind = COALESCE($15, failure_kind)
-             WHERE id = $1 AND status = ANY($3)
-             RETURNING {EXECUTION_COLUMNS}"
-        ))
-        .bind(execution_id)
-        .bind(next.as_str())
-        .bind(&previous)
-        .bind(fields.agent_id)
-        .bind(fields.container_id)
-        .bind(fields.image)
-        .bind(fields.exit_code)
-        .bind(fields.signal)
-        .bind(fields.stdout)
-        .bind(fields.stderr)
-        .bind(fields.stdout_truncated)
-        .bind(fields.stderr_truncated)
-        .bind(fields.result)
-        .bind(fields.error)
-        .bind(fields.failure_kind)
-        .bind(fields.duration_ms)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row)
-    }
-
-    /// Claims up to `limit` requested executions, oldest first, moving them to `scheduled`.
-    /// Safe with several servers: rows locked by another claimer are skipped.
-    pub async fn claim_requested(&self, limit: i64) -> Result<Vec<ExecutionRow>, StoreError> {
+        // The rows are picked in a CTE: a `WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP
+        // LOCKED)` may be re-evaluated by the planner and claim more than `limit` rows.
         Ok(sqlx::query_as(&format!(
-            "UPDATE executions SET status = 'scheduled', scheduled_at = now()
-             WHERE id IN (SELECT id FROM executions WHERE status = 'requested'
-                          ORDER BY id FOR UPDATE SKIP LOCKED LIMIT $1)
-             RETURNING {EXECUTION_COLUMNS}"
+            "WITH picked AS (
+                 SELECT id FROM executions WHERE status = 'requested'
+                 ORDER BY id FOR UPDATE SKIP LOCKED LIMIT $1)
+             UPDATE executions e SET status = 'scheduled', scheduled_at = now(),
+                 controller_id = $2, lease_epoch = e.lease_epoch + 1
+             FROM picked WHERE e.id = picked.id AND e.status = ANY($3)
+             RETURNING {}",
+            EXECUTION_COLUMNS
+                .split(", ")
+                .map(|column| format!("e.{}", column.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
         .bind(limit)
+        .bind(controller_id)
+        .bind(&previous)
         .fetch_all(&self.pool)
         .await?)
     }
@@ -549,24 +627,56 @@ impl Store {
         Ok(updated.rows_affected() > 0)
     }
 
-    /// Records the container and agent chosen for an execution (before the container starts).
+    /// Records the container and agent chosen for an execution (before the container
+    /// starts) and when. Returns false when the fence is stale (someone else owns it now).
     pub async fn set_placement(
         &self,
         execution_id: i64,
+        fence: &Fence,
         image: &str,
         container_id: &str,
         agent_id: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE executions SET image = $2, container_id = $3, agent_id = $4 WHERE id = $1",
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE executions SET image = $2, container_id = $3, agent_id = $4, placed_at = now()
+             WHERE id = $1 AND controller_id = $5 AND lease_epoch = $6",
         )
         .bind(execution_id)
         .bind(image)
         .bind(container_id)
         .bind(agent_id)
+        .bind(&fence.controller_id)
+        .bind(fence.epoch)
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() > 0)
+    }
+
+    /// Renews the lease of running executions whose agent sent a heartbeat.
+    pub async fn renew_leases(
+        &self,
+        execution_ids: &[i64],
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        if execution_ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE executions SET lease_expires_at = now() + make_interval(secs => $2)
+             WHERE id = ANY($1) AND status = 'running'",
+        )
+        .bind(execution_ids)
+        .bind(lease.as_secs_f64())
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// The database's clock (deadlines are computed from stored timestamps against it).
+    pub async fn now(&self) -> Result<DateTime<Utc>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT now()")
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// Marks that a cancel was asked for; returns the row as it is now.
@@ -581,7 +691,7 @@ impl Store {
         .ok_or_else(|| StoreError::NotFound(format!("execution {execution_id}")))
     }
 
-    /// Executions in `scheduled` or `running` (for recovery after a restart).
+    /// Executions in `scheduled` or `running`, of every controller.
     pub async fn live_executions(&self) -> Result<Vec<ExecutionRow>, StoreError> {
         Ok(sqlx::query_as(&format!(
             "SELECT {EXECUTION_COLUMNS} FROM executions
@@ -589,6 +699,198 @@ impl Store {
         ))
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// Executions in `scheduled` or `running` that `controller_id` owns (for recovery after
+    /// a restart, and the sweep).
+    pub async fn live_executions_of(
+        &self,
+        controller_id: &str,
+    ) -> Result<Vec<ExecutionRow>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {EXECUTION_COLUMNS} FROM executions
+             WHERE status IN ('scheduled', 'running') AND controller_id = $1 ORDER BY id"
+        ))
+        .bind(controller_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Registers a controller at its start (a returning one gets a new incarnation and is no
+    /// longer lost or stopped); returns the incarnation.
+    pub async fn register_controller(
+        &self,
+        registration: &ControllerRegistration,
+    ) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO controllers (id, docker_host, engine_version, architecture, capacity, events_queue)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (id) DO UPDATE SET docker_host = EXCLUDED.docker_host,
+                 engine_version = EXCLUDED.engine_version, architecture = EXCLUDED.architecture,
+                 capacity = EXCLUDED.capacity, events_queue = EXCLUDED.events_queue,
+                 incarnation = controllers.incarnation + 1, started_at = now(),
+                 last_heartbeat_at = now(), stopped_at = NULL, lost_at = NULL
+             RETURNING incarnation",
+        )
+        .bind(&registration.id)
+        .bind(&registration.docker_host)
+        .bind(&registration.engine_version)
+        .bind(&registration.architecture)
+        .bind(registration.capacity)
+        .bind(&registration.events_queue)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// A controller's heartbeat with its current checks and details.
+    pub async fn controller_heartbeat(
+        &self,
+        controller_id: &str,
+        checks: &Value,
+        details: &Value,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE controllers SET last_heartbeat_at = now(), checks = $2, details = $3,
+                 lost_at = NULL
+             WHERE id = $1",
+        )
+        .bind(controller_id)
+        .bind(checks)
+        .bind(details)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks a controller stopped (a clean shutdown).
+    pub async fn controller_stopped(&self, controller_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE controllers SET stopped_at = now() WHERE id = $1")
+            .bind(controller_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every registered controller, by id.
+    pub async fn list_controllers(&self) -> Result<Vec<ControllerRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, docker_host, engine_version, architecture, capacity, events_queue,
+                 incarnation, started_at, last_heartbeat_at, stopped_at, lost_at, checks, details,
+                 EXTRACT(EPOCH FROM now() - last_heartbeat_at)::float8 AS heartbeat_age_seconds
+             FROM controllers ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Takes over the live executions of every other controller whose last heartbeat is older
+    /// than `grace`: each ends `failed` with kind `controller-lost` (its epoch bumped, so the
+    /// lost controller's late writes change nothing), and an idempotent one is requeued once.
+    /// The lost controller is marked lost; it reaps its containers when it returns.
+    pub async fn take_over_lost_controllers(
+        &self,
+        survivor_id: &str,
+        grace: Duration,
+    ) -> Result<Vec<TakenOver>, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let lost: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM controllers
+             WHERE id <> $1 AND lost_at IS NULL
+               AND last_heartbeat_at < now() - make_interval(secs => $2)
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(survivor_id)
+        .bind(grace.as_secs_f64())
+        .fetch_all(&mut *transaction)
+        .await?;
+        let mut taken = Vec::new();
+        for lost_id in lost {
+            sqlx::query("UPDATE controllers SET lost_at = now() WHERE id = $1")
+                .bind(&lost_id)
+                .execute(&mut *transaction)
+                .await?;
+            let live: Vec<(i64, i64)> = sqlx::query_as(
+                "SELECT id, lease_epoch FROM executions
+                 WHERE controller_id = $1 AND status IN ('scheduled', 'running')
+                 ORDER BY id FOR UPDATE",
+            )
+            .bind(&lost_id)
+            .fetch_all(&mut *transaction)
+            .await?;
+            for (execution_id, epoch) in live {
+                // Bump the epoch first: whatever the lost controller still writes is fenced out.
+                sqlx::query("UPDATE executions SET lease_epoch = lease_epoch + 1 WHERE id = $1")
+                    .bind(execution_id)
+                    .execute(&mut *transaction)
+                    .await?;
+                let mut fields = TransitionFields::error(
+                    "controller-lost",
+                    format!(
+                        "controller {lost_id} stopped sending heartbeats for over {}s while it ran this execution; taken over by controller {survivor_id}",
+                        grace.as_secs()
+                    ),
+                );
+                fields.fence = Some(Fence {
+                    controller_id: lost_id.clone(),
+                    epoch: epoch + 1,
+                });
+                if let Some((_, retry_id)) = finish_in(
+                    &mut transaction,
+                    execution_id,
+                    ExecutionStatus::Failed,
+                    fields,
+                    true,
+                )
+                .await?
+                {
+                    taken.push(TakenOver {
+                        execution_id,
+                        lost_controller_id: lost_id.clone(),
+                        retry_id,
+                    });
+                }
+            }
+        }
+        transaction.commit().await?;
+        Ok(taken)
+    }
+
+    /// Replaces a controller's snapshot of its warm pools and their containers.
+    pub async fn put_pool_snapshot(
+        &self,
+        controller_id: &str,
+        pools: &[PoolView],
+        containers: &[ContainerView],
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO pool_snapshots (controller_id, pools, containers) VALUES ($1, $2, $3)
+             ON CONFLICT (controller_id) DO UPDATE SET pools = EXCLUDED.pools,
+                 containers = EXCLUDED.containers, updated_at = now()",
+        )
+        .bind(controller_id)
+        .bind(serde_json::to_value(pools).unwrap_or(Value::Null))
+        .bind(serde_json::to_value(containers).unwrap_or(Value::Null))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The warm pools and their containers of every controller that is not lost or stopped.
+    pub async fn pool_snapshots(&self) -> Result<(Vec<PoolView>, Vec<ContainerView>), StoreError> {
+        let rows: Vec<(Value, Value)> = sqlx::query_as(
+            "SELECT s.pools, s.containers FROM pool_snapshots s
+             JOIN controllers c ON c.id = s.controller_id
+             WHERE c.lost_at IS NULL AND c.stopped_at IS NULL ORDER BY s.controller_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut pools = Vec::new();
+        let mut containers = Vec::new();
+        for (pool_values, container_values) in rows {
+            pools.extend(decode_list::<PoolView>(pool_values, "pool")?);
+            containers.extend(decode_list::<ContainerView>(container_values, "container")?);
+        }
+        Ok((pools, containers))
     }
 
     /// Stores a live log chunk; a repeated chunk (redelivery) is ignored.
@@ -682,6 +984,134 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// Decodes a stored JSON list; a corrupt one is an error, never silently empty.
+fn decode_list<T: serde::de::DeserializeOwned>(
+    value: Value,
+    what: &str,
+) -> Result<Vec<T>, StoreError> {
+    serde_json::from_value(value)
+        .map_err(|error| StoreError::Corrupt(format!("stored {what} snapshot: {error}")))
+}
+
+/// [`Store::transition`] on any executor (a transaction included).
+async fn transition_with<'e, E>(
+    executor: E,
+    execution_id: i64,
+    next: ExecutionStatus,
+    fields: TransitionFields,
+) -> Result<Option<ExecutionRow>, StoreError>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    let previous: Vec<&str> = ExecutionStatus::allowed_previous(next)
+        .into_iter()
+        .map(ExecutionStatus::as_str)
+        .collect();
+    let timestamp_column = match next {
+        ExecutionStatus::Requested => "requested_at",
+        ExecutionStatus::Scheduled => "scheduled_at",
+        ExecutionStatus::Running => "started_at",
+        _ => "finished_at",
+    };
+    let (fence_controller, fence_epoch) = match &fields.fence {
+        Some(fence) => (Some(fence.controller_id.clone()), Some(fence.epoch)),
+        None => (None, None),
+    };
+    let row = sqlx::query_as(&format!(
+        "UPDATE executions SET status = $2, {timestamp_column} = now(),
+             agent_id = COALESCE($4, agent_id),
+             container_id = COALESCE($5, container_id),
+             image = COALESCE($6, image),
+             exit_code = COALESCE($7, exit_code),
+             signal = COALESCE($8, signal),
+             duration_ms = COALESCE($16, duration_ms),
+             stdout = COALESCE($9, stdout),
+             stderr = COALESCE($10, stderr),
+             stdout_truncated = COALESCE($11, stdout_truncated),
+             stderr_truncated = COALESCE($12, stderr_truncated),
+             result = COALESCE($13, result),
+             error = COALESCE($14, error),
+             failure_kind = COALESCE($15, failure_kind),
+             lease_expires_at = COALESCE(now() + make_interval(secs => $19), lease_expires_at)
+         WHERE id = $1 AND status = ANY($3)
+           AND ($17::text IS NULL OR (controller_id = $17 AND lease_epoch = $18))
+         RETURNING {EXECUTION_COLUMNS}"
+    ))
+    .bind(execution_id)
+    .bind(next.as_str())
+    .bind(&previous)
+    .bind(fields.agent_id)
+    .bind(fields.container_id)
+    .bind(fields.image)
+    .bind(fields.exit_code)
+    .bind(fields.signal)
+    .bind(fields.stdout)
+    .bind(fields.stderr)
+    .bind(fields.stdout_truncated)
+    .bind(fields.stderr_truncated)
+    .bind(fields.result)
+    .bind(fields.error)
+    .bind(fields.failure_kind)
+    .bind(fields.duration_ms)
+    .bind(fence_controller)
+    .bind(fence_epoch)
+    .bind(fields.lease.map(|lease| lease.as_secs_f64()))
+    .fetch_optional(executor)
+    .await?;
+    Ok(row)
+}
+
+/// [`Store::finish`] inside a transaction.
+async fn finish_in(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    execution_id: i64,
+    next: ExecutionStatus,
+    fields: TransitionFields,
+    requeue: bool,
+) -> Result<Option<(ExecutionRow, Option<i64>)>, StoreError> {
+    let eligible_kind = fields
+        .failure_kind
+        .as_deref()
+        .is_some_and(|kind| REQUEUE_KINDS.contains(&kind));
+    let Some(row) = transition_with(&mut **transaction, execution_id, next, fields).await? else {
+        return Ok(None);
+    };
+    if !(requeue && eligible_kind && next == ExecutionStatus::Failed && row.retry_of.is_none()) {
+        return Ok(Some((row, None)));
+    }
+    let idempotent: bool = match row.action_id {
+        Some(action_id) => sqlx::query_scalar("SELECT idempotent FROM actions WHERE id = $1")
+            .bind(action_id)
+            .fetch_optional(&mut **transaction)
+            .await?
+            .unwrap_or(false),
+        None => false,
+    };
+    if !idempotent {
+        return Ok(Some((row, None)));
+    }
+    let retry_id: i64 = sqlx::query_scalar(
+        "INSERT INTO executions (action_ref, action_id, status, parameters, secret_parameters, retry_of)
+         VALUES ($1, $2, 'requested', $3, $4, $5) RETURNING id",
+    )
+    .bind(&row.action_ref)
+    .bind(row.action_id)
+    .bind(&row.parameters)
+    .bind(&row.secret_parameters)
+    .bind(row.id)
+    .fetch_one(&mut **transaction)
+    .await?;
+    let row: ExecutionRow = sqlx::query_as(&format!(
+        "UPDATE executions SET error = COALESCE(error, '') || $2 WHERE id = $1
+         RETURNING {EXECUTION_COLUMNS}"
+    ))
+    .bind(row.id)
+    .bind(format!("; requeued once as execution {retry_id}"))
+    .fetch_one(&mut **transaction)
+    .await?;
+    Ok(Some((row, Some(retry_id))))
 }
 
 /// The serde name of a unit enum variant (`ParameterDelivery::Env` → `env`).

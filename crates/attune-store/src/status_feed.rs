@@ -1,14 +1,17 @@
-//! A feed of execution status changes from Postgres (`LISTEN attune_execution_status`, fed by a
-//! trigger on every status change), so API requests can wait for an execution to end without
-//! polling — whichever server stored the change.
+//! A feed of execution status changes and cancel requests from Postgres (`LISTEN
+//! attune_execution_status` and `attune_execution_cancel`, fed by triggers), so API requests
+//! wait for an execution to end without polling, schedulers wake when work is requested, and
+//! the owning controller hears of a cancel — whichever server stored the change.
 
 use crate::Store;
 use attune_protocol::api::ExecutionStatus;
 use std::time::Duration;
 use tokio::sync::broadcast;
 
-/// The Postgres channel the trigger notifies.
+/// The Postgres channel the status trigger notifies.
 pub const STATUS_CHANNEL: &str = "attune_execution_status";
+/// The Postgres channel the cancel trigger notifies (payload: the execution id).
+pub const CANCEL_CHANNEL: &str = "attune_execution_cancel";
 
 /// One status change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,18 +33,37 @@ pub fn parse_payload(payload: &str) -> Option<StatusChange> {
 #[derive(Clone)]
 pub struct StatusFeed {
     sender: broadcast::Sender<StatusChange>,
+    cancels: broadcast::Sender<i64>,
+    /// Bumped each time the feed (re)connects, so listeners can catch up on what they missed.
+    connected: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for StatusFeed {
     fn default() -> Self {
         let (sender, _) = broadcast::channel(4096);
-        StatusFeed { sender }
+        let (cancels, _) = broadcast::channel(1024);
+        let (connected, _) = tokio::sync::watch::channel(0);
+        StatusFeed {
+            sender,
+            cancels,
+            connected,
+        }
     }
 }
 
 impl StatusFeed {
     pub fn subscribe(&self) -> broadcast::Receiver<StatusChange> {
         self.sender.subscribe()
+    }
+
+    /// Ids of executions whose cancel was just requested.
+    pub fn subscribe_cancels(&self) -> broadcast::Receiver<i64> {
+        self.cancels.subscribe()
+    }
+
+    /// Changes each time the feed connects (a gap in notifications may precede it).
+    pub fn connections(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.connected.subscribe()
     }
 
     /// Listens on Postgres and forwards changes until the task is dropped; reconnects after
@@ -51,11 +73,18 @@ impl StatusFeed {
         loop {
             match sqlx::postgres::PgListener::connect_with(store.pool()).await {
                 Ok(mut listener) => {
-                    if let Err(error) = listener.listen(STATUS_CHANNEL).await {
+                    if let Err(error) = listener.listen_all([STATUS_CHANNEL, CANCEL_CHANNEL]).await
+                    {
                         tracing::error!(%error, "listen for execution status changes");
                     } else {
+                        self.connected.send_modify(|count| *count += 1);
                         loop {
                             match listener.recv().await {
+                                Ok(notification) if notification.channel() == CANCEL_CHANNEL => {
+                                    if let Ok(execution_id) = notification.payload().parse() {
+                                        let _ = self.cancels.send(execution_id);
+                                    }
+                                }
                                 Ok(notification) => {
                                     if let Some(change) = parse_payload(notification.payload()) {
                                         let _ = self.sender.send(change);

@@ -371,6 +371,7 @@ mod tests {
             image: None,
             container_id: None,
             agent_id: None,
+            controller_id: None,
             requested_at: "2024-05-01T12:00:00Z".to_string(),
             scheduled_at: None,
             started_at: started.map(str::to_string),

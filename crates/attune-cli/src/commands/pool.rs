@@ -33,6 +33,7 @@ fn pools_table(pools: &[PoolView]) -> String {
         .iter()
         .map(|pool| {
             vec![
+                pool.controller_id.clone(),
                 pool.key.clone(),
                 pool.image.clone(),
                 pool.ready.to_string(),
@@ -46,7 +47,15 @@ fn pools_table(pools: &[PoolView]) -> String {
         .collect();
     format_table(
         &[
-            "POOL", "IMAGE", "READY", "BUSY", "STARTING", "CREATED", "RETIRED", "SIZE",
+            "CONTROLLER",
+            "POOL",
+            "IMAGE",
+            "READY",
+            "BUSY",
+            "STARTING",
+            "CREATED",
+            "RETIRED",
+            "SIZE",
         ],
         &rows,
     )
@@ -60,6 +69,7 @@ fn containers_table(containers: &[ContainerView]) -> String {
         .iter()
         .map(|container| {
             vec![
+                container.controller_id.clone(),
                 container.container_id.chars().take(12).collect(),
                 container.state.clone(),
                 container.pool.clone().unwrap_or_else(|| "-".into()),
@@ -73,7 +83,15 @@ fn containers_table(containers: &[ContainerView]) -> String {
         })
         .collect();
     format_table(
-        &["CONTAINER", "STATE", "POOL", "EXECUTION", "IMAGE", "USES"],
+        &[
+            "CONTROLLER",
+            "CONTAINER",
+            "STATE",
+            "POOL",
+            "EXECUTION",
+            "IMAGE",
+            "USES",
+        ],
         &rows,
     )
 }
@@ -85,6 +103,7 @@ mod tests {
     #[test]
     fn pools_render_as_a_table() {
         let pools = vec![PoolView {
+            controller_id: "controller-a".into(),
             key: "hello-0a1b2c3d4e5f".into(),
             pack: "hello".into(),
             image: "busybox:1.36".into(),
@@ -100,7 +119,8 @@ mod tests {
             max: 8,
         }];
         let table = pools_table(&pools);
-        assert!(table.starts_with("POOL"), "{table}");
+        assert!(table.starts_with("CONTROLLER"), "{table}");
+        assert!(table.contains("controller-a"), "{table}");
         assert!(table.contains("hello-0a1b2c3d4e5f"), "{table}");
         assert!(table.contains("2..8"), "{table}");
         assert_eq!(pools_table(&[]), "no warm pools\n");
@@ -109,6 +129,7 @@ mod tests {
     #[test]
     fn containers_render_with_dashes_for_missing_fields() {
         let containers = vec![ContainerView {
+            controller_id: "controller-a".into(),
             container_id: "0123456789abcdef".into(),
             state: "idle".into(),
             pool: Some("hello-0a1b".into()),

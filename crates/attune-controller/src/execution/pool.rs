@@ -177,10 +177,9 @@ impl Controller {
             .claim_warm(&key, &pool_spec, &template, execution_id, signal)
             .await?;
         tracing::debug!(execution_id, container_id = %warm.container_id, pool = %key.name(), "claimed warm container");
-        if let Err(error) = self
-            .store
-            .set_placement(
-                execution_id,
+        if let Err(failure) = self
+            .record_placement(
+                execution,
                 &container_spec.image,
                 &warm.container_id,
                 &warm.agent_id,
@@ -188,10 +187,7 @@ impl Controller {
             .await
         {
             self.release_warm(&key, warm, execution_id, false).await;
-            return Err(ExecutionFailure::failed(
-                "database",
-                format!("record container of execution {execution_id}: {error}"),
-            ));
+            return Err(failure);
         }
         if let Err(error) = self
             .agents
@@ -604,6 +600,7 @@ impl Controller {
         pools
             .iter()
             .map(|(key, pool)| PoolView {
+                controller_id: self.settings.controller_id.clone(),
                 key: key.name(),
                 pack: key.pack_ref.clone(),
                 image: key.image.clone(),
@@ -628,6 +625,7 @@ impl Controller {
         for (key, pool) in pools.iter() {
             for warm in &pool.idle {
                 views.push(ContainerView {
+                    controller_id: self.settings.controller_id.clone(),
                     container_id: warm.container_id.clone(),
                     state: "idle".into(),
                     pool: Some(key.name()),
@@ -639,6 +637,7 @@ impl Controller {
             }
             for (warm, execution_id) in pool.busy.values() {
                 views.push(ContainerView {
+                    controller_id: self.settings.controller_id.clone(),
                     container_id: warm.container_id.clone(),
                     state: "busy".into(),
                     pool: Some(key.name()),
