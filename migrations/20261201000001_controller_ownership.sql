@@ -56,3 +56,6 @@ CREATE TABLE pool_snapshots (
     containers      JSONB NOT NULL DEFAULT '[]'::jsonb,
     updated_at      TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+
+-- One naming style for failure kinds (the agent's were snake_case, the controller's kebab-case).
+UPDATE executions SET failure_kind = replace(failure_kind, '_', '-') WHERE failure_kind LIKE '%\_%';

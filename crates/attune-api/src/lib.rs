@@ -364,19 +364,14 @@ fn action_view(action: &ActionRow) -> ActionView {
         runner_type: action.runner_type.clone(),
         entry_point: action.entry_point.clone(),
         parameters: action.parameters_schema.clone(),
-        parameter_delivery: attune_store::enum_from_name(&action.parameter_delivery)
-            .unwrap_or_default(),
-        parameter_format: attune_store::enum_from_name(&action.parameter_format)
-            .unwrap_or_default(),
+        parameter_delivery: action.parameter_delivery,
+        parameter_format: action.parameter_format,
         timeout: action.timeout_seconds.max(0) as u64,
         container: action
             .container
             .clone()
             .and_then(|container| serde_json::from_value::<ContainerSpec>(container).ok()),
-        isolation: action
-            .isolation
-            .as_deref()
-            .and_then(attune_store::enum_from_name),
+        isolation: action.isolation,
         pool: action
             .pool
             .clone()
@@ -581,8 +576,10 @@ async fn cancel_execution(
     }
     let marked = state.store.request_cancel(execution_id).await?;
     if marked.status() == ExecutionStatus::Requested {
-        let fields =
-            attune_store::TransitionFields::error("canceled", "canceled before it was scheduled");
+        let fields = attune_store::TransitionFields::error(
+            attune_protocol::FailureKind::Canceled,
+            "canceled before it was scheduled",
+        );
         if let Some(row) = state
             .store
             .transition(execution_id, ExecutionStatus::Canceled, fields)
@@ -619,7 +616,7 @@ async fn list_containers(State(state): State<AppState>) -> ApiResult<Json<List<C
         items.push(ContainerView {
             controller_id: execution.controller_id.clone().unwrap_or_default(),
             container_id,
-            state: execution.status.clone(),
+            state: execution.status.to_string(),
             pool: None,
             execution_id: Some(execution.id),
             agent_id: execution.agent_id.clone(),

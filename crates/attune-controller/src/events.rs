@@ -98,9 +98,7 @@ async fn apply_report(store: &Store, report: JobReport) -> Result<ExecutionStatu
         stderr_truncated: Some(report.stderr_truncated),
         result: report.result,
         error: report.error,
-        failure_kind: report
-            .failure_kind
-            .map(|kind| attune_store::enum_name(&kind)),
+        failure_kind: report.failure_kind,
         ..Default::default()
     };
     match store.transition(execution_id, status, fields).await? {

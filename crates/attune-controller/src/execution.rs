@@ -16,21 +16,26 @@ use crate::delivery::{
 use crate::lifecycle::{ContainerWatch, LifecycleTracker};
 use crate::limits::{container_limits, ExecutionPolicy};
 use crate::signals::{ExecutionSignal, ExecutionSignals};
+pub use crate::supervision::SupervisionOrigin;
+use crate::supervision::{Expired, SignalEffect, Supervision, SupervisionTiming};
 use attune_broker::AgentChannel;
 use attune_docker::archive::InjectionArchive;
 use attune_docker::labels::{
     LABEL_AGENT_DELIVERY, LABEL_AGENT_ID, LABEL_AGENT_SHA256, LABEL_CONTROLLER, LABEL_EXECUTION,
     LABEL_MANAGED, LABEL_PACK_SHA256, LABEL_ROLE,
 };
-use attune_docker::{ContainerCreateSpec, DockerError, DockerOps, ImageInfo, RegistryAuth};
-use attune_protocol::api::{ContainerSpec, ExecutionStatus, PoolSpec};
+use attune_docker::{
+    ContainerCreateSpec, DockerError, DockerOps, ImageInfo, RegistryAuth, StartFailure,
+};
+use attune_protocol::api::{ContainerSpec, ExecutionStatus, Isolation, PoolSpec};
 use attune_protocol::queues::{
     AGENT_PATH_IN_CONTAINER, ENVIRONMENTS_DIR_IN_CONTAINER, ENV_AGENT_ENV_CACHE,
     ENV_AGENT_EVENTS_QUEUE, ENV_AGENT_ID, ENV_AGENT_IMAGE, ENV_AGENT_IMAGE_ID, ENV_AGENT_MODE,
     ENV_AGENT_WORKDIR, ENV_MESSAGE_QUEUE_URL, PACKS_DIR_IN_CONTAINER,
 };
+use attune_protocol::FailureKind;
 use attune_protocol::{AgentCommand, Job, Runtime, PROTOCOL_VERSION};
-use attune_store::{enum_from_name, ActionRow, ExecutionRow, Fence, Store, TransitionFields};
+use attune_store::{ActionRow, ExecutionRow, Fence, Store, TransitionFields};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -172,12 +177,12 @@ impl Default for ControllerSettings {
 pub struct ExecutionFailure {
     pub status: ExecutionStatus,
     /// A short class: `pull-failed`, `exec-format`, `injection-failed`, `oom`, `killed`, ...
-    pub kind: &'static str,
+    pub kind: FailureKind,
     pub reason: String,
 }
 
 impl ExecutionFailure {
-    fn failed(kind: &'static str, reason: impl Into<String>) -> Self {
+    fn failed(kind: FailureKind, reason: impl Into<String>) -> Self {
         ExecutionFailure {
             status: ExecutionStatus::Failed,
             kind,
@@ -187,8 +192,8 @@ impl ExecutionFailure {
 
     fn docker(operation: &str, error: DockerError) -> Self {
         let kind = match error {
-            DockerError::Unavailable(_) => "docker-unavailable",
-            _ => "docker-error",
+            DockerError::Unavailable(_) => FailureKind::DockerUnavailable,
+            _ => FailureKind::DockerError,
         };
         ExecutionFailure::failed(kind, format!("{operation}: {error}"))
     }
@@ -269,7 +274,7 @@ impl Controller {
             .launch_and_supervise(&execution, subscription.receiver.clone(), &mut placement)
             .await;
         if let Err(failure) = outcome {
-            tracing::warn!(execution_id, kind = failure.kind, reason = %failure.reason, "execution did not succeed");
+            tracing::warn!(execution_id, kind = %failure.kind, reason = %failure.reason, "execution did not succeed");
             self.finish_with_failure(&execution, &failure).await;
         }
         if let Some(placement) = placement {
@@ -372,7 +377,7 @@ impl Controller {
         let execution_id = execution.id;
         let fence = Fence::of(execution).ok_or_else(|| {
             ExecutionFailure::failed(
-                "controller-lost",
+                FailureKind::ControllerLost,
                 format!(
                     "execution {execution_id} has no owner; it was not claimed by this controller"
                 ),
@@ -385,14 +390,14 @@ impl Controller {
         {
             Ok(true) => Ok(()),
             Ok(false) => Err(ExecutionFailure::failed(
-                "controller-lost",
+                FailureKind::ControllerLost,
                 format!(
                     "execution {execution_id} is no longer owned by controller {} (epoch {}); another controller took it over",
                     fence.controller_id, fence.epoch
                 ),
             )),
             Err(error) => Err(ExecutionFailure::failed(
-                "database",
+                FailureKind::Database,
                 format!("record container of execution {execution_id}: {error}"),
             )),
         }
@@ -417,16 +422,25 @@ impl Controller {
         placement_slot: &mut Option<Placement>,
     ) -> Result<(), ExecutionFailure> {
         let execution_id = execution.id;
-        let action = match execution.action_id {
-            Some(action_id) => self.store.get_action_by_id(action_id).await.ok(),
-            None => None,
-        }
-        .ok_or_else(|| {
+        let missing = || {
             ExecutionFailure::failed(
-                "action-missing",
+                FailureKind::ActionMissing,
                 format!("action {} no longer exists", execution.action_ref),
             )
-        })?;
+        };
+        let action = match execution.action_id {
+            Some(action_id) => match self.store.get_action_by_id(action_id).await {
+                Ok(action) => action,
+                Err(attune_store::StoreError::NotFound(_)) => return Err(missing()),
+                Err(error) => {
+                    return Err(ExecutionFailure::failed(
+                        FailureKind::Database,
+                        format!("read action {}: {error}", execution.action_ref),
+                    ))
+                }
+            },
+            None => return Err(missing()),
+        };
         let container_spec = self.container_spec(&action)?;
         let image = self.ensure_image(&container_spec).await?;
         self.check_architecture(&container_spec.image, &image)?;
@@ -434,7 +448,7 @@ impl Controller {
         if self.cancel_requested(execution_id, &signal).await {
             return Err(canceled_before_start());
         }
-        if let Some(pool_spec) = pooled_isolation(&action) {
+        if let Some(pool_spec) = pooled_isolation(&action)? {
             return self
                 .run_pooled(
                     execution,
@@ -450,7 +464,7 @@ impl Controller {
         let short_id = &uuid::Uuid::new_v4().simple().to_string()[..10];
         let agent_id = format!("exec-{execution_id}-{short_id}");
         let plan = self.plan_delivery(&action, &container_spec).await?;
-        let mut spec = self.create_spec(execution_id, &agent_id, &container_spec, &image);
+        let mut spec = self.create_spec(execution_id, &agent_id, &container_spec, &image)?;
         plan.apply_to(&mut spec);
         let container_name = spec.name.clone();
         let container_id = self.docker.create_container(&spec).await.map_err(|error| {
@@ -472,7 +486,7 @@ impl Controller {
                 .await
                 .map_err(|error| {
                     let reason = format!("inject agent into container {container_name}: {error}");
-                    ExecutionFailure::failed("injection-failed", reason)
+                    ExecutionFailure::failed(FailureKind::InjectionFailed, reason)
                 })?;
         }
         self.agents
@@ -485,7 +499,7 @@ impl Controller {
             )
             .map_err(|error| {
                 ExecutionFailure::failed(
-                    "message-queue",
+                    FailureKind::MessageQueue,
                     format!("queue job for agent {agent_id}: {error}"),
                 )
             })?;
@@ -495,11 +509,11 @@ impl Controller {
         let registration = self.signals.await_registration(&agent_id);
         if let Err(error) = self.docker.start_container(&container_id).await {
             if let Some(volume) = &plan.agent_volume {
-                if error.to_string().contains("no such file or directory") {
+                if error.start_failure() == StartFailure::MissingPath {
                     // The volume lost the agent behind our back: check it again next time.
                     self.filler.forget(volume);
                     return Err(ExecutionFailure::failed(
-                        "injection-failed",
+                        FailureKind::InjectionFailed,
                         format!("the agent volume {volume} does not hold the agent ({error}); it is refilled for the next execution"),
                     ));
                 }
@@ -545,7 +559,7 @@ impl Controller {
         container_spec: &ContainerSpec,
     ) -> Result<DeliveryPlan, ExecutionFailure> {
         let injection_failed =
-            |reason: String| ExecutionFailure::failed("injection-failed", reason);
+            |reason: String| ExecutionFailure::failed(FailureKind::InjectionFailed, reason);
         let read_only = container_spec.read_only;
         let helper_image = container_spec.image.as_str();
         let mut plan = DeliveryPlan::default();
@@ -682,7 +696,7 @@ impl Controller {
         let Ok(row) = self.store.get_execution(execution_id).await else {
             return;
         };
-        if row.status() != ExecutionStatus::Failed || row.failure_kind.as_deref() == Some("oom") {
+        if row.status() != ExecutionStatus::Failed || row.failure_kind == Some(FailureKind::Oom) {
             return;
         }
         // A oneshot agent exits right after its report; by then the engine knows.
@@ -706,7 +720,7 @@ impl Controller {
         }
         match self
             .store
-            .reclassify_failure(execution_id, "oom", &reason)
+            .reclassify_failure(execution_id, FailureKind::Oom, &reason)
             .await
         {
             Ok(true) => tracing::warn!(execution_id, "execution failed out of memory"),
@@ -755,27 +769,15 @@ impl Controller {
         watch: &mut ContainerWatch,
     ) -> Result<(), ExecutionFailure> {
         let grace = Duration::from_secs(self.settings.kill_grace_seconds);
-        let now = Instant::now();
-        // Deadlines count from the stored timestamps, so they survive a restart and adoption.
-        let (started, mut lease_renewed) = match origin {
-            SupervisionOrigin::Fresh => (now, now),
-            SupervisionOrigin::Adopted {
-                since_placed,
-                lease_remaining,
-            } => (
-                now.checked_sub(since_placed).unwrap_or(now),
-                lease_remaining
-                    .and_then(|remaining| (now + remaining).checked_sub(self.settings.lease))
-                    .unwrap_or(now),
-            ),
+        let timing = SupervisionTiming {
+            agent_start_timeout: self.settings.agent_start_timeout,
+            timeout,
+            kill_grace: grace,
+            timeout_slack: self.settings.timeout_slack,
+            lease: self.settings.lease,
         };
-        let start_deadline = started + self.settings.agent_start_timeout;
-        let hard_deadline = started
-            + self.settings.agent_start_timeout
-            + timeout
-            + grace
-            + self.settings.timeout_slack;
-        let mut cancel_deadline: Option<Instant> = None;
+        // Deadlines count from the stored timestamps, so they survive a restart and adoption.
+        let mut machine = Supervision::new(timing, origin, *signal.borrow(), Instant::now());
         let docker = self.docker.clone();
         let wait_id = container_id.to_string();
         let container_exit = async move { docker.wait_container(&wait_id).await };
@@ -783,40 +785,21 @@ impl Controller {
         let mut database_check = tokio::time::interval(Duration::from_secs(5));
         database_check.tick().await;
         let mut events_open = true;
-        // `lease_renewed`: the agent's lease on a running execution, renewed by its heartbeats.
-        // An adopted execution already running keeps the lease its stored timestamps give.
-        let mut heartbeats_seen = signal.borrow().heartbeats;
-        let mut was_running = signal.borrow().running;
 
         loop {
             let current = *signal.borrow_and_update();
-            if current.terminal.is_some() {
-                return Ok(());
-            }
-            if current.heartbeats != heartbeats_seen || current.running != was_running {
-                heartbeats_seen = current.heartbeats;
-                was_running = current.running;
-                lease_renewed = Instant::now();
-            }
-            let lease_deadline = lease_renewed + self.settings.lease;
-            if current.cancel_requested && cancel_deadline.is_none() {
-                if let Err(error) = self
-                    .agents
-                    .send_command(agent_id, &AgentCommand::Cancel { execution_id })
-                    .await
-                {
-                    tracing::error!(execution_id, %error, "send cancel to agent");
+            match machine.on_signal(current, Instant::now()) {
+                SignalEffect::Done => return Ok(()),
+                SignalEffect::SendCancel => {
+                    if let Err(error) = self
+                        .agents
+                        .send_command(agent_id, &AgentCommand::Cancel { execution_id })
+                        .await
+                    {
+                        tracing::error!(execution_id, %error, "send cancel to agent");
+                    }
                 }
-                cancel_deadline = Some(Instant::now() + grace + Duration::from_secs(2));
-            }
-            let mut deadline = hard_deadline;
-            if !current.running {
-                deadline = deadline.min(start_deadline);
-            } else {
-                deadline = deadline.min(lease_deadline);
-            }
-            if let Some(cancel_at) = cancel_deadline {
-                deadline = deadline.min(cancel_at);
+                SignalEffect::Wait => {}
             }
 
             tokio::select! {
@@ -854,46 +837,49 @@ impl Controller {
                         Err(error) => tracing::error!(execution_id, %error, "read execution status"),
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => {
-                    let now = Instant::now();
+                _ = tokio::time::sleep_until(machine.next_deadline()) => {
+                    let Some(expired) = machine.expired(Instant::now()) else {
+                        continue;
+                    };
                     if self.is_terminal_in_database(execution_id).await {
                         return Ok(());
                     }
                     self.kill(execution_id, container_id).await;
-                    if cancel_deadline.is_some_and(|cancel_at| now >= cancel_at) {
-                        return Err(ExecutionFailure {
+                    return Err(match expired {
+                        Expired::Cancel => ExecutionFailure {
                             status: ExecutionStatus::Canceled,
-                            kind: "canceled",
-                            reason: format!("canceled; the action did not stop within {}s so its container was killed", grace.as_secs() + 2),
-                        });
-                    }
-                    if current.running && now >= lease_deadline && now < hard_deadline {
-                        return Err(ExecutionFailure::failed(
-                            "lease-expired",
+                            kind: FailureKind::Canceled,
+                            reason: format!(
+                                "canceled; the action did not stop within {}s so its container was killed",
+                                timing.cancel_patience().as_secs()
+                            ),
+                        },
+                        Expired::Lease => ExecutionFailure::failed(
+                            FailureKind::LeaseExpired,
                             format!(
                                 "agent {agent_id} sent no heartbeat for {}s while running the action; its container was killed",
                                 self.settings.lease.as_secs()
                             ),
-                        ));
-                    }
-                    if !signal.borrow().running && now >= start_deadline {
-                        let logs = self.recent_logs(container_id).await;
-                        return Err(ExecutionFailure::failed(
-                            "injection-failed",
-                            format!(
-                                "agent did not report within {}s of container start{logs}",
-                                self.settings.agent_start_timeout.as_secs()
-                            ),
-                        ));
-                    }
-                    return Err(ExecutionFailure {
-                        status: ExecutionStatus::Timeout,
-                        kind: "timeout",
-                        reason: format!(
-                            "no report from the agent within {}s of the action's {}s timeout; container killed",
-                            (hard_deadline - started - timeout).as_secs(),
-                            timeout.as_secs()
                         ),
+                        Expired::AgentStart => {
+                            let logs = self.recent_logs(container_id).await;
+                            ExecutionFailure::failed(
+                                FailureKind::InjectionFailed,
+                                format!(
+                                    "agent did not report within {}s of container start{logs}",
+                                    self.settings.agent_start_timeout.as_secs()
+                                ),
+                            )
+                        }
+                        Expired::Hard => ExecutionFailure {
+                            status: ExecutionStatus::Timeout,
+                            kind: FailureKind::Timeout,
+                            reason: format!(
+                                "no report from the agent within {}s of the action's {}s timeout; container killed",
+                                machine.hard_slack().as_secs(),
+                                timeout.as_secs()
+                            ),
+                        },
                     });
                 }
             }
@@ -989,14 +975,14 @@ impl Controller {
         let policy = &self.settings.policy;
         let not_allowed = |error: crate::limits::LimitError| {
             ExecutionFailure::failed(
-                "not-allowed",
+                FailureKind::NotAllowed,
                 format!("action {}: {error}", action.action_ref),
             )
         };
         policy.check_image(&spec.image).map_err(not_allowed)?;
         let limits = container_limits(&spec, self.settings.host_cpus).map_err(|error| {
             ExecutionFailure::failed(
-                "invalid-action",
+                FailureKind::InvalidAction,
                 format!(
                     "container settings of action {}: {error}",
                     action.action_ref
@@ -1013,7 +999,7 @@ impl Controller {
         if let Some(container) = &action.container {
             return serde_json::from_value(container.clone()).map_err(|error| {
                 ExecutionFailure::failed(
-                    "invalid-action",
+                    FailureKind::InvalidAction,
                     format!(
                         "container settings of action {}: {error}",
                         action.action_ref
@@ -1027,7 +1013,7 @@ impl Controller {
                 ..Default::default()
             }),
             None => Err(ExecutionFailure::failed(
-                "no-image",
+                FailureKind::NoImage,
                 format!(
                     "action {} names no container image and docker.default_image is not set",
                     action.action_ref
@@ -1040,8 +1026,8 @@ impl Controller {
     async fn ensure_image(&self, spec: &ContainerSpec) -> Result<ImageInfo, ExecutionFailure> {
         self.images.resolve(spec).await.map_err(|error| {
             let kind = match error {
-                crate::images::ImageError::Inspect { .. } => "docker-error",
-                _ => "pull-failed",
+                crate::images::ImageError::Inspect { .. } => FailureKind::DockerError,
+                _ => FailureKind::PullFailed,
             };
             ExecutionFailure::failed(kind, error.to_string())
         })
@@ -1053,7 +1039,7 @@ impl Controller {
             return Ok(());
         }
         Err(ExecutionFailure::failed(
-            "exec-format",
+            FailureKind::ExecFormat,
             format!(
                 "image {image} is built for {image_architecture} but the agent binary is for {}",
                 self.agent.architecture
@@ -1067,30 +1053,18 @@ impl Controller {
         action: &ActionRow,
         container_spec: &ContainerSpec,
     ) -> Result<Job, ExecutionFailure> {
-        let invalid = |what: &str, value: &str| {
-            ExecutionFailure::failed(
-                "invalid-action",
-                format!("action {}: invalid {what} {value:?}", action.action_ref),
-            )
-        };
-        let runtime: Runtime = action
-            .runtime
-            .parse()
-            .map_err(|_| invalid("runtime", &action.runtime))?;
         Ok(Job {
             protocol_version: PROTOCOL_VERSION,
             execution_id: execution.id,
             action_ref: action.action_ref.clone(),
             pack_ref: action.pack_ref.clone(),
-            runtime,
+            runtime: action.runtime,
             pack_dir: format!("{PACKS_DIR_IN_CONTAINER}/{}", action.pack_ref),
             entry_point: action.entry_point_path.clone(),
             parameters: execution.parameters_map(),
             secret_parameters: execution.secret_parameters.clone(),
-            parameter_delivery: enum_from_name(&action.parameter_delivery)
-                .ok_or_else(|| invalid("parameter_delivery", &action.parameter_delivery))?,
-            parameter_format: enum_from_name(&action.parameter_format)
-                .ok_or_else(|| invalid("parameter_format", &action.parameter_format))?,
+            parameter_delivery: action.parameter_delivery,
+            parameter_format: action.parameter_format,
             timeout_seconds: action.timeout_seconds.max(1) as u64,
             kill_grace_seconds: self.settings.kill_grace_seconds,
             env: container_spec.env.clone(),
@@ -1105,7 +1079,7 @@ impl Controller {
         agent_id: &str,
         container_spec: &ContainerSpec,
         image: &ImageInfo,
-    ) -> ContainerCreateSpec {
+    ) -> Result<ContainerCreateSpec, ExecutionFailure> {
         let labels: BTreeMap<String, String> = [
             (LABEL_MANAGED, "true".to_string()),
             (LABEL_EXECUTION, execution_id.to_string()),
@@ -1121,8 +1095,13 @@ impl Controller {
             .clone()
             .or_else(|| Some(image.user.clone()).filter(|user| !user.is_empty()))
             .unwrap_or_else(|| "0".to_string());
-        // Checked by `container_spec` before any container is made.
-        let limits = container_limits(container_spec, self.settings.host_cpus).unwrap_or_default();
+        let limits =
+            container_limits(container_spec, self.settings.host_cpus).map_err(|error| {
+                ExecutionFailure::failed(
+                    FailureKind::InvalidAction,
+                    format!("container settings: {error}"),
+                )
+            })?;
         let mut env = vec![
             format!("{ENV_MESSAGE_QUEUE_URL}={}", self.settings.agent_mq_url),
             format!("{ENV_AGENT_ID}={agent_id}"),
@@ -1139,7 +1118,7 @@ impl Controller {
                 READ_ONLY_WORK_DIR_OPTIONS.to_string(),
             );
         }
-        ContainerCreateSpec {
+        Ok(ContainerCreateSpec {
             name: format!("attune-{agent_id}"),
             image: container_spec.image.clone(),
             entrypoint: vec![AGENT_PATH_IN_CONTAINER.to_string()],
@@ -1160,42 +1139,7 @@ impl Controller {
             read_only_rootfs: limits.read_only,
             tmpfs,
             binds: Vec::new(),
-        }
-    }
-}
-
-/// Where a supervision's deadlines count from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SupervisionOrigin {
-    /// The container was just started: every deadline counts from now.
-    Fresh,
-    /// An adopted execution: deadlines count from its stored timestamps.
-    Adopted {
-        /// Time since its container was chosen (the start deadline's base).
-        since_placed: Duration,
-        /// What is left of its agent's lease, when one was stored.
-        lease_remaining: Option<Duration>,
-    },
-}
-
-impl SupervisionOrigin {
-    /// The origin of an adopted execution, against the database's clock.
-    pub fn adopted(execution: &ExecutionRow, database_now: chrono::DateTime<chrono::Utc>) -> Self {
-        let since = |time: chrono::DateTime<chrono::Utc>| {
-            (database_now - time).to_std().unwrap_or(Duration::ZERO)
-        };
-        let since_placed = execution
-            .placed_at
-            .or(execution.scheduled_at)
-            .map(since)
-            .unwrap_or(Duration::ZERO);
-        let lease_remaining = execution
-            .lease_expires_at
-            .map(|expires| (expires - database_now).to_std().unwrap_or(Duration::ZERO));
-        SupervisionOrigin::Adopted {
-            since_placed,
-            lease_remaining,
-        }
+        })
     }
 }
 
@@ -1305,9 +1249,9 @@ const ENVIRONMENTS_CACHE_DIR: &str = "cache";
 
 /// Whether the action's pack carries dependencies its runtime builds an environment from.
 fn needs_environment(action: &ActionRow, entries: &[PackEntry]) -> bool {
-    let dependency_file = match action.runtime.as_str() {
-        "python" => "requirements.txt",
-        "node" => "package.json",
+    let dependency_file = match action.runtime {
+        Runtime::Python => "requirements.txt",
+        Runtime::Node => "package.json",
         _ => return false,
     };
     entries.iter().any(|entry| entry.path == dependency_file)
@@ -1338,54 +1282,16 @@ fn agent_directory() -> &'static str {
 }
 
 /// One file or directory of a pack, relative to the pack's root.
-struct PackEntry {
-    path: String,
-    /// `None` for a directory.
-    contents: Option<Arc<Vec<u8>>>,
-    mode: u32,
-}
+type PackEntry = attune_pack::stored::StoredEntry;
 
-/// The pack's files from its stored archive: directories 0755, files 0755 when executable
-/// else 0644, owned by root.
+/// The pack's files from its stored archive (read by attune-pack, the only pack tar reader).
 fn pack_entries(pack_ref: &str, pack_archive: &[u8]) -> Result<Vec<PackEntry>, ExecutionFailure> {
-    let injection_failed = |reason: String| ExecutionFailure::failed("injection-failed", reason);
-    let mut reader = tar::Archive::new(pack_archive);
-    let entries = reader
-        .entries()
-        .map_err(|error| injection_failed(format!("read files of pack {pack_ref}: {error}")))?;
-    let mut pack_entries = Vec::new();
-    for entry in entries {
-        let mut entry = entry
-            .map_err(|error| injection_failed(format!("read files of pack {pack_ref}: {error}")))?;
-        let path = entry
-            .path()
-            .map_err(|error| injection_failed(format!("pack file path: {error}")))?
-            .to_string_lossy()
-            .trim_end_matches('/')
-            .trim_start_matches("./")
-            .to_string();
-        if path.is_empty() || path == "." {
-            continue;
-        }
-        let executable = entry.header().mode().unwrap_or(0o644) & 0o111 != 0;
-        if entry.header().entry_type().is_dir() {
-            pack_entries.push(PackEntry {
-                path,
-                contents: None,
-                mode: 0o755,
-            });
-        } else if entry.header().entry_type().is_file() {
-            let mut contents = Vec::new();
-            std::io::Read::read_to_end(&mut entry, &mut contents)
-                .map_err(|error| injection_failed(format!("read pack file {path}: {error}")))?;
-            pack_entries.push(PackEntry {
-                path,
-                contents: Some(Arc::new(contents)),
-                mode: if executable { 0o755 } else { 0o644 },
-            });
-        }
-    }
-    Ok(pack_entries)
+    attune_pack::stored::read_stored_archive(pack_archive).map_err(|error| {
+        ExecutionFailure::failed(
+            FailureKind::InjectionFailed,
+            format!("files of pack {pack_ref}: {error}"),
+        )
+    })
 }
 
 /// Adds the pack's directory and files under `pack_dir` (absolute) to a put_archive archive.
@@ -1394,7 +1300,8 @@ fn add_pack_entries(
     pack_dir: &str,
     entries: &[PackEntry],
 ) -> Result<(), ExecutionFailure> {
-    let injection_failed = |reason: String| ExecutionFailure::failed("injection-failed", reason);
+    let injection_failed =
+        |reason: String| ExecutionFailure::failed(FailureKind::InjectionFailed, reason);
     let pack_root = pack_dir.trim_start_matches('/');
     archive
         .add_dir(pack_root, 0o755)
@@ -1446,22 +1353,31 @@ fn pack_volume_content(pack_archive: &[u8], entries: &[PackEntry]) -> VolumeCont
 
 /// The pool settings when the action runs pooled: `isolation: pooled`, or a `pool:` given
 /// without an isolation.
-fn pooled_isolation(action: &ActionRow) -> Option<PoolSpec> {
-    let pool = action
-        .pool
-        .clone()
-        .and_then(|pool| serde_json::from_value::<PoolSpec>(pool).ok());
-    match action.isolation.as_deref() {
-        Some("pooled") => Some(pool.unwrap_or_default()),
-        Some(_) => None,
+/// Stored pool settings that do not decode are an error, never silently the defaults.
+fn pooled_isolation(action: &ActionRow) -> Result<Option<PoolSpec>, ExecutionFailure> {
+    let pool = match action.pool.clone() {
+        None => None,
+        Some(pool) => Some(serde_json::from_value::<PoolSpec>(pool).map_err(|error| {
+            ExecutionFailure::failed(
+                FailureKind::InvalidAction,
+                format!(
+                    "stored pool settings of action {}: {error}",
+                    action.action_ref
+                ),
+            )
+        })?),
+    };
+    Ok(match action.isolation {
+        Some(Isolation::Pooled) => Some(pool.unwrap_or_default()),
+        Some(Isolation::PerExecution) => None,
         None => pool,
-    }
+    })
 }
 
 fn canceled_before_start() -> ExecutionFailure {
     ExecutionFailure {
         status: ExecutionStatus::Canceled,
-        kind: "canceled",
+        kind: FailureKind::Canceled,
         reason: "canceled before the action started".into(),
     }
 }
@@ -1476,10 +1392,9 @@ pub fn normalize_architecture(architecture: &str) -> String {
 }
 
 fn classify_start_error(image: &str, agent: &AgentBinary, error: DockerError) -> ExecutionFailure {
-    let text = error.to_string();
-    if text.contains("exec format error") {
+    if error.start_failure() == StartFailure::ExecFormat {
         return ExecutionFailure::failed(
-            "exec-format",
+            FailureKind::ExecFormat,
             format!(
                 "the agent binary ({}) cannot run in image {image}: exec format error",
                 agent.architecture
@@ -1521,13 +1436,15 @@ pub fn classify_exit(
             "the engine reported an oom event"
         };
         return ExecutionFailure::failed(
-            "oom",
+            FailureKind::Oom,
             format!("the container ran out of memory and was killed ({how}){logs}"),
         );
     }
-    if evidence.engine_error.contains("exec format error") || logs.contains("exec format error") {
+    if StartFailure::of_text(&evidence.engine_error) == StartFailure::ExecFormat
+        || StartFailure::of_text(logs) == StartFailure::ExecFormat
+    {
         return ExecutionFailure::failed(
-            "exec-format",
+            FailureKind::ExecFormat,
             format!(
                 "the agent binary ({}) cannot run in image {image}: exec format error",
                 agent.architecture
@@ -1536,21 +1453,21 @@ pub fn classify_exit(
     }
     if evidence.removed {
         return ExecutionFailure::failed(
-            "killed",
+            FailureKind::Killed,
             "the container was removed while the action ran".to_string(),
         );
     }
     match evidence.exit_code {
         Some(137) => ExecutionFailure::failed(
-            "killed",
+            FailureKind::Killed,
             format!("the agent was killed before reporting a result (exit code 137: SIGKILL to the agent or its container, possibly out of memory){logs}"),
         ),
         Some(code) => ExecutionFailure::failed(
-            "agent-exited",
+            FailureKind::AgentExited,
             format!("the agent exited with code {code} before reporting a result{logs}"),
         ),
         None => ExecutionFailure::failed(
-            "agent-exited",
+            FailureKind::AgentExited,
             format!("the container stopped before the agent reported a result{logs}"),
         ),
     }

@@ -6,7 +6,8 @@
 //! Modules: [`execution`] (one execution in one container, and warm pools), [`delivery`] (agent
 //! and pack files by shared volume or put_archive), [`images`] (pull policy, one pull per
 //! image), [`limits`] (resources and allow-lists), [`lifecycle`] (the engine's container
-//! events), [`signals`] (in-process wakeups of supervisors), [`events`] (agents' reports into
+//! events), [`signals`] (in-process wakeups of supervisors), [`supervision`] (the deadlines of one
+//! execution as a state machine), [`events`] (agents' reports into
 //! the database), [`scheduler`] (claims work, reconciles at start and periodically),
 //! [`membership`] (registration, heartbeats, take-over of lost controllers, cancels).
 
@@ -19,5 +20,6 @@ pub mod limits;
 pub mod membership;
 pub mod scheduler;
 pub mod signals;
+pub mod supervision;
 
 pub use execution::{AgentBinary, AgentBinaryError, Controller, ControllerSettings};

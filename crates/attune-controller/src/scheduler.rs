@@ -7,6 +7,7 @@ use crate::execution::Controller;
 use attune_docker::labels::{LABEL_AGENT_ID, LABEL_CONTROLLER, LABEL_EXECUTION, LABEL_MANAGED};
 use attune_docker::DockerOps;
 use attune_protocol::api::ExecutionStatus;
+use attune_protocol::FailureKind;
 use attune_store::status_feed::StatusFeed;
 use attune_store::{ExecutionRow, Fence, Store, TransitionFields};
 use std::collections::{HashMap, HashSet};
@@ -198,7 +199,7 @@ pub async fn reconcile_at_start(
 /// requeued once (its action may not have run to its end).
 async fn fail_orphaned(store: &Store, execution: &ExecutionRow) {
     let mut fields = TransitionFields::error(
-        "controller-restarted",
+        FailureKind::ControllerRestarted,
         "the controller restarted and the execution's container was not running any more",
     );
     fields.fence = Fence::of(execution);

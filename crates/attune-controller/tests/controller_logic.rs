@@ -17,6 +17,7 @@ use attune_controller::signals::ExecutionSignals;
 use attune_docker::fake::{DockerCall, Operation, RecordingDocker};
 use attune_docker::{ContainerCreateSpec, DockerError, DockerOps};
 use attune_protocol::api::ExecutionStatus;
+use attune_protocol::FailureKind;
 use attune_protocol::{AgentCommand, AgentEvent, Job, JobOutcome, JobReport};
 use attune_store::testing::TestDatabase;
 use attune_store::{ExecutionRow, Fence, NewPack, Store};
@@ -504,7 +505,10 @@ async fn image_that_cannot_be_pulled_fails_without_a_container() {
     let harness = Harness::new(Duration::from_secs(10)).await;
     let row = run_unanswered(&harness).await;
     assert_eq!(row.status(), ExecutionStatus::Failed);
-    assert_eq!(row.failure_kind.as_deref(), Some("pull-failed"));
+    assert_eq!(
+        row.failure_kind.map(FailureKind::as_str),
+        Some("pull-failed")
+    );
     assert!(row
         .error
         .unwrap()
@@ -532,7 +536,10 @@ async fn image_of_another_architecture_is_refused_before_create() {
     harness.docker.add_image("busybox:1.36", "arm64");
     let row = run_unanswered(&harness).await;
     assert_eq!(row.status(), ExecutionStatus::Failed);
-    assert_eq!(row.failure_kind.as_deref(), Some("exec-format"));
+    assert_eq!(
+        row.failure_kind.map(FailureKind::as_str),
+        Some("exec-format")
+    );
     assert!(row
         .error
         .unwrap()
@@ -553,7 +560,10 @@ async fn start_failure_with_exec_format_error_is_classified_and_cleaned_up() {
     );
     let row = run_unanswered(&harness).await;
     assert_eq!(row.status(), ExecutionStatus::Failed);
-    assert_eq!(row.failure_kind.as_deref(), Some("exec-format"));
+    assert_eq!(
+        row.failure_kind.map(FailureKind::as_str),
+        Some("exec-format")
+    );
     assert_all_removed(&harness.docker);
     harness.finish().await;
 }
@@ -568,7 +578,10 @@ async fn container_exiting_without_a_report_fails_with_its_output() {
     );
     let row = run_unanswered(&harness).await;
     assert_eq!(row.status(), ExecutionStatus::Failed);
-    assert_eq!(row.failure_kind.as_deref(), Some("agent-exited"));
+    assert_eq!(
+        row.failure_kind.map(FailureKind::as_str),
+        Some("agent-exited")
+    );
     let error = row.error.unwrap();
     assert!(
         error.contains("exited with code 2 before reporting"),
@@ -590,7 +603,7 @@ async fn out_of_memory_is_classified_as_oom_never_success() {
     run.await.unwrap();
     let row = harness.store.get_execution(id).await.unwrap();
     assert_eq!(row.status(), ExecutionStatus::Failed);
-    assert_eq!(row.failure_kind.as_deref(), Some("oom"));
+    assert_eq!(row.failure_kind.map(FailureKind::as_str), Some("oom"));
     assert_all_removed(&harness.docker);
     harness.finish().await;
 }
@@ -601,7 +614,10 @@ async fn agent_that_never_reports_is_injection_failed_and_killed() {
     harness.docker.add_image("busybox:1.36", "amd64");
     let row = run_unanswered(&harness).await;
     assert_eq!(row.status(), ExecutionStatus::Failed);
-    assert_eq!(row.failure_kind.as_deref(), Some("injection-failed"));
+    assert_eq!(
+        row.failure_kind.map(FailureKind::as_str),
+        Some("injection-failed")
+    );
     let calls = harness.docker.calls();
     assert_eq!(killed(&calls), 1);
     assert_all_removed(&harness.docker);
@@ -688,7 +704,10 @@ async fn restart_reconcile_adopts_live_removes_orphans_and_fails_the_lost() {
     assert!(harness.docker.container(&foreign).is_some());
     let lost = harness.store.get_execution(lost.id).await.unwrap();
     assert_eq!(lost.status(), ExecutionStatus::Failed);
-    assert_eq!(lost.failure_kind.as_deref(), Some("controller-restarted"));
+    assert_eq!(
+        lost.failure_kind.map(FailureKind::as_str),
+        Some("controller-restarted")
+    );
 
     // The adopted container's agent reports; the adopter removes the container.
     harness.apply(succeeded_report("exec-live", live.id)).await;
@@ -860,7 +879,10 @@ async fn read_only_action_without_volumes_fails_as_injection_failed() {
     );
     let row = run_unanswered(&harness).await;
     assert_eq!(row.status(), ExecutionStatus::Failed);
-    assert_eq!(row.failure_kind.as_deref(), Some("injection-failed"));
+    assert_eq!(
+        row.failure_kind.map(FailureKind::as_str),
+        Some("injection-failed")
+    );
     let error = row.error.unwrap();
     assert!(
         error.contains("read-only root filesystem") && error.contains("volumes are disabled"),
@@ -915,7 +937,10 @@ async fn allow_lists_bad_limits_and_proc_workdirs_are_refused_before_any_contain
     .await;
     harness.docker.add_image("busybox:1.36", "amd64");
     let row = run_unanswered(&harness).await;
-    assert_eq!(row.failure_kind.as_deref(), Some("not-allowed"));
+    assert_eq!(
+        row.failure_kind.map(FailureKind::as_str),
+        Some("not-allowed")
+    );
     assert!(row
         .error
         .unwrap()
@@ -956,7 +981,7 @@ async fn allow_lists_bad_limits_and_proc_workdirs_are_refused_before_any_contain
         let row = run_unanswered(&harness_open).await;
         assert_eq!(row.status(), ExecutionStatus::Failed, "{changes}");
         assert_eq!(
-            row.failure_kind.as_deref(),
+            row.failure_kind.map(FailureKind::as_str),
             Some(kind),
             "{changes}: {:?}",
             row.error
@@ -991,7 +1016,7 @@ async fn a_container_killed_from_outside_is_failed_as_killed() {
     run.await.unwrap();
     let row = harness.store.get_execution(id).await.unwrap();
     assert_eq!(row.status(), ExecutionStatus::Failed);
-    assert_eq!(row.failure_kind.as_deref(), Some("killed"));
+    assert_eq!(row.failure_kind.map(FailureKind::as_str), Some("killed"));
     assert!(row.error.unwrap().contains("exit code 137"));
     assert_all_removed(&harness.docker);
     harness.finish().await;
@@ -1006,7 +1031,12 @@ async fn an_oom_event_before_die_means_oom_even_without_oom_killed() {
     assert!(!harness.docker.container(&container_id).unwrap().oom_killed);
     run.await.unwrap();
     let row = harness.store.get_execution(id).await.unwrap();
-    assert_eq!(row.failure_kind.as_deref(), Some("oom"), "{:?}", row.error);
+    assert_eq!(
+        row.failure_kind.map(FailureKind::as_str),
+        Some("oom"),
+        "{:?}",
+        row.error
+    );
     assert!(row.error.unwrap().contains("oom event"));
     assert_all_removed(&harness.docker);
     harness.finish().await;
@@ -1031,7 +1061,7 @@ async fn a_failed_report_after_an_oom_kill_is_reclassified_as_oom() {
     run.await.unwrap();
     let row = harness.store.get_execution(id).await.unwrap();
     assert_eq!(row.status(), ExecutionStatus::Failed);
-    assert_eq!(row.failure_kind.as_deref(), Some("oom"));
+    assert_eq!(row.failure_kind.map(FailureKind::as_str), Some("oom"));
     let error = row.error.unwrap();
     assert!(
         error.contains("out of memory") && error.contains("signal 9"),
@@ -1050,7 +1080,7 @@ async fn a_container_removed_from_outside_is_failed_as_killed() {
     engine.remove_container(&container_id).await.unwrap();
     run.await.unwrap();
     let row = harness.store.get_execution(id).await.unwrap();
-    assert_eq!(row.failure_kind.as_deref(), Some("killed"));
+    assert_eq!(row.failure_kind.map(FailureKind::as_str), Some("killed"));
     assert!(row.error.unwrap().contains("removed while the action ran"));
     harness.finish().await;
 }
@@ -1074,7 +1104,7 @@ async fn a_running_action_past_its_deadline_is_killed_as_timeout() {
     run.await.unwrap();
     let row = harness.store.get_execution(id).await.unwrap();
     assert_eq!(row.status(), ExecutionStatus::Timeout);
-    assert_eq!(row.failure_kind.as_deref(), Some("timeout"));
+    assert_eq!(row.failure_kind.map(FailureKind::as_str), Some("timeout"));
     assert_eq!(killed(&harness.docker.calls()), 1);
     assert_all_removed(&harness.docker);
     harness.finish().await;
@@ -1088,7 +1118,10 @@ async fn upload_failure_is_injection_failed_and_exec_format_in_output_is_named()
         rejected("upload", "no space left on device"),
     );
     let row = run_unanswered(&harness).await;
-    assert_eq!(row.failure_kind.as_deref(), Some("injection-failed"));
+    assert_eq!(
+        row.failure_kind.map(FailureKind::as_str),
+        Some("injection-failed")
+    );
     assert!(row.error.unwrap().contains("no space left on device"));
 
     harness.docker.set_exit("attune-exec-", 1);
@@ -1097,7 +1130,10 @@ async fn upload_failure_is_injection_failed_and_exec_format_in_output_is_named()
         "exec /opt/attune/bin/attune-agent: exec format error",
     );
     let row = run_unanswered(&harness).await;
-    assert_eq!(row.failure_kind.as_deref(), Some("exec-format"));
+    assert_eq!(
+        row.failure_kind.map(FailureKind::as_str),
+        Some("exec-format")
+    );
     assert_all_removed(&harness.docker);
     harness.finish().await;
 }
@@ -1113,7 +1149,7 @@ async fn periodic_sweep_removes_only_old_containers_of_ended_or_unknown_executio
         .transition(
             ended.id,
             ExecutionStatus::Failed,
-            attune_store::TransitionFields::error("test", "ended"),
+            attune_store::TransitionFields::error(FailureKind::Other, "ended"),
         )
         .await
         .unwrap();
@@ -1230,7 +1266,10 @@ async fn silent_agent_loses_its_lease_and_the_execution_fails() {
     run.await.unwrap();
     let row = harness.store.get_execution(id).await.unwrap();
     assert_eq!(row.status(), ExecutionStatus::Failed);
-    assert_eq!(row.failure_kind.as_deref(), Some("lease-expired"));
+    assert_eq!(
+        row.failure_kind.map(FailureKind::as_str),
+        Some("lease-expired")
+    );
     assert!(row.error.unwrap().contains("no heartbeat"));
     assert_eq!(killed(&harness.docker.calls()), 1);
     assert_all_removed(&harness.docker);
@@ -1314,7 +1353,10 @@ async fn restart_reconcile_adopts_a_busy_warm_container_by_id_and_removes_idle_o
     );
     let lost = harness.store.get_execution(lost.id).await.unwrap();
     assert_eq!(lost.status(), ExecutionStatus::Failed);
-    assert_eq!(lost.failure_kind.as_deref(), Some("controller-restarted"));
+    assert_eq!(
+        lost.failure_kind.map(FailureKind::as_str),
+        Some("controller-restarted")
+    );
     let still_running = harness.store.get_execution(pooled.id).await.unwrap();
     assert_eq!(still_running.status(), ExecutionStatus::Running);
 
@@ -1405,7 +1447,10 @@ async fn pulls_carry_the_credentials_of_the_image_registry_and_no_others() {
         .await;
     let row = run_unanswered(&harness).await;
     assert_eq!(row.status(), ExecutionStatus::Failed);
-    assert_eq!(row.failure_kind.as_deref(), Some("pull-failed"));
+    assert_eq!(
+        row.failure_kind.map(FailureKind::as_str),
+        Some("pull-failed")
+    );
     let error = row.error.unwrap_or_default();
     assert!(error.contains("authentication required"), "{error}");
     assert!(!error.contains("secret"), "{error}");

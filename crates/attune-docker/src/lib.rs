@@ -34,6 +34,38 @@ pub enum DockerError {
     Rejected { operation: String, reason: String },
 }
 
+/// What a failed start (or an engine error text) means, classified here — the only crate that
+/// knows the engine's wording — so callers branch on a kind, not on substrings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFailure {
+    /// The entrypoint cannot run on this kernel/architecture (`exec format error`).
+    ExecFormat,
+    /// A path the container needs (its entrypoint, a mount source) is missing.
+    MissingPath,
+    /// Anything else.
+    Other,
+}
+
+impl StartFailure {
+    /// Classifies an engine error text (also a container's `State.Error` or its logs).
+    pub fn of_text(text: &str) -> StartFailure {
+        if text.contains("exec format error") {
+            StartFailure::ExecFormat
+        } else if text.contains("no such file or directory") {
+            StartFailure::MissingPath
+        } else {
+            StartFailure::Other
+        }
+    }
+}
+
+impl DockerError {
+    /// What a failed container start means.
+    pub fn start_failure(&self) -> StartFailure {
+        StartFailure::of_text(&self.to_string())
+    }
+}
+
 /// What the engine says about itself: for readiness reports and the architecture check.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct EngineInfo {

@@ -18,6 +18,7 @@ mod model;
 mod parameters;
 mod pool;
 mod resources;
+pub mod stored;
 
 pub use container::{validate_image_reference, validate_workdir};
 pub use error::PackError;

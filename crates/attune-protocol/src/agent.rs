@@ -156,25 +156,134 @@ pub enum JobOutcome {
     Abandoned,
 }
 
-/// Why an execution failed before or outside its own exit code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// Why an execution failed: every failure class, the agent's and the controller's, in one
+/// naming style (kebab-case, as stored in `executions.failure_kind`). The agent's kinds are also
+/// read in the snake_case older agents send; a kind newer than this build reads as `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum FailureKind {
+    // --- reported by the agent ---
     /// The process ran and exited non-zero or by a signal.
+    #[serde(alias = "non_zero_exit")]
     NonZeroExit,
     /// The runtime's interpreter is not in the image.
+    #[serde(alias = "interpreter_missing")]
     InterpreterMissing,
     /// The entry point file is missing (or not executable for native).
+    #[serde(alias = "entry_point_missing")]
     EntryPointMissing,
     /// Parameters could not be delivered (e.g. the parameter file could not be written).
+    #[serde(alias = "parameter_delivery")]
     ParameterDelivery,
     /// The process could not be started.
     Spawn,
     /// The job's protocol version is not supported by this agent.
+    #[serde(alias = "unsupported_protocol")]
     UnsupportedProtocol,
-    /// Anything newer than this agent knows.
+    // --- decided by the controller ---
+    /// The image was not present and could not be pulled.
+    PullFailed,
+    /// The agent binary cannot run in the image (architecture).
+    ExecFormat,
+    /// The agent or pack files could not be put into the container, or the agent never
+    /// reported after the container started.
+    InjectionFailed,
+    /// The container ran out of memory.
+    Oom,
+    /// The agent or its container was killed (SIGKILL, exit 137) or removed.
+    Killed,
+    /// The agent exited before reporting a result.
+    AgentExited,
+    /// A running agent stopped sending heartbeats.
+    LeaseExpired,
+    /// The action ran past its timeout.
+    Timeout,
+    /// Someone canceled it.
+    Canceled,
+    /// The operator's policy refuses the action's image or capabilities.
+    NotAllowed,
+    /// The action's stored settings are invalid.
+    InvalidAction,
+    /// The action names no image and there is no default image.
+    NoImage,
+    /// The action was removed.
+    ActionMissing,
+    /// Every container of its warm pool stayed busy.
+    PoolExhausted,
+    /// The Docker engine refused an operation.
+    DockerError,
+    /// The Docker engine could not be reached.
+    DockerUnavailable,
+    /// The message queue could not take the job.
+    MessageQueue,
+    /// The database could not record a step.
+    Database,
+    /// The controller restarted and the execution's container was gone.
+    ControllerRestarted,
+    /// The owning controller stopped heartbeating and another took the execution over.
+    ControllerLost,
+    /// Anything newer than this build knows.
     #[serde(other)]
     Other,
+}
+
+impl FailureKind {
+    /// The stored (and wire) name, e.g. `exec-format`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::NonZeroExit => "non-zero-exit",
+            FailureKind::InterpreterMissing => "interpreter-missing",
+            FailureKind::EntryPointMissing => "entry-point-missing",
+            FailureKind::ParameterDelivery => "parameter-delivery",
+            FailureKind::Spawn => "spawn",
+            FailureKind::UnsupportedProtocol => "unsupported-protocol",
+            FailureKind::PullFailed => "pull-failed",
+            FailureKind::ExecFormat => "exec-format",
+            FailureKind::InjectionFailed => "injection-failed",
+            FailureKind::Oom => "oom",
+            FailureKind::Killed => "killed",
+            FailureKind::AgentExited => "agent-exited",
+            FailureKind::LeaseExpired => "lease-expired",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Canceled => "canceled",
+            FailureKind::NotAllowed => "not-allowed",
+            FailureKind::InvalidAction => "invalid-action",
+            FailureKind::NoImage => "no-image",
+            FailureKind::ActionMissing => "action-missing",
+            FailureKind::PoolExhausted => "pool-exhausted",
+            FailureKind::DockerError => "docker-error",
+            FailureKind::DockerUnavailable => "docker-unavailable",
+            FailureKind::MessageQueue => "message-queue",
+            FailureKind::Database => "database",
+            FailureKind::ControllerRestarted => "controller-restarted",
+            FailureKind::ControllerLost => "controller-lost",
+            FailureKind::Other => "other",
+        }
+    }
+
+    /// Reads a stored or wire name (either naming style); unknown names are `Other`.
+    pub fn from_name(name: &str) -> FailureKind {
+        serde_json::from_value(Value::String(name.to_string())).unwrap_or(FailureKind::Other)
+    }
+
+    /// Whether an idempotent action that failed this way is requeued once: its agent,
+    /// container or controller died, so it may not have run to its end.
+    pub fn requeues_idempotent(self) -> bool {
+        matches!(
+            self,
+            FailureKind::Killed
+                | FailureKind::AgentExited
+                | FailureKind::LeaseExpired
+                | FailureKind::ControllerRestarted
+                | FailureKind::ControllerLost
+        )
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
 }
 
 /// The final report of one execution.

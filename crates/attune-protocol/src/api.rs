@@ -217,10 +217,10 @@ pub struct ExecutionView {
     /// Why the execution did not succeed.
     #[serde(default)]
     pub error: Option<String>,
-    /// A short class of that reason: `non_zero_exit`, `interpreter_missing`, `pull-failed`,
+    /// A short class of that reason: `non-zero-exit`, `interpreter-missing`, `pull-failed`,
     /// `oom`, `killed`, `timeout`, `lease-expired`, ...
     #[serde(default)]
-    pub failure_kind: Option<String>,
+    pub failure_kind: Option<crate::FailureKind>,
     /// The execution this one retries (idempotent actions are requeued once).
     #[serde(default)]
     pub retry_of: Option<i64>,

@@ -199,3 +199,53 @@ fn transitions_follow_the_state_machine() {
     }
     assert_eq!(ExecutionStatus::allowed_previous(Running), vec![Scheduled]);
 }
+
+#[test]
+fn every_failure_kind_has_one_stored_name_and_older_agents_names_still_parse() {
+    use attune_protocol::FailureKind;
+    let all = [
+        FailureKind::NonZeroExit,
+        FailureKind::InterpreterMissing,
+        FailureKind::EntryPointMissing,
+        FailureKind::ParameterDelivery,
+        FailureKind::Spawn,
+        FailureKind::UnsupportedProtocol,
+        FailureKind::PullFailed,
+        FailureKind::ExecFormat,
+        FailureKind::InjectionFailed,
+        FailureKind::Oom,
+        FailureKind::Killed,
+        FailureKind::AgentExited,
+        FailureKind::LeaseExpired,
+        FailureKind::Timeout,
+        FailureKind::Canceled,
+        FailureKind::NotAllowed,
+        FailureKind::InvalidAction,
+        FailureKind::NoImage,
+        FailureKind::ActionMissing,
+        FailureKind::PoolExhausted,
+        FailureKind::DockerError,
+        FailureKind::DockerUnavailable,
+        FailureKind::MessageQueue,
+        FailureKind::Database,
+        FailureKind::ControllerRestarted,
+        FailureKind::ControllerLost,
+    ];
+    for kind in all {
+        assert_eq!(serde_json::to_value(kind).unwrap(), json!(kind.as_str()));
+        assert_eq!(FailureKind::from_name(kind.as_str()), kind);
+    }
+    for (older, kind) in [
+        ("non_zero_exit", FailureKind::NonZeroExit),
+        ("interpreter_missing", FailureKind::InterpreterMissing),
+        ("entry_point_missing", FailureKind::EntryPointMissing),
+        ("parameter_delivery", FailureKind::ParameterDelivery),
+        ("unsupported_protocol", FailureKind::UnsupportedProtocol),
+    ] {
+        assert_eq!(FailureKind::from_name(older), kind, "{older}");
+    }
+    assert_eq!(
+        FailureKind::from_name("gpu-unavailable"),
+        FailureKind::Other
+    );
+}

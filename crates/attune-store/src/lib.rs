@@ -5,8 +5,12 @@
 //! one table of legal transitions (`ExecutionStatus::allowed_next`) as a conditional update, so
 //! an illegal or repeated transition (a redelivered message, a race) changes nothing.
 
-use attune_protocol::api::{ContainerView, ExecutionStatus, ExecutionView, LogChunkView, PoolView};
-use attune_protocol::{AgentRegistration, OutputStream};
+use attune_protocol::api::{
+    ContainerView, ExecutionStatus, ExecutionView, Isolation, LogChunkView, PoolView,
+};
+use attune_protocol::{
+    AgentRegistration, FailureKind, OutputStream, ParameterDelivery, ParameterFormat, Runtime,
+};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -65,17 +69,21 @@ pub struct ActionRow {
     pub label: String,
     pub description: String,
     pub runner_type: String,
-    pub runtime: String,
+    #[sqlx(try_from = "StoredName")]
+    pub runtime: Runtime,
     pub entry_point: String,
     pub entry_point_path: String,
     pub parameters_schema: Value,
     pub secret_parameters: Vec<String>,
-    pub parameter_delivery: String,
-    pub parameter_format: String,
+    #[sqlx(try_from = "StoredName")]
+    pub parameter_delivery: ParameterDelivery,
+    #[sqlx(try_from = "StoredName")]
+    pub parameter_format: ParameterFormat,
     pub timeout_seconds: i64,
     pub container: Option<Value>,
     pub enabled: bool,
-    pub isolation: Option<String>,
+    #[sqlx(try_from = "OptionalStoredName")]
+    pub isolation: Option<Isolation>,
     pub pool: Option<Value>,
     pub idempotent: bool,
 }
@@ -86,7 +94,8 @@ pub struct ExecutionRow {
     pub id: i64,
     pub action_ref: String,
     pub action_id: Option<i64>,
-    pub status: String,
+    #[sqlx(try_from = "StoredName")]
+    pub status: ExecutionStatus,
     pub parameters: Value,
     pub secret_parameters: Vec<String>,
     pub image: Option<String>,
@@ -101,7 +110,8 @@ pub struct ExecutionRow {
     pub stderr_truncated: bool,
     pub result: Option<Value>,
     pub error: Option<String>,
-    pub failure_kind: Option<String>,
+    #[sqlx(try_from = "FailureKindName")]
+    pub failure_kind: Option<FailureKind>,
     pub cancel_requested: bool,
     pub retry_of: Option<i64>,
     /// The controller that claimed it (and its containers).
@@ -121,7 +131,7 @@ pub struct ExecutionRow {
 impl ExecutionRow {
     /// The status as the protocol's enum (the column's CHECK constraint keeps it valid).
     pub fn status(&self) -> ExecutionStatus {
-        self.status.parse().unwrap_or(ExecutionStatus::Failed)
+        self.status
     }
 
     /// The parameters with secrets included.
@@ -151,7 +161,7 @@ impl ExecutionRow {
             stdout_truncated: self.stdout_truncated,
             stderr_truncated: self.stderr_truncated,
             error: self.error.clone(),
-            failure_kind: self.failure_kind.clone(),
+            failure_kind: self.failure_kind,
             retry_of: self.retry_of,
             image: self.image.clone(),
             container_id: self.container_id.clone(),
@@ -185,7 +195,7 @@ pub struct TransitionFields {
     pub stderr_truncated: Option<bool>,
     pub result: Option<Value>,
     pub error: Option<String>,
-    pub failure_kind: Option<String>,
+    pub failure_kind: Option<FailureKind>,
     /// When set, the write applies only while this controller still owns the execution
     /// under this epoch.
     pub fence: Option<Fence>,
@@ -251,22 +261,86 @@ pub struct TakenOver {
     pub retry_id: Option<i64>,
 }
 
-/// Failure kinds after which an idempotent action is requeued once: its agent, container or
-/// controller died, so the action may not have run to its end.
-pub const REQUEUE_KINDS: [&str; 5] = [
-    "killed",
-    "agent-exited",
-    "lease-expired",
-    "controller-restarted",
-    "controller-lost",
-];
+/// A stored enum name (a status, runtime, delivery or format), decoded into its enum as the
+/// row is read; a name that decodes to nothing is an error, never a silent default.
+#[derive(Debug, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct StoredName(String);
+
+/// An optional stored enum name (an action's isolation).
+#[derive(Debug, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct OptionalStoredName(Option<String>);
+
+/// A stored value that names no variant of its enum.
+#[derive(Debug, thiserror::Error)]
+#[error("stored {what} {value:?} is not a known value")]
+pub struct UnknownStoredName {
+    what: &'static str,
+    value: String,
+}
+
+fn decode_name<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    value: String,
+) -> Result<T, UnknownStoredName> {
+    enum_from_name(&value).ok_or(UnknownStoredName { what, value })
+}
+
+impl TryFrom<StoredName> for ExecutionStatus {
+    type Error = UnknownStoredName;
+    fn try_from(name: StoredName) -> Result<Self, Self::Error> {
+        decode_name("status", name.0)
+    }
+}
+
+impl TryFrom<StoredName> for Runtime {
+    type Error = UnknownStoredName;
+    fn try_from(name: StoredName) -> Result<Self, Self::Error> {
+        decode_name("runtime", name.0)
+    }
+}
+
+impl TryFrom<StoredName> for ParameterDelivery {
+    type Error = UnknownStoredName;
+    fn try_from(name: StoredName) -> Result<Self, Self::Error> {
+        decode_name("parameter_delivery", name.0)
+    }
+}
+
+impl TryFrom<StoredName> for ParameterFormat {
+    type Error = UnknownStoredName;
+    fn try_from(name: StoredName) -> Result<Self, Self::Error> {
+        decode_name("parameter_format", name.0)
+    }
+}
+
+impl TryFrom<OptionalStoredName> for Option<Isolation> {
+    type Error = UnknownStoredName;
+    fn try_from(name: OptionalStoredName) -> Result<Self, Self::Error> {
+        name.0
+            .map(|value| decode_name("isolation", value))
+            .transpose()
+    }
+}
+
+/// The stored text of a failure kind, decoded into [`FailureKind`] as the row is read.
+#[derive(Debug, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct FailureKindName(Option<String>);
+
+impl From<FailureKindName> for Option<FailureKind> {
+    fn from(name: FailureKindName) -> Self {
+        name.0.as_deref().map(FailureKind::from_name)
+    }
+}
 
 impl TransitionFields {
     /// Only an error reason (and its kind).
-    pub fn error(kind: &str, reason: impl Into<String>) -> Self {
+    pub fn error(kind: FailureKind, reason: impl Into<String>) -> Self {
         TransitionFields {
             error: Some(reason.into()),
-            failure_kind: Some(kind.to_string()),
+            failure_kind: Some(kind),
             ..Default::default()
         }
     }
@@ -613,14 +687,14 @@ impl Store {
     pub async fn reclassify_failure(
         &self,
         execution_id: i64,
-        failure_kind: &str,
+        failure_kind: FailureKind,
         error: &str,
     ) -> Result<bool, StoreError> {
         let updated = sqlx::query(
             "UPDATE executions SET failure_kind = $2, error = $3 WHERE id = $1 AND status = 'failed'",
         )
         .bind(execution_id)
-        .bind(failure_kind)
+        .bind(failure_kind.as_str())
         .bind(error)
         .execute(&self.pool)
         .await?;
@@ -824,7 +898,7 @@ impl Store {
                     .execute(&mut *transaction)
                     .await?;
                 let mut fields = TransitionFields::error(
-                    "controller-lost",
+                    FailureKind::ControllerLost,
                     format!(
                         "controller {lost_id} stopped sending heartbeats for over {}s while it ran this execution; taken over by controller {survivor_id}",
                         grace.as_secs()
@@ -1053,7 +1127,7 @@ where
     .bind(fields.stderr_truncated)
     .bind(fields.result)
     .bind(fields.error)
-    .bind(fields.failure_kind)
+    .bind(fields.failure_kind.map(FailureKind::as_str))
     .bind(fields.duration_ms)
     .bind(fence_controller)
     .bind(fence_epoch)
@@ -1073,8 +1147,7 @@ async fn finish_in(
 ) -> Result<Option<(ExecutionRow, Option<i64>)>, StoreError> {
     let eligible_kind = fields
         .failure_kind
-        .as_deref()
-        .is_some_and(|kind| REQUEUE_KINDS.contains(&kind));
+        .is_some_and(FailureKind::requeues_idempotent);
     let Some(row) = transition_with(&mut **transaction, execution_id, next, fields).await? else {
         return Ok(None);
     };

@@ -92,7 +92,8 @@ impl TestDatabase {
             .get_execution(execution_id)
             .await
             .expect("execution")
-            .failure_kind;
+            .failure_kind
+            .map(|kind| kind.as_str().to_string());
         store.pool().close().await;
         kind
     }

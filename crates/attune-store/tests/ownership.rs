@@ -4,6 +4,7 @@
 //! happens only when the terminal write itself did, and cancels are announced on the feed.
 
 use attune_protocol::api::ExecutionStatus;
+use attune_protocol::FailureKind;
 use attune_store::status_feed::StatusFeed;
 use attune_store::testing::TestDatabase;
 use attune_store::{
@@ -100,7 +101,7 @@ where
         .unwrap();
 }
 
-fn failed(kind: &str, fence: Option<Fence>) -> TransitionFields {
+fn failed(kind: FailureKind, fence: Option<Fence>) -> TransitionFields {
     let mut fields = TransitionFields::error(kind, format!("{kind} in a test"));
     fields.fence = fence;
     fields
@@ -164,7 +165,7 @@ async fn a_write_with_a_stale_fence_changes_nothing() {
             .transition(
                 claimed.id,
                 ExecutionStatus::Failed,
-                failed("killed", Some(fence.clone())),
+                failed(FailureKind::Killed, Some(fence.clone())),
             )
             .await
             .unwrap();
@@ -192,7 +193,7 @@ async fn a_write_with_a_stale_fence_changes_nothing() {
         .transition(
             claimed.id,
             ExecutionStatus::Failed,
-            failed("killed", Some(current)),
+            failed(FailureKind::Killed, Some(current)),
         )
         .await
         .unwrap()
@@ -254,7 +255,7 @@ async fn a_lost_controllers_executions_are_taken_over_and_idempotent_ones_requeu
     assert_eq!(taken.len(), 2, "{taken:?}");
     let plain_row = fixture.store.get_execution(plain_claim.id).await.unwrap();
     assert_eq!(plain_row.status(), ExecutionStatus::Failed);
-    assert_eq!(plain_row.failure_kind.as_deref(), Some("controller-lost"));
+    assert_eq!(plain_row.failure_kind, Some(FailureKind::ControllerLost));
     assert!(plain_row.error.as_deref().unwrap().contains("controller-a"));
     assert!(taken
         .iter()
@@ -265,8 +266,8 @@ async fn a_lost_controllers_executions_are_taken_over_and_idempotent_ones_requeu
         .await
         .unwrap();
     assert_eq!(
-        idempotent_row.failure_kind.as_deref(),
-        Some("controller-lost")
+        idempotent_row.failure_kind,
+        Some(FailureKind::ControllerLost)
     );
     let retry_id = taken
         .iter()
@@ -284,7 +285,7 @@ async fn a_lost_controllers_executions_are_taken_over_and_idempotent_ones_requeu
         .transition(
             plain_claim.id,
             ExecutionStatus::Failed,
-            failed("agent-exited", Fence::of(&plain_claim)),
+            failed(FailureKind::AgentExited, Fence::of(&plain_claim)),
         )
         .await
         .unwrap();
@@ -359,7 +360,7 @@ async fn a_requeue_happens_only_when_the_terminal_write_did() {
         .finish(
             claimed.id,
             ExecutionStatus::Failed,
-            failed("agent-exited", Fence::of(&claimed)),
+            failed(FailureKind::AgentExited, Fence::of(&claimed)),
             true,
         )
         .await
@@ -386,7 +387,7 @@ async fn a_requeue_happens_only_when_the_terminal_write_did() {
         .finish(
             second.id,
             ExecutionStatus::Failed,
-            failed("killed", Fence::of(&second)),
+            failed(FailureKind::Killed, Fence::of(&second)),
             true,
         )
         .await
@@ -411,7 +412,7 @@ async fn a_requeue_happens_only_when_the_terminal_write_did() {
         .finish(
             third.id,
             ExecutionStatus::Timeout,
-            failed("timeout", Fence::of(&third)),
+            failed(FailureKind::Timeout, Fence::of(&third)),
             true,
         )
         .await

@@ -14,6 +14,7 @@ use attune_docker::ImageInfo;
 use attune_protocol::api::{ContainerSpec, ContainerView, PoolSpec, PoolView};
 use attune_protocol::queues::ENV_AGENT_MODE;
 use attune_protocol::AgentCommand;
+use attune_protocol::FailureKind;
 use attune_store::{ActionRow, ExecutionRow};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -197,7 +198,7 @@ impl Controller {
             self.release_warm(&key, warm.clone(), execution_id, false)
                 .await;
             return Err(ExecutionFailure::failed(
-                "message-queue",
+                FailureKind::MessageQueue,
                 format!("queue job for agent {}: {error}", warm.agent_id),
             ));
         }
@@ -290,7 +291,7 @@ impl Controller {
                         _ = signal.changed() => {}
                         _ = tokio::time::sleep_until(deadline) => {
                             return Err(ExecutionFailure::failed(
-                                "pool-exhausted",
+                                FailureKind::PoolExhausted,
                                 format!(
                                     "all {} containers of pool {} stayed busy for {}s",
                                     pool_spec.max,
@@ -319,7 +320,7 @@ impl Controller {
             .expect("the warm start semaphore is never closed");
         let short_id = &uuid::Uuid::new_v4().simple().to_string()[..10];
         let agent_id = format!("pool-{short_id}");
-        let mut spec = self.create_spec(0, &agent_id, &template.container_spec, &template.image);
+        let mut spec = self.create_spec(0, &agent_id, &template.container_spec, &template.image)?;
         spec.name = format!("attune-{agent_id}");
         spec.labels.remove(LABEL_EXECUTION);
         spec.labels.insert(LABEL_POOL.to_string(), key.name());
@@ -352,7 +353,7 @@ impl Controller {
                     .await
                     .map_err(|error| {
                         ExecutionFailure::failed(
-                            "injection-failed",
+                            FailureKind::InjectionFailed,
                             format!("inject agent into warm container {}: {error}", spec.name),
                         )
                     })?;
@@ -362,7 +363,7 @@ impl Controller {
                 .await
                 .map_err(|error| {
                     ExecutionFailure::failed(
-                        "message-queue",
+                        FailureKind::MessageQueue,
                         format!("declare queue of agent {agent_id}: {error}"),
                     )
                 })?;
@@ -379,7 +380,7 @@ impl Controller {
                     Ok(())
                 }
                 Ok(Ok(agent_sha256)) => Err(ExecutionFailure::failed(
-                    "injection-failed",
+                    FailureKind::InjectionFailed,
                     format!(
                         "agent in warm container {} reports sha256 {agent_sha256}, expected {}",
                         spec.name, self.agent.sha256
@@ -388,7 +389,7 @@ impl Controller {
                 _ => {
                     let logs = self.recent_logs(&container_id).await;
                     Err(ExecutionFailure::failed(
-                        "injection-failed",
+                        FailureKind::InjectionFailed,
                         format!(
                             "agent of warm container {} did not register within {}s{logs}",
                             spec.name,
