@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-host.sh
 bash scripts/build-images.sh --all
+bash scripts/second-engine.sh start  # after the images: it copies busybox:1.36 from the host engine
 bash scripts/build-agent.sh
 
 echo "[test] cargo fmt --check"
@@ -15,6 +16,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 export ATTUNE_REQUIRE_AGENT_BINARY=1
 export ATTUNE_AGENT_BINARY="$PWD/agent-dist/attune-agent-x86_64"
 export ATTUNE_TEST_DATABASE_URL="${ATTUNE_TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
+export ATTUNE_TEST_SECOND_DOCKER_HOST="${ATTUNE_TEST_SECOND_DOCKER_HOST:-unix:///run/attune-engine2/docker.sock}"
 export ATTUNE_TEST_MQ_URL="${ATTUNE_TEST_MQ_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 # tests/e2e_dockerd_restart.rs stops and starts dockerd (alone in its test binary; cargo runs
 # test binaries one after another). Set to 0 on a host whose engine must not be restarted.

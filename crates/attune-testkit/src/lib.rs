@@ -8,15 +8,32 @@
 //! [`TestClient`] speaks the server's HTTP API the way end-to-end tests do; [`containers_of`],
 //! [`ContainerGuard`] and [`TestServer::finish`] check and clean the containers a controller
 //! leaves on the shared Docker engine.
+//!
+//! Two controllers: [`TestServer::builder`] starts a server on another Docker engine
+//! ([`Engine::second`], the one of scripts/second-engine.sh) and/or sharing another server's
+//! database ([`TestServerBuilder::share_database_with`], [`TestServer::start_sharing`]), each
+//! with its own controller id and events queue; the database is dropped by the last
+//! [`TestServer::stop`]. [`containers_on`] and [`Engine`] list and remove containers on a
+//! given engine.
 
-use attune_protocol::api::{ExecutionStatus, ExecutionView, List, LogChunkView, PoolView};
+mod engines;
+mod share;
+
+pub use engines::{
+    assert_no_containers_left_on, containers_on, wait_no_containers_on, Engine,
+    DEFAULT_SECOND_DOCKER_HOST, SECOND_DOCKER_HOST_ENV,
+};
+use share::DatabaseLease;
+
+use attune_protocol::api::{
+    ContainerView, ExecutionStatus, ExecutionView, List, LogChunkView, PoolView,
+};
 use attune_server::config::{Settings, SettingsOverrides};
 pub use attune_store::testing::{TestDatabase, TestEnvironment};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -28,41 +45,160 @@ pub struct TestServer {
     /// The queue this server's agents report to.
     pub events_queue: String,
     pub database: TestDatabase,
+    /// The Docker engine this server's controller runs containers on.
+    pub engine: Engine,
+    /// This server's claim on [`TestServer::database`], shared with the servers started
+    /// with [`TestServerBuilder::share_database_with`] it (and with its successors).
+    lease: Option<DatabaseLease>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), attune_server::app::ServerError>>>,
+}
+
+/// How to start a [`TestServer`]: settings, Docker engine, own or shared database.
+#[derive(Default)]
+pub struct TestServerBuilder {
+    settings: Vec<(String, String)>,
+    engine: Engine,
+    shared: Option<(TestDatabase, DatabaseLease)>,
+}
+
+impl TestServerBuilder {
+    /// Adds `ATTUNE__...` settings (later ones win). `ATTUNE__DOCKER__HOST` also sets the
+    /// engine, as [`TestServerBuilder::engine`] does.
+    pub fn settings(mut self, extra: &[(&str, &str)]) -> TestServerBuilder {
+        for (key, value) in extra {
+            if *key == DOCKER_HOST_SETTING {
+                self.engine = Engine::for_setting(Some(value));
+            }
+            self.settings.push((key.to_string(), value.to_string()));
+        }
+        self
+    }
+
+    /// Runs the server's containers on `engine` (`ATTUNE__DOCKER__HOST`).
+    pub fn engine(mut self, engine: &Engine) -> TestServerBuilder {
+        self.engine = engine.clone();
+        self.settings.retain(|(key, _)| key != DOCKER_HOST_SETTING);
+        self
+    }
+
+    /// Runs the server's containers on the engine at `docker_host` (`unix:///…`).
+    pub fn docker_host(self, docker_host: &str) -> TestServerBuilder {
+        self.engine(&Engine::at(docker_host))
+    }
+
+    /// Uses `other`'s database instead of a fresh one (another controller on the same
+    /// Postgres). Whichever of the two stops last drops it.
+    pub fn share_database_with(mut self, other: &TestServer) -> TestServerBuilder {
+        let lease = match &other.lease {
+            Some(lease) => lease.join(),
+            // Only a server being torn down has no lease; a new one starts the count again.
+            None => DatabaseLease::first(),
+        };
+        self.shared = Some((other.database.clone(), lease));
+        self
+    }
+
+    /// Starts the server (with a fresh controller id and events queue) and waits until it
+    /// listens.
+    pub async fn start(self) -> Result<TestServer, String> {
+        let unique = uuid::Uuid::new_v4().simple().to_string();
+        let (database, lease) = match self.shared {
+            Some(shared) => shared,
+            None => (TestDatabase::create().await?, DatabaseLease::first()),
+        };
+        let controller_id = format!("test-{}", &unique[..12]);
+        let events_queue = format!("attune.test.{}.events", &unique[..12]);
+        TestServer::start_with_identity(Identity {
+            settings: self.settings,
+            engine: self.engine,
+            database,
+            lease,
+            controller_id,
+            events_queue,
+        })
+        .await
+    }
+}
+
+/// The setting naming the Docker engine of a server.
+const DOCKER_HOST_SETTING: &str = "ATTUNE__DOCKER__HOST";
+
+/// Everything a server is started with; a restarted server keeps all but the settings.
+struct Identity {
+    settings: Vec<(String, String)>,
+    engine: Engine,
+    database: TestDatabase,
+    lease: DatabaseLease,
+    controller_id: String,
+    events_queue: String,
 }
 
 impl TestServer {
     /// Starts a server; `extra` adds `ATTUNE__...` settings (e.g. `ATTUNE__EXECUTOR__KILL_GRACE_SECONDS`).
     pub async fn start(extra: &[(&str, &str)]) -> Result<TestServer, String> {
-        let unique = uuid::Uuid::new_v4().simple().to_string();
-        let database = TestDatabase::create().await?;
-        let controller_id = format!("test-{}", &unique[..12]);
-        let events_queue = format!("attune.test.{}.events", &unique[..12]);
-        Self::start_with_identity(extra, database, controller_id, events_queue).await
+        Self::builder().settings(extra).start().await
     }
 
-    /// Starts the successor of this server: same database, controller id and events queue,
-    /// with `extra` settings. A server still running is stopped first (draining, database
-    /// kept); a crashed one is simply replaced.
+    /// How to start a server on another engine or sharing a database.
+    pub fn builder() -> TestServerBuilder {
+        TestServerBuilder::default()
+    }
+
+    /// Starts a server whose containers run on `engine`.
+    pub async fn start_on(engine: &Engine, extra: &[(&str, &str)]) -> Result<TestServer, String> {
+        Self::builder().engine(engine).settings(extra).start().await
+    }
+
+    /// Starts another server (own controller id and events queue) on `other`'s database and
+    /// Docker engine. Whichever stops last drops the database.
+    pub async fn start_sharing(
+        other: &TestServer,
+        extra: &[(&str, &str)],
+    ) -> Result<TestServer, String> {
+        Self::builder()
+            .engine(&other.engine)
+            .share_database_with(other)
+            .settings(extra)
+            .start()
+            .await
+    }
+
+    /// Starts the successor of this server: same database, controller id, events queue and
+    /// Docker engine, with `extra` settings. A server still running is stopped first
+    /// (draining, database kept); a crashed one is simply replaced.
     pub async fn restart(mut self, extra: &[(&str, &str)]) -> Result<TestServer, String> {
         self.stop_task().await?;
-        let database = self.database.clone();
-        Self::start_with_identity(
-            extra,
-            database,
-            self.controller_id.clone(),
-            self.events_queue.clone(),
-        )
+        let mut engine = self.engine.clone();
+        for (key, value) in extra {
+            if *key == DOCKER_HOST_SETTING {
+                engine = Engine::for_setting(Some(value));
+            }
+        }
+        let lease = self.lease.take().unwrap_or_else(DatabaseLease::first);
+        Self::start_with_identity(Identity {
+            settings: extra
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
+            engine,
+            database: self.database.clone(),
+            lease,
+            controller_id: self.controller_id.clone(),
+            events_queue: self.events_queue.clone(),
+        })
         .await
     }
 
-    async fn start_with_identity(
-        extra: &[(&str, &str)],
-        database: TestDatabase,
-        controller_id: String,
-        events_queue: String,
-    ) -> Result<TestServer, String> {
+    async fn start_with_identity(identity: Identity) -> Result<TestServer, String> {
+        let Identity {
+            settings: extra,
+            engine,
+            database,
+            lease,
+            controller_id,
+            events_queue,
+        } = identity;
         let environment = TestEnvironment::from_env();
         let database_url = database.url.clone();
         let mut variables: HashMap<String, String> = [
@@ -79,8 +215,11 @@ impl TestServer {
         .into_iter()
         .map(|(key, value)| (key.to_string(), value.to_string()))
         .collect();
+        if let Some(docker_host) = engine.docker_host() {
+            variables.insert(DOCKER_HOST_SETTING.to_string(), docker_host.to_string());
+        }
         for (key, value) in extra {
-            variables.insert(key.to_string(), value.to_string());
+            variables.insert(key, value);
         }
         let overrides = SettingsOverrides {
             agent_binary: Some(environment.agent_binary.clone()),
@@ -103,6 +242,8 @@ impl TestServer {
             controller_id,
             events_queue,
             database,
+            engine,
+            lease: Some(lease),
             stop: Some(stop),
             task: Some(task),
         };
@@ -129,18 +270,41 @@ impl TestServer {
         }
     }
 
-    /// Stops the server (draining running executions) and drops its database.
+    /// Stops the server (draining running executions) and drops its database, unless
+    /// another server still shares it (then the last one to stop drops it).
     pub async fn stop(mut self) -> Result<(), String> {
-        self.stop_task().await?;
-        self.database.drop_database().await
+        let stopped = self.stop_task().await;
+        let last = self.lease.take().is_none_or(DatabaseLease::release);
+        if last {
+            self.database.drop_database().await?;
+        }
+        stopped
     }
 
     /// Stops the server as [`TestServer::stop`] does, then asserts that no container of its
-    /// controller is left on the engine.
+    /// controller is left on its engine.
     pub async fn finish(self) {
         let controller_id = self.controller_id.clone();
+        let engine = self.engine.clone();
         self.stop().await.expect("stop test server");
-        assert_no_containers_left(&controller_id);
+        engine.assert_no_containers_left(&controller_id);
+    }
+
+    /// The containers (running or not) of this server's controller on its engine.
+    pub fn containers(&self) -> Vec<String> {
+        self.engine.containers_of(&self.controller_id)
+    }
+
+    /// Waits until no container of this server's controller is left on its engine.
+    pub async fn wait_no_containers(&self, deadline: Duration) {
+        self.engine
+            .wait_no_containers(&self.controller_id, deadline)
+            .await;
+    }
+
+    /// A guard removing this server's containers from its engine when dropped.
+    pub fn container_guard(&self) -> ContainerGuard {
+        ContainerGuard::on(&self.engine, &self.controller_id)
     }
 
     /// Signals the server to stop (draining) and waits for its task, if it still has one
@@ -377,33 +541,31 @@ impl TestClient {
         let list: List<PoolView> = self.get_json("/api/v1/pools").await;
         list.items
     }
+
+    /// The managed containers (`GET /api/v1/containers`).
+    pub async fn containers(&self) -> Vec<ContainerView> {
+        let list: List<ContainerView> = self.get_json("/api/v1/containers").await;
+        list.items
+    }
 }
 
-/// The full ids of every container (running or not) labelled with a controller's id.
+/// The full ids of every container (running or not) labelled with a controller's id, on the
+/// default engine; none when the engine does not answer (as it always did: tests that stop
+/// dockerd call it). [`Engine::containers_of`] fails instead.
 pub fn containers_of(controller_id: &str) -> Vec<String> {
-    let output = Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--no-trunc",
-            "--filter",
-            &format!("label=attune.controller={controller_id}"),
-        ])
-        .output()
-        .expect("docker ps");
-    String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
+    Engine::Default
+        .try_containers_labelled(&format!("attune.controller={controller_id}"))
+        .unwrap_or_default()
 }
 
-/// Asserts that no container (running or not) of a controller is left.
+/// Asserts that no container (running or not) of a controller is left on the default engine.
 pub fn assert_no_containers_left(controller_id: &str) {
     let left = containers_of(controller_id);
     assert!(left.is_empty(), "containers left behind: {left:?}");
 }
 
-/// Waits until no container of a controller is left; fails the test after `deadline`.
+/// Waits until no container of a controller is left on the default engine; fails the test
+/// after `deadline`.
 pub async fn wait_no_containers(controller_id: &str, deadline: Duration) {
     let give_up = tokio::time::Instant::now() + deadline;
     loop {
@@ -421,12 +583,20 @@ pub async fn wait_no_containers(controller_id: &str, deadline: Duration) {
 
 /// Removes every container of a controller when dropped, whatever happened in the test.
 pub struct ContainerGuard {
+    engine: Engine,
     controller_id: String,
 }
 
 impl ContainerGuard {
+    /// Guards a controller's containers on the default engine.
     pub fn new(controller_id: &str) -> ContainerGuard {
+        ContainerGuard::on(&Engine::Default, controller_id)
+    }
+
+    /// Guards a controller's containers on `engine`.
+    pub fn on(engine: &Engine, controller_id: &str) -> ContainerGuard {
         ContainerGuard {
+            engine: engine.clone(),
             controller_id: controller_id.to_string(),
         }
     }
@@ -434,10 +604,6 @@ impl ContainerGuard {
 
 impl Drop for ContainerGuard {
     fn drop(&mut self) {
-        for container_id in containers_of(&self.controller_id) {
-            let _ = Command::new("docker")
-                .args(["rm", "-f", &container_id])
-                .output();
-        }
+        self.engine.remove_containers_of(&self.controller_id);
     }
 }
