@@ -27,12 +27,18 @@ cargo test --workspace --no-fail-fast -- --test-threads="${ATTUNE_TEST_THREADS:-
 # Containers the tests made: every test server's controller id starts with "test-", and
 # tests that drive Docker directly label theirs attune.test=true. (A demo server started by
 # `make demo` may keep warm pool containers of its own; they are not a leak.)
-leaked=$( (docker ps -a --filter label=attune.managed=true --format '{{.ID}} {{.Label "attune.controller"}}' | awk '$2 ~ /^test-/ {print $1}'
-           docker ps -aq --filter label=attune.test=true) | sort -u)
+second=(-H "$ATTUNE_TEST_SECOND_DOCKER_HOST")
+leaked=$( (for engine in "" "${second[*]}"; do
+             # shellcheck disable=SC2086
+             docker $engine ps -a --filter label=attune.managed=true --format '{{.ID}} {{.Label "attune.controller"}}' | awk '$2 ~ /^test-/ {print $1}'
+             # shellcheck disable=SC2086
+             docker $engine ps -aq --filter label=attune.test=true
+           done) | sort -u)
 if [ -n "$leaked" ]; then
   echo "[test] FAIL: $(echo "$leaked" | wc -l) container(s) made by the tests remain:" >&2
   docker ps -a --filter label=attune.managed=true >&2
   docker ps -a --filter label=attune.test=true >&2
+  docker "${second[@]}" ps -a --filter label=attune.managed=true >&2
   exit 1
 fi
-echo "[test] no container made by the tests is left behind"
+echo "[test] no container made by the tests is left behind (on either engine)"

@@ -2,12 +2,11 @@
 
 use crate::environment::{EnvironmentCache, DEFAULT_BUILD_TIMEOUT};
 use attune_protocol::queues;
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// Environment variable: how many jobs a worker runs at once (default 4).
-pub const ENV_CONCURRENCY: &str = "ATTUNE_AGENT_CONCURRENCY";
+pub const ENV_CONCURRENCY: &str = attune_protocol::queues::ENV_AGENT_CONCURRENCY;
 /// Environment variable: seconds between heartbeats while jobs run (default 5).
 pub const ENV_HEARTBEAT_SECONDS: &str = "ATTUNE_AGENT_HEARTBEAT_SECONDS";
 /// Environment variable: deadline for running jobs when the agent gets SIGTERM (default 20).
@@ -52,30 +51,8 @@ other environment: ATTUNE_AGENT_IMAGE, ATTUNE_AGENT_IMAGE_ID, ATTUNE_AGENT_WORKD
   ATTUNE_AGENT_CONNECT_SECONDS, ATTUNE_AGENT_EVENTS_QUEUE
 ";
 
-/// Whether the agent runs one job or serves many.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Run one job, then exit 0.
-    Oneshot,
-    /// Serve jobs until SIGTERM or a Shutdown command.
-    Worker,
-}
-
-impl Mode {
-    /// The name used on the wire and in `ATTUNE_AGENT_MODE`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Oneshot => "oneshot",
-            Mode::Worker => "worker",
-        }
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str(self.as_str())
-    }
-}
+/// Whether the agent runs one job or serves many (the protocol's [`AgentMode`]).
+pub use attune_protocol::AgentMode as Mode;
 
 /// Everything the running agent needs to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,10 +176,9 @@ where
     }
     let mode = match non_empty(mode).or_else(|| non_empty(env(queues::ENV_AGENT_MODE))) {
         None => Mode::Oneshot,
-        Some(name) => match name.trim().to_ascii_lowercase().as_str() {
-            "oneshot" | "one-shot" => Mode::Oneshot,
-            "worker" => Mode::Worker,
-            _ => return Err(ConfigError::InvalidMode(name)),
+        Some(name) => match Mode::parse(&name) {
+            Some(mode) => mode,
+            None => return Err(ConfigError::InvalidMode(name)),
         },
     };
     let concurrency = match mode {

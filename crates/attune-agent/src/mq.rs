@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// An agent's job queue expires after 10 minutes without a consumer.
-pub const JOB_QUEUE_EXPIRES_MILLISECONDS: u32 = 600_000;
+pub const JOB_QUEUE_EXPIRES_MILLISECONDS: u32 = queues::AGENT_QUEUE_EXPIRES_MS;
 /// AMQP delivery mode of messages that survive a broker restart.
 const PERSISTENT: u8 = 2;
 /// How often publishing one event is tried before it is dropped.

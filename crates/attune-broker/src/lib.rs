@@ -17,7 +17,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer
 use std::time::Duration;
 
 /// How long an agent's job queue lives unused (the agent declares it the same way).
-pub const AGENT_QUEUE_EXPIRES_MS: u32 = 600_000;
+pub use attune_protocol::queues::AGENT_QUEUE_EXPIRES_MS;
 
 /// Errors talking to the broker.
 #[derive(Debug, thiserror::Error)]

@@ -22,19 +22,19 @@ use attune_broker::AgentChannel;
 use attune_docker::archive::InjectionArchive;
 use attune_docker::labels::{
     LABEL_AGENT_DELIVERY, LABEL_AGENT_ID, LABEL_AGENT_SHA256, LABEL_CONTROLLER, LABEL_EXECUTION,
-    LABEL_MANAGED, LABEL_PACK_SHA256, LABEL_ROLE,
+    LABEL_MANAGED, LABEL_PACK, LABEL_PACK_SHA256, LABEL_POOL, LABEL_ROLE,
 };
 use attune_docker::{
     ContainerCreateSpec, DockerError, DockerOps, ImageInfo, RegistryAuth, StartFailure,
 };
 use attune_protocol::api::{ContainerSpec, ExecutionStatus, Isolation, PoolSpec};
 use attune_protocol::queues::{
-    AGENT_PATH_IN_CONTAINER, ENVIRONMENTS_DIR_IN_CONTAINER, ENV_AGENT_ENV_CACHE,
-    ENV_AGENT_EVENTS_QUEUE, ENV_AGENT_ID, ENV_AGENT_IMAGE, ENV_AGENT_IMAGE_ID, ENV_AGENT_MODE,
-    ENV_AGENT_WORKDIR, ENV_MESSAGE_QUEUE_URL, PACKS_DIR_IN_CONTAINER,
+    AGENT_PATH_IN_CONTAINER, ENVIRONMENTS_DIR_IN_CONTAINER, ENV_AGENT_CONCURRENCY,
+    ENV_AGENT_ENV_CACHE, ENV_AGENT_EVENTS_QUEUE, ENV_AGENT_ID, ENV_AGENT_IMAGE, ENV_AGENT_IMAGE_ID,
+    ENV_AGENT_MODE, ENV_AGENT_WORKDIR, ENV_MESSAGE_QUEUE_URL, PACKS_DIR_IN_CONTAINER,
 };
 use attune_protocol::FailureKind;
-use attune_protocol::{AgentCommand, Job, Runtime, PROTOCOL_VERSION};
+use attune_protocol::{AgentCommand, AgentMode, Job, Runtime, PROTOCOL_VERSION};
 use attune_store::{ActionRow, ExecutionRow, Fence, Store, TransitionFields};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -464,7 +464,8 @@ impl Controller {
         let short_id = &uuid::Uuid::new_v4().simple().to_string()[..10];
         let agent_id = format!("exec-{execution_id}-{short_id}");
         let plan = self.plan_delivery(&action, &container_spec).await?;
-        let mut spec = self.create_spec(execution_id, &agent_id, &container_spec, &image)?;
+        let role = ContainerRole::Execution { execution_id };
+        let mut spec = self.create_spec(&role, &agent_id, &container_spec, &image)?;
         plan.apply_to(&mut spec);
         let container_name = spec.name.clone();
         let container_id = self.docker.create_container(&spec).await.map_err(|error| {
@@ -1073,16 +1074,17 @@ impl Controller {
         })
     }
 
-    fn create_spec(
+    /// The container to create for `role`: labels, agent mode and everything else follow from
+    /// the role, so nothing is patched afterwards.
+    pub(crate) fn create_spec(
         &self,
-        execution_id: i64,
+        role: &ContainerRole,
         agent_id: &str,
         container_spec: &ContainerSpec,
         image: &ImageInfo,
     ) -> Result<ContainerCreateSpec, ExecutionFailure> {
-        let labels: BTreeMap<String, String> = [
+        let mut labels: BTreeMap<String, String> = [
             (LABEL_MANAGED, "true".to_string()),
-            (LABEL_EXECUTION, execution_id.to_string()),
             (LABEL_CONTROLLER, self.settings.controller_id.clone()),
             (LABEL_AGENT_ID, agent_id.to_string()),
             (LABEL_AGENT_SHA256, self.agent.sha256.clone()),
@@ -1090,6 +1092,17 @@ impl Controller {
         .into_iter()
         .map(|(key, value)| (key.to_string(), value))
         .collect();
+        let mode = match role {
+            ContainerRole::Execution { execution_id } => {
+                labels.insert(LABEL_EXECUTION.to_string(), execution_id.to_string());
+                AgentMode::Oneshot
+            }
+            ContainerRole::Warm { pool, pack_ref } => {
+                labels.insert(LABEL_POOL.to_string(), pool.clone());
+                labels.insert(LABEL_PACK.to_string(), pack_ref.clone());
+                AgentMode::Worker
+            }
+        };
         let user = container_spec
             .user
             .clone()
@@ -1105,11 +1118,15 @@ impl Controller {
         let mut env = vec![
             format!("{ENV_MESSAGE_QUEUE_URL}={}", self.settings.agent_mq_url),
             format!("{ENV_AGENT_ID}={agent_id}"),
-            format!("{ENV_AGENT_MODE}=oneshot"),
+            format!("{ENV_AGENT_MODE}={mode}"),
             format!("{ENV_AGENT_IMAGE}={}", container_spec.image),
             format!("{ENV_AGENT_EVENTS_QUEUE}={}", self.settings.events_queue),
             format!("{ENV_AGENT_IMAGE_ID}={}", image.id),
         ];
+        if mode == AgentMode::Worker {
+            // A warm container serves one execution at a time.
+            env.push(format!("{ENV_AGENT_CONCURRENCY}=1"));
+        }
         let mut tmpfs = BTreeMap::new();
         if limits.read_only {
             env.push(format!("{ENV_AGENT_WORKDIR}={READ_ONLY_WORK_DIR}"));
@@ -1141,6 +1158,15 @@ impl Controller {
             binds: Vec::new(),
         })
     }
+}
+
+/// What a container is made for; its labels and agent mode follow from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ContainerRole {
+    /// One execution, then removed (a oneshot agent).
+    Execution { execution_id: i64 },
+    /// A warm container of a pool (a worker agent serving one job at a time).
+    Warm { pool: String, pack_ref: String },
 }
 
 /// Compares the sha256 an agent registers with its container's `attune.agent-sha256` label;

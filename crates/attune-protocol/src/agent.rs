@@ -156,6 +156,43 @@ pub enum JobOutcome {
     Abandoned,
 }
 
+/// Whether an agent runs one job and exits, or serves jobs until told to stop
+/// (`ATTUNE_AGENT_MODE`, and the `mode` an agent registers with).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentMode {
+    /// Run one job, then exit 0 (a per-execution container).
+    #[serde(alias = "one-shot")]
+    Oneshot,
+    /// Serve jobs until SIGTERM or a Shutdown command (a warm or long-lived container).
+    Worker,
+}
+
+impl AgentMode {
+    /// The name used on the wire and in `ATTUNE_AGENT_MODE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentMode::Oneshot => "oneshot",
+            AgentMode::Worker => "worker",
+        }
+    }
+
+    /// Reads a mode name (case-insensitive; `one-shot` is accepted too).
+    pub fn parse(name: &str) -> Option<AgentMode> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "oneshot" | "one-shot" => Some(AgentMode::Oneshot),
+            "worker" => Some(AgentMode::Worker),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for AgentMode {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
 /// Why an execution failed: every failure class, the agent's and the controller's, in one
 /// naming style (kebab-case, as stored in `executions.failure_kind`). The agent's kinds are also
 /// read in the snake_case older agents send; a kind newer than this build reads as `Other`.

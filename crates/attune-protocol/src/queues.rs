@@ -6,6 +6,13 @@ pub const AGENT_EVENTS_QUEUE: &str = "attune.agent.events";
 /// Prefix of an agent's own job queue; the full name is `attune.agent.<agent_id>.jobs`.
 pub const AGENT_QUEUE_PREFIX: &str = "attune.agent.";
 
+/// How long an agent's job queue lives unused, in milliseconds (`x-expires`): the controller
+/// and the agent declare it with the same arguments.
+pub const AGENT_QUEUE_EXPIRES_MS: u32 = 600_000;
+
+/// How many jobs a worker agent runs at once (`ATTUNE_AGENT_CONCURRENCY`).
+pub const ENV_AGENT_CONCURRENCY: &str = "ATTUNE_AGENT_CONCURRENCY";
+
 /// The events queue of one controller: the agents it starts report there, and only it
 /// consumes it (so no controller sees another's agents' events).
 pub fn controller_events_queue(controller_id: &str) -> String {

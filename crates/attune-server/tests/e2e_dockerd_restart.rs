@@ -28,14 +28,17 @@ fn engine_answers() -> bool {
         .is_ok_and(|status| status.success())
 }
 
-/// The pid of the running dockerd, if any.
+/// The pid of the host's dockerd, if it runs: from its pidfile, so a second engine on this
+/// machine (scripts/second-engine.sh) is never the one restarted.
 fn dockerd_pid() -> Option<u32> {
-    let output = Command::new("pidof").arg("dockerd").output().ok()?;
-    String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .next()?
+    let pid: u32 = std::fs::read_to_string("/var/run/docker.pid")
+        .ok()?
+        .trim()
         .parse()
-        .ok()
+        .ok()?;
+    std::path::Path::new(&format!("/proc/{pid}"))
+        .exists()
+        .then_some(pid)
 }
 
 fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {

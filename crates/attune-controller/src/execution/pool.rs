@@ -7,12 +7,11 @@
 //! a container after `max_uses` executions or `idle_timeout` idle, and drains to nothing when
 //! unused for `idle_timeout`. Per-execution isolation never touches this module.
 
-use super::{Controller, ExecutionFailure};
+use super::{ContainerRole, Controller, ExecutionFailure};
 use crate::signals::ExecutionSignal;
-use attune_docker::labels::{LABEL_AGENT_ID, LABEL_EXECUTION, LABEL_PACK, LABEL_POOL};
+use attune_docker::labels::{LABEL_AGENT_ID, LABEL_POOL};
 use attune_docker::ImageInfo;
 use attune_protocol::api::{ContainerSpec, ContainerView, PoolSpec, PoolView};
-use attune_protocol::queues::ENV_AGENT_MODE;
 use attune_protocol::AgentCommand;
 use attune_protocol::FailureKind;
 use attune_store::{ActionRow, ExecutionRow};
@@ -320,18 +319,12 @@ impl Controller {
             .expect("the warm start semaphore is never closed");
         let short_id = &uuid::Uuid::new_v4().simple().to_string()[..10];
         let agent_id = format!("pool-{short_id}");
-        let mut spec = self.create_spec(0, &agent_id, &template.container_spec, &template.image)?;
-        spec.name = format!("attune-{agent_id}");
-        spec.labels.remove(LABEL_EXECUTION);
-        spec.labels.insert(LABEL_POOL.to_string(), key.name());
-        spec.labels
-            .insert(LABEL_PACK.to_string(), key.pack_ref.clone());
-        for variable in spec.env.iter_mut() {
-            if variable.starts_with(&format!("{ENV_AGENT_MODE}=")) {
-                *variable = format!("{ENV_AGENT_MODE}=worker");
-            }
-        }
-        spec.env.push("ATTUNE_AGENT_CONCURRENCY=1".to_string());
+        let role = ContainerRole::Warm {
+            pool: key.name(),
+            pack_ref: key.pack_ref.clone(),
+        };
+        let mut spec =
+            self.create_spec(&role, &agent_id, &template.container_spec, &template.image)?;
         let plan = self
             .plan_delivery(&template.action, &template.container_spec)
             .await?;
