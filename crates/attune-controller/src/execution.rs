@@ -284,9 +284,33 @@ impl Controller {
     }
 
     /// Takes over supervising an execution whose container a previous controller started.
-    pub async fn adopt(&self, execution: ExecutionRow, container_id: String, agent_id: String) {
+    /// `labelled_sha256` is the container's `attune.agent-sha256` label: the agent's stored
+    /// registration is checked against it, as a fresh run checks the registration it awaits.
+    pub async fn adopt(
+        &self,
+        execution: ExecutionRow,
+        container_id: String,
+        agent_id: String,
+        labelled_sha256: Option<String>,
+    ) {
         let execution_id = execution.id;
         let subscription = self.signals.subscribe(execution_id);
+        if let Some(labelled_sha256) = labelled_sha256 {
+            match self.store.agent_sha256(&agent_id).await {
+                Ok(Some(reported_sha256)) => report_agent_identity(
+                    execution_id,
+                    &container_id,
+                    &labelled_sha256,
+                    &reported_sha256,
+                ),
+                Ok(None) => {
+                    tracing::debug!(execution_id, %agent_id, "adopted agent has not registered yet")
+                }
+                Err(error) => {
+                    tracing::warn!(execution_id, %error, "read the adopted agent's registration")
+                }
+            }
+        }
         if execution.status() == ExecutionStatus::Running {
             self.signals.running(execution_id);
         }
@@ -1181,7 +1205,23 @@ async fn verify_registration(
     let Ok(reported_sha256) = registration.await else {
         return;
     };
-    match check_agent_sha256(&labelled_sha256, &reported_sha256) {
+    report_agent_identity(
+        execution_id,
+        container_id,
+        &labelled_sha256,
+        &reported_sha256,
+    );
+}
+
+/// Logs how an agent's reported digest compares with its container's label; a mismatch (a
+/// stale or tampered volume, a foreign binary) is an error.
+fn report_agent_identity(
+    execution_id: i64,
+    container_id: &str,
+    labelled_sha256: &str,
+    reported_sha256: &str,
+) {
+    match check_agent_sha256(labelled_sha256, reported_sha256) {
         AgentIdentity::Matches => tracing::debug!(execution_id, "agent registered"),
         AgentIdentity::Unreported => {
             tracing::warn!(

@@ -4,7 +4,9 @@
 //! that removes containers whose execution ended or is unknown.
 
 use crate::execution::Controller;
-use attune_docker::labels::{LABEL_AGENT_ID, LABEL_CONTROLLER, LABEL_EXECUTION, LABEL_MANAGED};
+use attune_docker::labels::{
+    LABEL_AGENT_ID, LABEL_AGENT_SHA256, LABEL_CONTROLLER, LABEL_EXECUTION, LABEL_MANAGED,
+};
 use attune_docker::DockerOps;
 use attune_protocol::api::ExecutionStatus;
 use attune_protocol::FailureKind;
@@ -164,8 +166,11 @@ pub async fn reconcile_at_start(
                 tracing::info!(execution_id = execution.id, container_id = %container.id, pooled, "adopting container");
                 let controller = controller.clone();
                 let container_id = container.id.clone();
+                let labelled_sha256 = container.labels.get(LABEL_AGENT_SHA256).cloned();
                 adoptions.spawn(async move {
-                    controller.adopt(execution, container_id, agent_id).await;
+                    controller
+                        .adopt(execution, container_id, agent_id, labelled_sha256)
+                        .await;
                 });
                 report.adopted += 1;
             }

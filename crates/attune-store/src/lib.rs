@@ -1045,6 +1045,16 @@ impl Store {
         Ok(())
     }
 
+    /// The binary digest an agent registered with, if it registered.
+    pub async fn agent_sha256(&self, agent_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT agent_sha256 FROM agents WHERE id = $1")
+                .bind(agent_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     /// Notes that an agent is alive (heartbeat) or gone (`deregistered`).
     pub async fn touch_agent(&self, agent_id: &str, deregistered: bool) -> Result<(), StoreError> {
         sqlx::query(
