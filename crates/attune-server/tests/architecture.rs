@@ -45,7 +45,8 @@ const OWNERS: &[(&str, &[&str])] = &[
     ("bollard", &["attune-docker"]),
     ("axum", &["attune-api"]),
     ("lapin", &["attune-broker", "attune-agent"]),
-    ("reqwest", &["attune-cli", "attune-testkit"]),
+    // The CLI speaks HTTP through attune-client; the test kit also sends raw requests.
+    ("reqwest", &["attune-client", "attune-testkit"]),
     // Test helpers are never part of a production crate.
     ("attune-testkit", &[]),
 ];
@@ -80,6 +81,20 @@ fn the_agent_depends_on_the_protocol_crate_alone_of_ours() {
         ours,
         ["attune-protocol"],
         "attune-agent depends on {ours:?}"
+    );
+}
+
+#[test]
+fn the_http_client_depends_on_the_protocol_crate_alone_of_ours() {
+    let crates = normal_dependencies();
+    let ours: Vec<&String> = crates["attune-client"]
+        .iter()
+        .filter(|dependency| dependency.starts_with("attune-"))
+        .collect();
+    assert_eq!(
+        ours,
+        ["attune-protocol"],
+        "attune-client depends on {ours:?}"
     );
 }
 

@@ -25,11 +25,13 @@ pub use engines::{
 };
 use share::DatabaseLease;
 
+use attune_client::{ApiClient, ExecutionFilter, TAR_CONTENT_TYPE};
 use attune_protocol::api::{
-    ContainerView, ExecutionStatus, ExecutionView, List, LogChunkView, PoolView,
+    ContainerView, CreateExecutionRequest, ExecutionStatus, ExecutionView, LogChunkView, PoolView,
 };
 use attune_server::config::{Settings, SettingsOverrides};
 pub use attune_store::testing::{TestDatabase, TestEnvironment};
+use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -349,14 +351,18 @@ pub const EXECUTION_DEADLINE: Duration = Duration::from_secs(120);
 /// How often a waiting [`TestClient`] asks again.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
-/// The server's HTTP API as end-to-end tests use it. Calls that tests expect to succeed
-/// (registering a pack, submitting, reading an execution) panic with the server's answer when
+/// The server's HTTP API as end-to-end tests use it, built on the shared typed client
+/// ([`ApiClient`], also available as [`TestClient::api`]). Calls that tests expect to succeed
+/// (registering a pack, submitting, reading an execution) panic with the client's error when
 /// they do not; [`TestClient::upload`], [`TestClient::submit`] and [`TestClient::cancel`]
-/// return the response for tests that check refusals.
+/// return the raw response (built with [`ApiClient::request`]) for tests that check refusals,
+/// and [`TestClient::get_json`] decodes any path's body whatever the status.
 #[derive(Clone)]
 pub struct TestClient {
+    /// The typed client's HTTP client (same connection pool), for requests of a test's own.
     pub http: reqwest::Client,
     pub base_url: String,
+    api: ApiClient,
     deadline: Duration,
 }
 
@@ -368,9 +374,12 @@ impl TestClient {
 
     /// A client of the server at `base_url` (e.g. a server process a test started itself).
     pub fn for_url(base_url: &str) -> TestClient {
+        let api = ApiClient::new(base_url)
+            .unwrap_or_else(|error| panic!("client of {base_url}: {error}"));
         TestClient {
-            http: reqwest::Client::new(),
+            http: api.http().clone(),
             base_url: base_url.to_string(),
+            api,
             deadline: EXECUTION_DEADLINE,
         }
     }
@@ -383,6 +392,11 @@ impl TestClient {
         }
     }
 
+    /// The typed client underneath, for calls whose errors a test inspects.
+    pub fn api(&self) -> &ApiClient {
+        &self.api
+    }
+
     /// The address of an API path such as `/api/v1/executions`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
@@ -390,50 +404,55 @@ impl TestClient {
 
     /// `POST /api/v1/packs?force=…` with a pack archive, whatever the answer.
     pub async fn upload(&self, archive: Vec<u8>, force: bool) -> reqwest::Response {
-        self.http
-            .post(self.url(&format!("/api/v1/packs?force={force}")))
-            .header("content-type", "application/x-tar")
+        self.api
+            .request(Method::POST, &format!("/api/v1/packs?force={force}"))
+            .header(reqwest::header::CONTENT_TYPE, TAR_CONTENT_TYPE)
             .body(archive)
             .send()
             .await
             .expect("upload pack")
     }
 
-    /// Registers the pack in `dir`, replacing any earlier version; asserts 201 Created.
+    /// Registers the pack in `dir`, replacing any earlier version; panics unless the server
+    /// registers it.
     pub async fn register_dir(&self, dir: impl AsRef<Path>) {
         let dir = dir.as_ref();
         let archive = attune_pack::build_pack_archive(dir).expect("build pack archive");
-        let response = self.upload(archive, true).await;
-        let status = response.status();
-        let body = response.text().await.unwrap_or_default();
-        assert_eq!(status, 201, "register {}: {body}", dir.display());
+        if let Err(error) = self.api.register_pack(archive, true).await {
+            panic!("register {}: {error}", dir.display());
+        }
     }
 
     /// `POST /api/v1/executions`, whatever the answer.
     pub async fn submit(&self, action: &str, parameters: Value) -> reqwest::Response {
-        self.http
-            .post(self.url("/api/v1/executions"))
+        self.api
+            .request(Method::POST, "/api/v1/executions")
             .json(&json!({"action": action, "parameters": parameters}))
             .send()
             .await
             .expect("submit execution")
     }
 
-    /// Submits an execution; asserts 201 Created and returns its id.
+    /// Submits an execution; panics unless the server creates it, and returns its id.
     pub async fn submit_ok(&self, action: &str, parameters: Value) -> i64 {
-        let response = self.submit(action, parameters).await;
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        assert_eq!(status, 201, "submit {action}: {text}");
-        serde_json::from_str::<ExecutionView>(&text)
-            .expect("execution body")
+        let Value::Object(parameters) = parameters else {
+            panic!("submit {action}: parameters must be a JSON object, not {parameters}");
+        };
+        let request = CreateExecutionRequest {
+            action: action.to_string(),
+            parameters,
+        };
+        self.api
+            .create_execution(&request)
+            .await
+            .unwrap_or_else(|error| panic!("submit {action}: {error}"))
             .id
     }
 
-    /// `GET` of an API path, decoding its JSON body whatever the status.
+    /// `GET` of an API path (with its query), decoding its JSON body whatever the status.
     pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> T {
-        self.http
-            .get(self.url(path))
+        self.api
+            .request(Method::GET, path)
             .send()
             .await
             .unwrap_or_else(|error| panic!("get {path}: {error}"))
@@ -444,14 +463,22 @@ impl TestClient {
 
     /// `GET /api/v1/executions/{id}`.
     pub async fn execution(&self, execution_id: i64) -> ExecutionView {
-        self.get_json(&format!("/api/v1/executions/{execution_id}"))
+        self.api
+            .get_execution(execution_id)
             .await
+            .unwrap_or_else(|error| panic!("get execution {execution_id}: {error}"))
     }
 
     /// Every execution (up to 1000), newest first.
     pub async fn executions(&self) -> Vec<ExecutionView> {
-        let list: List<ExecutionView> = self.get_json("/api/v1/executions?limit=1000").await;
-        list.items
+        let filter = ExecutionFilter {
+            limit: Some(1000),
+            ..ExecutionFilter::default()
+        };
+        self.api
+            .list_executions(&filter)
+            .await
+            .unwrap_or_else(|error| panic!("list executions: {error}"))
     }
 
     /// The executions that have not ended yet.
@@ -502,7 +529,7 @@ impl TestClient {
         .await
     }
 
-    /// Submits (asserting 201) and waits until the execution has ended.
+    /// Submits (panicking unless created) and waits until the execution has ended.
     pub async fn run(&self, action: &str, parameters: Value) -> ExecutionView {
         let execution_id = self.submit_ok(action, parameters).await;
         self.wait_terminal(execution_id).await
@@ -521,8 +548,11 @@ impl TestClient {
 
     /// `POST /api/v1/executions/{id}/cancel`, whatever the answer.
     pub async fn cancel(&self, execution_id: i64) -> reqwest::Response {
-        self.http
-            .post(self.url(&format!("/api/v1/executions/{execution_id}/cancel")))
+        self.api
+            .request(
+                Method::POST,
+                &format!("/api/v1/executions/{execution_id}/cancel"),
+            )
             .send()
             .await
             .expect("cancel execution")
@@ -530,22 +560,26 @@ impl TestClient {
 
     /// The stored log chunks of an execution.
     pub async fn logs(&self, execution_id: i64) -> Vec<LogChunkView> {
-        let list: List<LogChunkView> = self
-            .get_json(&format!("/api/v1/executions/{execution_id}/logs"))
-            .await;
-        list.items
+        self.api
+            .execution_logs(execution_id, None)
+            .await
+            .unwrap_or_else(|error| panic!("logs of execution {execution_id}: {error}"))
     }
 
     /// The warm pools.
     pub async fn pools(&self) -> Vec<PoolView> {
-        let list: List<PoolView> = self.get_json("/api/v1/pools").await;
-        list.items
+        self.api
+            .list_pools()
+            .await
+            .unwrap_or_else(|error| panic!("list pools: {error}"))
     }
 
     /// The managed containers (`GET /api/v1/containers`).
     pub async fn containers(&self) -> Vec<ContainerView> {
-        let list: List<ContainerView> = self.get_json("/api/v1/containers").await;
-        list.items
+        self.api
+            .list_containers()
+            .await
+            .unwrap_or_else(|error| panic!("list containers: {error}"))
     }
 }
 

@@ -9,7 +9,7 @@ mod run;
 use crate::cli::{
     ActionCommand, Cli, Command, ContainerCommand, ExecutionCommand, PackCommand, PoolCommand,
 };
-use crate::client::ApiClient;
+use crate::client::{error_message, ApiClient, ClientError};
 use crate::output::Terminal;
 use attune_protocol::api::LogChunkView;
 use attune_protocol::OutputStream;
@@ -36,12 +36,29 @@ pub async fn run(cli: Cli, terminal: &mut Terminal) -> u8 {
         Err(error) if is_broken_pipe(&error) => EXIT_SUCCESS,
         Err(error) => {
             // Nothing more can be done if stderr itself is gone.
-            let _ = writeln!(terminal.stderr, "error: {error:#}");
+            let _ = writeln!(terminal.stderr, "error: {}", error_text(&error));
             EXIT_FAILURE
         }
     };
     let _ = terminal.flush();
     code
+}
+
+/// An error as `{error:#}` writes it (each cause after a `: `), with a failed call to the
+/// server worded as the CLI words it ([`crate::client::error_message`]).
+fn error_text(error: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in error.chain() {
+        match cause.downcast_ref::<ClientError>() {
+            // Its message already holds what its causes say.
+            Some(client_error) => {
+                parts.push(error_message(client_error));
+                break;
+            }
+            None => parts.push(cause.to_string()),
+        }
+    }
+    parts.join(": ")
 }
 
 /// Output piped into a command that stopped reading (`attune execution list | head`).
@@ -124,4 +141,37 @@ pub(crate) fn write_text(output: &mut dyn Write, text: &str) -> std::io::Result<
         output.write_all(b"\n")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context as _;
+
+    #[test]
+    fn client_errors_are_worded_as_the_cli_words_them() {
+        let conflict = || {
+            ClientError::from_response(
+                "POST",
+                "http://127.0.0.1:8080/api/v1/packs",
+                409,
+                br#"{"error":"conflict","detail":"pack hello already exists"}"#,
+            )
+        };
+        assert_eq!(
+            error_text(&anyhow::Error::from(conflict())),
+            "pack hello already exists"
+        );
+        let wrapped = Err::<(), _>(conflict())
+            .context("register pack hello")
+            .expect_err("an error");
+        assert_eq!(
+            error_text(&wrapped),
+            "register pack hello: pack hello already exists"
+        );
+        let plain = Err::<(), _>(std::io::Error::other("disk full"))
+            .context("write output")
+            .expect_err("an error");
+        assert_eq!(error_text(&plain), format!("{plain:#}"));
+    }
 }

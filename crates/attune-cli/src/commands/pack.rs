@@ -1,6 +1,7 @@
 //! `attune pack register` and `attune pack list`.
 
 use super::{write_json, Context, EXIT_SUCCESS};
+use crate::client::error_message;
 use crate::format::{format_table, format_timestamp};
 use anyhow::{anyhow, Context as _};
 use attune_protocol::api::List;
@@ -21,10 +22,13 @@ pub(super) async fn register(
     let archive_size = archive.len();
     let view = match context.client.register_pack(archive, force).await {
         Ok(view) => view,
-        Err(error) if error.status() == Some(409) && !error.to_string().contains("--force") => {
-            return Err(anyhow!("{error} (use --force to replace it)"));
+        Err(error) => {
+            let message = error_message(&error);
+            if error.status() == Some(409) && !message.contains("--force") {
+                return Err(anyhow!("{message} (use --force to replace it)"));
+            }
+            return Err(error.into());
         }
-        Err(error) => return Err(error.into()),
     };
     let output = &mut context.terminal.stdout;
     let version = if view.version.is_empty() {
