@@ -10,6 +10,7 @@ pub mod bollard_engine;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod labels;
+pub mod retry;
 
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;

@@ -18,6 +18,7 @@ use attune_controller::scheduler::{
 use attune_controller::signals::ExecutionSignals;
 use attune_controller::{AgentBinary, AgentBinaryError, Controller, ControllerSettings};
 use attune_docker::bollard_engine::BollardEngine;
+use attune_docker::retry::{RetryPolicy, RetryingDocker};
 use attune_docker::{DockerError, DockerOps};
 use attune_store::status_feed::StatusFeed;
 use attune_store::{ControllerRegistration, Store, StoreError};
@@ -218,7 +219,11 @@ async fn start_controller(
     let engine = BollardEngine::connect(settings.docker.host.as_deref()).await?;
     let engine_is_local = attune_controller::delivery::engine_is_local(engine.docker_host());
     let docker_host = engine.docker_host().to_string();
-    let docker: Arc<dyn DockerOps> = Arc::new(engine);
+    // Transient engine errors of pull, create, start, put_archive and remove are retried.
+    let docker: Arc<dyn DockerOps> = Arc::new(RetryingDocker::new(
+        Arc::new(engine),
+        RetryPolicy::default(),
+    ));
     let (host_cpus, engine_version) = match docker.engine_info().await {
         Ok(info) => {
             tracing::info!(version = %info.server_version, api = %info.api_version, cpus = info.cpus, local = engine_is_local, "docker engine connected");
