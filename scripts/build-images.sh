@@ -7,10 +7,10 @@
 #!
 #! Usage: scripts/build-images.sh [--all | IMAGE...]
 #!   (no argument)  busybox:1.36, attune-test/busybox-nonroot, attune-test/noshell,
-#!                  attune-test/entrypoint, python:3.11-slim
+#!                  attune-test/entrypoint, attune-test/anyuser, python:3.11-slim
 #!   --all          all of the above plus attune-test/polyglot and attune-test/python-venv
 #!   IMAGE...       only the named images; short names: busybox, busybox-nonroot, noshell,
-#!                  entrypoint, python, polyglot, python-venv (full tags are accepted too)
+#!                  entrypoint, anyuser, python, polyglot, python-venv (full tags accepted too)
 #!
 #! attune-test/python-venv is python:3.11-slim's Debian python3 plus python3-venv and
 #! python3-pip, for pack environments (requirements.txt) built by the agent.
@@ -29,6 +29,7 @@ readonly TAG_BUSYBOX="busybox:1.36"
 readonly TAG_BUSYBOX_NONROOT="attune-test/busybox-nonroot:latest"
 readonly TAG_NOSHELL="attune-test/noshell:latest"
 readonly TAG_ENTRYPOINT="attune-test/entrypoint:latest"
+readonly TAG_ANYUSER="attune-test/anyuser:latest"
 readonly TAG_PYTHON="python:3.11-slim"
 readonly TAG_POLYGLOT="attune-test/polyglot:latest"
 readonly TAG_PYTHON_VENV="attune-test/python-venv:latest"
@@ -137,6 +138,23 @@ build_busybox_variant() {
   BUILT+=("$tag")
 }
 
+# A numeric USER with no passwd entry and a /tmp only root may write: the agent must still
+# find a work area it can write.
+build_anyuser() {
+  local tag="$TAG_ANYUSER"
+  if image_exists "$tag"; then
+    SKIPPED+=("$tag")
+    log "skip $tag (already present)"
+    return
+  fi
+  log "build $tag"
+  local rootfs="$WORK_DIR/anyuser-rootfs"
+  make_busybox_rootfs "$rootfs"
+  chmod 0755 "$rootfs/tmp"
+  pack_rootfs "$rootfs" | import_image - "$tag" 'USER 4242:4242' 'CMD ["sh"]'
+  BUILT+=("$tag")
+}
+
 build_noshell() {
   local tag="$TAG_NOSHELL"
   if image_exists "$tag"; then
@@ -212,6 +230,8 @@ build_one() {
       build_busybox_variant "$TAG_ENTRYPOINT" 'ENTRYPOINT ["/bin/false"]' ;;
     noshell | "$TAG_NOSHELL" | attune-test/noshell)
       build_noshell ;;
+    anyuser | "$TAG_ANYUSER" | attune-test/anyuser)
+      build_anyuser ;;
     python | "$TAG_PYTHON")
       build_debian_image "$TAG_PYTHON" python-3.11-slim python3 'CMD ["python3"]' ;;
     polyglot | "$TAG_POLYGLOT" | attune-test/polyglot)
@@ -229,14 +249,14 @@ main() {
   for arg in "$@"; do
     case "$arg" in
       -h | --help) usage; exit 0 ;;
-      --all) selected+=(busybox busybox-nonroot noshell entrypoint python polyglot python-venv) ;;
+      --all) selected+=(busybox busybox-nonroot noshell entrypoint anyuser python polyglot python-venv) ;;
       -*) die "unknown option $arg (see --help)" ;;
       *) selected+=("$arg") ;;
     esac
   done
   if [ ${#selected[@]} -eq 0 ]; then
     # Busybox images first: they take a second and others wait on them.
-    selected=(busybox busybox-nonroot noshell entrypoint python)
+    selected=(busybox busybox-nonroot noshell entrypoint anyuser python)
   fi
 
   [ "$(id -u)" = 0 ] || die "must run as root (debootstrap and root-owned rootfs files)"

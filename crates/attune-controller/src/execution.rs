@@ -32,6 +32,7 @@ use attune_protocol::queues::{
     AGENT_PATH_IN_CONTAINER, ENVIRONMENTS_DIR_IN_CONTAINER, ENV_AGENT_CONCURRENCY,
     ENV_AGENT_ENV_CACHE, ENV_AGENT_EVENTS_QUEUE, ENV_AGENT_ID, ENV_AGENT_IMAGE, ENV_AGENT_IMAGE_ID,
     ENV_AGENT_MODE, ENV_AGENT_WORKDIR, ENV_MESSAGE_QUEUE_URL, PACKS_DIR_IN_CONTAINER,
+    WORK_AREA_IN_CONTAINER,
 };
 use attune_protocol::FailureKind;
 use attune_protocol::{AgentCommand, AgentMode, Job, Runtime, PROTOCOL_VERSION};
@@ -43,9 +44,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// The tmpfs a read-only container works in (it counts against the memory limit).
-pub const READ_ONLY_WORK_DIR: &str = "/tmp";
-const READ_ONLY_WORK_DIR_OPTIONS: &str = "rw,nosuid,nodev,mode=1777,size=64m";
+/// The writable `/tmp` a read-only container gets (it counts against the memory limit).
+pub const READ_ONLY_TMP_DIR: &str = "/tmp";
+/// Options of the tmpfs mounts (the work area, and `/tmp` of read-only containers): any user
+/// may write, sticky, no setuid or devices, bounded.
+const TMPFS_OPTIONS: &str = "rw,nosuid,nodev,mode=1777,size=64m";
 /// How long `auto` delivery copies the agent after a volume operation failed.
 const VOLUME_RETRY_AFTER: Duration = Duration::from_secs(300);
 
@@ -1151,13 +1154,18 @@ impl Controller {
             // A warm container serves one execution at a time.
             env.push(format!("{ENV_AGENT_CONCURRENCY}=1"));
         }
+        // A work area any user can write, whatever the image's /tmp, passwd and root
+        // filesystem look like (a numeric USER without a home, a root-only /tmp, read-only).
+        env.push(format!("{ENV_AGENT_WORKDIR}={WORK_AREA_IN_CONTAINER}"));
+        env.push(format!("HOME={WORK_AREA_IN_CONTAINER}"));
+        env.push(format!("TMPDIR={WORK_AREA_IN_CONTAINER}"));
         let mut tmpfs = BTreeMap::new();
+        tmpfs.insert(
+            WORK_AREA_IN_CONTAINER.to_string(),
+            TMPFS_OPTIONS.to_string(),
+        );
         if limits.read_only {
-            env.push(format!("{ENV_AGENT_WORKDIR}={READ_ONLY_WORK_DIR}"));
-            tmpfs.insert(
-                READ_ONLY_WORK_DIR.to_string(),
-                READ_ONLY_WORK_DIR_OPTIONS.to_string(),
-            );
+            tmpfs.insert(READ_ONLY_TMP_DIR.to_string(), TMPFS_OPTIONS.to_string());
         }
         Ok(ContainerCreateSpec {
             name: format!("attune-{agent_id}"),

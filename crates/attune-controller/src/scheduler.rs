@@ -235,13 +235,14 @@ pub struct SweepReport {
 }
 
 /// Removes this controller's containers whose execution is terminal or unknown (helpers that
-/// fill volumes included), except those created less than `grace` ago: a container whose
-/// create response is still in flight must not vanish. Warm pool containers belong to the
-/// running controller's pools and are left alone.
+/// fill volumes included), and warm pool containers its pools do not know (`known_warm`: the
+/// ones whose create response was lost, or left by a previous run), except those created less
+/// than `grace` ago: a container whose create response is still in flight must not vanish.
 pub async fn sweep_containers(
     store: &Store,
     docker: &Arc<dyn DockerOps>,
     controller_id: &str,
+    known_warm: &HashSet<String>,
     grace: Duration,
 ) -> Result<SweepReport, String> {
     let containers = docker
@@ -258,14 +259,15 @@ pub async fn sweep_containers(
     let now = chrono::Utc::now().timestamp();
     let mut report = SweepReport::default();
     for container in containers {
-        if crate::execution::pool::is_pool_container(&container.labels) {
-            continue;
-        }
         let execution_id = container
             .labels
             .get(LABEL_EXECUTION)
             .and_then(|id| id.parse::<i64>().ok());
-        if execution_id.is_some_and(|id| live.contains(&id)) {
+        if crate::execution::pool::is_pool_container(&container.labels) {
+            if known_warm.contains(&container.id) {
+                continue;
+            }
+        } else if execution_id.is_some_and(|id| live.contains(&id)) {
             continue;
         }
         if now - container.created_unix < grace.as_secs() as i64 {
@@ -288,7 +290,7 @@ pub async fn sweep_containers(
 pub async fn run_periodic_reconcile(
     store: Store,
     docker: Arc<dyn DockerOps>,
-    controller_id: String,
+    controller: Controller,
     interval: Duration,
     grace: Duration,
     stop: CancellationToken,
@@ -301,7 +303,13 @@ pub async fn run_periodic_reconcile(
             _ = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        match sweep_containers(&store, &docker, &controller_id, grace).await {
+        let controller_id = &controller.settings().controller_id;
+        let known_warm: HashSet<String> = controller
+            .pool_container_views()
+            .into_iter()
+            .map(|view| view.container_id)
+            .collect();
+        match sweep_containers(&store, &docker, controller_id, &known_warm, grace).await {
             Ok(report) if report.removed > 0 => tracing::info!(?report, "periodic reconcile"),
             Ok(report) => tracing::debug!(?report, "periodic reconcile"),
             Err(error) => tracing::warn!(%error, "periodic reconcile"),

@@ -828,7 +828,13 @@ async fn read_only_action_gets_agent_and_pack_volumes_and_a_tmpfs_work_dir() {
     let spec = harness.created_spec();
     assert!(spec.read_only_rootfs);
     assert_eq!(spec.tmpfs["/tmp"], "rw,nosuid,nodev,mode=1777,size=64m");
-    assert!(spec.env.contains(&"ATTUNE_AGENT_WORKDIR=/tmp".to_string()));
+    assert_eq!(
+        spec.tmpfs["/opt/attune/work"],
+        "rw,nosuid,nodev,mode=1777,size=64m"
+    );
+    assert!(spec
+        .env
+        .contains(&"ATTUNE_AGENT_WORKDIR=/opt/attune/work".to_string()));
     let agent_bind = spec
         .binds
         .iter()
@@ -1165,6 +1171,10 @@ async fn periodic_sweep_removes_only_old_containers_of_ended_or_unknown_executio
             "pooled",
             vec![("attune.pool", "hello-abc"), ("attune.agent-id", "pool-1")],
         ),
+        (
+            "pooled-lost",
+            vec![("attune.pool", "hello-abc"), ("attune.agent-id", "pool-2")],
+        ),
     ] {
         let mut labels = vec![
             ("attune.managed", "true"),
@@ -1184,29 +1194,34 @@ async fn periodic_sweep_removes_only_old_containers_of_ended_or_unknown_executio
     );
     let foreign = docker.create_container(&foreign).await.unwrap();
 
+    // The pools know "pooled"; "pooled-lost" is a warm container whose create response never
+    // came back, so no pool holds it.
+    let known_warm: std::collections::HashSet<String> = [created["pooled"].clone()].into();
     let young = sweep_containers(
         &harness.store,
         &docker,
         "controller-under-test",
+        &known_warm,
         Duration::from_secs(60),
     )
     .await
     .unwrap();
     assert_eq!(
         (young.removed, young.too_young),
-        (0, 3),
+        (0, 4),
         "inside the creation grace period"
     );
     let swept = sweep_containers(
         &harness.store,
         &docker,
         "controller-under-test",
+        &known_warm,
         Duration::ZERO,
     )
     .await
     .unwrap();
-    assert_eq!(swept.removed, 3);
-    for name in ["ended", "unknown", "helper"] {
+    assert_eq!(swept.removed, 4);
+    for name in ["ended", "unknown", "helper", "pooled-lost"] {
         assert!(
             harness.docker.container(&created[name]).is_none(),
             "{name} removed"

@@ -53,3 +53,6 @@ pub const ENVIRONMENTS_DIR_IN_CONTAINER: &str = "/opt/attune/envs";
 pub const AGENT_PATH_IN_CONTAINER: &str = "/opt/attune/bin/attune-agent";
 /// Where the controller puts pack files inside a container: `<dir>/<pack_ref>/`.
 pub const PACKS_DIR_IN_CONTAINER: &str = "/opt/attune/packs";
+/// The writable work area every container gets (a tmpfs any user may write): the agent's
+/// per-execution directories, and the actions' HOME and TMPDIR.
+pub const WORK_AREA_IN_CONTAINER: &str = "/opt/attune/work";

@@ -320,7 +320,7 @@ async fn start_controller(
     let reconcile_task = tokio::spawn(run_periodic_reconcile(
         store.clone(),
         docker.clone(),
-        controller_id.clone(),
+        controller.clone(),
         Duration::from_secs(settings.executor.reconcile_interval_seconds),
         Duration::from_secs(settings.executor.reconcile_grace_seconds),
         stop.clone(),

@@ -236,6 +236,15 @@ async fn awkward_images_non_root_user_and_foreign_entrypoint() {
         .run_succeeded("e2e.entrypoint_override", json!({}))
         .await;
     assert_eq!(entrypoint.result.unwrap()["uid"], 0);
+
+    // A numeric USER with no passwd entry and a /tmp only root may write: the container's
+    // work area (a tmpfs any user may write) holds the agent's files, HOME and TMPDIR.
+    let anyuser = client.run_succeeded("e2e.anyuser", json!({})).await;
+    let result = anyuser.result.unwrap();
+    assert_eq!(result["uid"], 4242, "{result}");
+    assert_eq!(result["home"], "/opt/attune/work", "{result}");
+    assert_eq!(result["tmpdir"], "/opt/attune/work", "{result}");
+    assert_eq!(result["home_file"], "home", "{result}");
     server.finish().await;
 }
 
