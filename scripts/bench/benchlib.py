@@ -100,17 +100,32 @@ def read_status_kib(pid, field):
     raise KeyError(f"{field} not in /proc/{pid}/status")
 
 
+class Build:
+    """The release binaries of one checkout: `root`/target/release/{attune-server,attune} and
+    `root`/agent-dist/attune-agent-x86_64 (what scripts/bench/prepare.sh builds in this tree)."""
+
+    def __init__(self, root, target_dir=None):
+        self.root = os.path.abspath(root)
+        target = target_dir or os.path.join(self.root, "target")
+        self.server_binary = os.path.join(target, "release", "attune-server")
+        self.cli_binary = os.path.join(target, "release", "attune")
+        self.agent_binary = os.path.join(self.root, "agent-dist", "attune-agent-x86_64")
+
+
 class BenchServer:
     """A release attune-server of its own. Use as a context manager.
 
     `settings` adds ATTUNE__... variables; `name` shows up in the controller id and the log file;
     `database_settings` are Postgres settings for its database only (diagnostics).
+    `build` picks the binaries: None for this tree's (target/release, agent-dist), or a
+    `Build` of another checkout (e.g. a git worktree of an older commit, for before/after runs).
     """
 
     def __init__(self, name, settings=None, rust_log=None, docker_host=None,
-                 database_settings=None, command_prefix=None):
+                 database_settings=None, command_prefix=None, build=None):
         unique = uuid.uuid4().hex[:10]
         self.name = name
+        self.build = build or Build(REPO_ROOT)
         self.controller_id = f"bench-{name}-{unique}"
         self.database = f"attune_bench_{unique}"
         self.database_url = database_url(self.database)
@@ -141,9 +156,13 @@ class BenchServer:
         return False
 
     def start(self):
-        for binary in (SERVER_BINARY, CLI_BINARY, AGENT_BINARY):
+        build = self.build
+        for binary in (build.server_binary, build.cli_binary, build.agent_binary):
             if not os.path.exists(binary):
                 raise SystemExit(f"missing {binary}: run the benchmark's .sh wrapper (it builds)")
+        self.record("controller", self.controller_id)
+        self.record("database", self.database)
+        self.record("queue", self.events_queue)
         psql(POSTGRES_ADMIN_URL, f"CREATE DATABASE {self.database}")
         for key, value in self.database_settings.items():
             psql(POSTGRES_ADMIN_URL, f"ALTER DATABASE {self.database} SET {key} = '{value}'")
@@ -164,8 +183,10 @@ class BenchServer:
             environment["RUST_LOG"] = self.rust_log
         with open(self.log_path, "wb") as log_file:
             self.process = subprocess.Popen(
-                self.command_prefix + [SERVER_BINARY, "--bind", f"127.0.0.1:{self.port}", "--agent-binary", AGENT_BINARY],
-                stdout=log_file, stderr=subprocess.STDOUT, env=environment, cwd=REPO_ROOT)
+                self.command_prefix + [build.server_binary, "--bind", f"127.0.0.1:{self.port}",
+                                       "--agent-binary", build.agent_binary],
+                stdout=log_file, stderr=subprocess.STDOUT, env=environment, cwd=build.root)
+        self.record("pid", str(self.process.pid))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -180,6 +201,15 @@ class BenchServer:
             time.sleep(0.1)
         raise SystemExit(f"attune-server {self.name} not ready within 60 s; log: {self.tail()}")
 
+    @staticmethod
+    def record(kind, value):
+        """Appends `kind value` to $ATTUNE_BENCH_STATE_FILE when set, so a wrapper script can
+        clean up after this process if it dies without running its own cleanup."""
+        path = os.environ.get("ATTUNE_BENCH_STATE_FILE")
+        if path:
+            with open(path, "a") as state:
+                state.write(f"{kind} {value}\n")
+
     def tail(self, lines=20):
         try:
             with open(self.log_path, errors="replace") as log_file:
@@ -189,7 +219,7 @@ class BenchServer:
 
     def register_pack(self, directory):
         environment = dict(os.environ, ATTUNE_API_URL=self.api)
-        subprocess.run([CLI_BINARY, "pack", "register", os.path.join(PACKS_DIR, directory),
+        subprocess.run([self.build.cli_binary, "pack", "register", os.path.join(PACKS_DIR, directory),
                         "--force"], check=True, env=environment, stdout=subprocess.DEVNULL)
 
     def submit(self, action, parameters=None):
