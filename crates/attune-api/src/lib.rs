@@ -2,26 +2,42 @@
 //! only crate that depends on axum; it reads and writes Postgres through the store and reaches
 //! the controllers only through [`ControlPlane`].
 //!
-//! Every error is JSON `{"error", "detail"}` with a fitting status code.
+//! Every error is JSON `{"error", "detail"}` with a fitting status code. JSON bodies are
+//! limited to [`AppState::max_json_bytes`] (413 `body_too_large` beyond it); an execution
+//! request may carry an `Idempotency-Key` ([`idempotency`]).
 
 use attune_protocol::api::{
     ActionView, ContainerSpec, ContainerView, CreateExecutionRequest, ErrorBody, ExecutionStatus,
     ExecutionView, List, LogChunkView, PackView, PoolView,
 };
 use attune_store::status_feed::StatusFeed;
-use attune_store::{ActionRow, ExecutionFilter, NewPack, PackRow, Store, StoreError};
+use attune_store::{
+    ActionRow, ExecutionFilter, ExecutionRow, IdempotencyRequest, IdempotencyState, NewPack,
+    PackRow, Store, StoreError,
+};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+pub mod idempotency;
+
+/// Default of [`AppState::max_json_bytes`] (axum's own default): 2 MiB.
+pub const DEFAULT_MAX_JSON_BYTES: usize = 2 * 1024 * 1024;
+/// Default of [`AppState::idempotency_key_ttl`]: 24 hours.
+pub const DEFAULT_IDEMPOTENCY_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// A key claimed by a request that never completed (its server died mid-request) is free
+/// again after this; a request is never in progress that long otherwise.
+pub const ABANDONED_IDEMPOTENCY_CLAIM: Duration = Duration::from_secs(60);
 
 /// The operator's admission policy, checked when an execution is requested (the controller
 /// that runs it checks again before creating anything).
@@ -35,6 +51,11 @@ pub trait Admission: Send + Sync + 'static {
 pub struct AppState {
     pub store: Store,
     pub max_pack_bytes: u64,
+    /// Largest accepted JSON request body (`server.max_json_bytes`).
+    pub max_json_bytes: usize,
+    /// How long an `Idempotency-Key` answers with its execution
+    /// (`server.idempotency_key_ttl_seconds`); after that it is a new key.
+    pub idempotency_key_ttl: Duration,
     /// The image allow-list.
     pub admission: Arc<dyn Admission>,
     /// A controller whose last heartbeat is older than this is not counted as live.
@@ -142,6 +163,31 @@ impl From<JsonRejection> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// A JSON request body of at most [`AppState::max_json_bytes`]: every JSON endpoint takes its
+/// body through this, so a larger one is 413 naming the limit, whatever the endpoint.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(JsonBody(value)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!(
+                        "the request body is larger than the limit of {} bytes (server.max_json_bytes)",
+                        state.max_json_bytes
+                    ),
+                ))
+            }
+            Err(rejection) => Err(rejection.into()),
+        }
+    }
+}
+
 /// Serves the API on `listener` until `shutdown` resolves (requests in flight finish).
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -156,6 +202,7 @@ pub async fn serve(
 /// The API router.
 pub fn router(state: AppState) -> Router {
     let pack_body_limit = state.max_pack_bytes as usize + 1;
+    let json_body_limit = state.max_json_bytes;
     Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
@@ -177,6 +224,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/pools", get(list_pools))
         .route("/api/v1/containers", get(list_containers))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        // Every body but a pack upload (whose route sets its own limit).
+        .layer(DefaultBodyLimit::max(json_body_limit))
         .with_state(state)
 }
 
@@ -403,11 +452,122 @@ async fn get_action(
     Ok(Json(action_view(&action)))
 }
 
+/// `POST /api/v1/executions`. With an `Idempotency-Key` (IETF httpapi draft): the first
+/// request with a key creates the execution; a retry with the same key and body within
+/// [`AppState::idempotency_key_ttl`] gets the first answer again (same status, 201, and
+/// body, with `Idempotent-Replayed: true`) and creates nothing; the key with another body is
+/// 422; a retry while the first is still being processed is 409. A refused request (404,
+/// 409, 422) stores no answer, so its retry is processed anew.
 async fn create_execution(
     State(state): State<AppState>,
-    body: Result<Json<CreateExecutionRequest>, JsonRejection>,
-) -> ApiResult<(StatusCode, Json<ExecutionView>)> {
-    let Json(request) = body?;
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> ApiResult<Response> {
+    let key = idempotency::key_from_headers(&headers).map_err(|reason| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_idempotency_key", reason)
+    })?;
+    let fingerprint = key.as_ref().map(|_| idempotency::fingerprint(&body));
+    let request: CreateExecutionRequest = serde_json::from_value(body).map_err(|error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("request body is not valid JSON for this endpoint: {error}"),
+        )
+    })?;
+    let (Some(key), Some(fingerprint)) = (key, fingerprint) else {
+        let (action, parameters) = admit_execution(&state, &request).await?;
+        let execution = state.store.create_execution(&action, &parameters).await?;
+        tracing::info!(execution_id = execution.id, action = %action.action_ref, "execution requested");
+        return Ok((StatusCode::CREATED, Json(execution_answer(&execution))).into_response());
+    };
+    let ttl = state.idempotency_key_ttl;
+    let claim = state
+        .store
+        .claim_idempotency_key(&IdempotencyRequest {
+            key: &key,
+            fingerprint: &fingerprint,
+            ttl,
+            abandoned_after: ABANDONED_IDEMPOTENCY_CLAIM,
+        })
+        .await?;
+    let claim = match claim {
+        IdempotencyState::Claimed(claim) => claim,
+        IdempotencyState::Completed {
+            execution_id,
+            status,
+            body,
+        } => {
+            tracing::info!(execution_id, idempotency_key = %key, "idempotent retry answered again");
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
+            return Ok((
+                status,
+                [(idempotency::IDEMPOTENT_REPLAYED, "true")],
+                Json(body),
+            )
+                .into_response());
+        }
+        IdempotencyState::Mismatch => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_mismatch",
+                format!(
+                    "Idempotency-Key {key:?} was already used with another request body in the last {} s: send the same body to get its answer, or use a new key",
+                    ttl.as_secs()
+                ),
+            ))
+        }
+        IdempotencyState::InProgress => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_in_progress",
+                format!(
+                    "a request with Idempotency-Key {key:?} is still being processed: retry later for its answer"
+                ),
+            ))
+        }
+    };
+    // Runs to its end even if the client goes away meanwhile, so that its retry finds the
+    // answer rather than a claim nobody completes.
+    let task = tokio::spawn(async move {
+        let created = async {
+            let (action, parameters) = admit_execution(&state, &request).await?;
+            Ok::<_, ApiError>(
+                state
+                    .store
+                    .create_execution_for_key(&claim, &action, &parameters, 201, execution_answer)
+                    .await?,
+            )
+        }
+        .await;
+        if created.is_err() {
+            if let Err(error) = state.store.release_idempotency_key(&claim).await {
+                tracing::warn!(%error, idempotency_key = %claim.key, "give back an idempotency key");
+            }
+        }
+        created
+    });
+    let execution = task.await.map_err(|error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("execution request failed: {error}"),
+        )
+    })??;
+    tracing::info!(execution_id = execution.id, action = %execution.action_ref, idempotency_key = %key, "execution requested");
+    Ok((StatusCode::CREATED, Json(execution_answer(&execution))).into_response())
+}
+
+/// The answer to an execution request, as given to the first request and stored with its key.
+fn execution_answer(execution: &ExecutionRow) -> serde_json::Value {
+    serde_json::to_value(execution.to_view()).unwrap_or_default()
+}
+
+/// The checks of an execution request: the action exists and is enabled, its image is
+/// allowed, and its parameters are valid (with defaults applied).
+async fn admit_execution(
+    state: &AppState,
+    request: &CreateExecutionRequest,
+) -> ApiResult<(ActionRow, serde_json::Map<String, serde_json::Value>)> {
     let action = match state.store.get_action(&request.action).await {
         Err(StoreError::NotFound(_)) => {
             return Err(ApiError::not_found(format!(
@@ -438,7 +598,7 @@ async fn create_execution(
     let parameters = state
         .validators
         .validator(&action)
-        .and_then(|validator| validator.validate(request.parameters))
+        .and_then(|validator| validator.validate(request.parameters.clone()))
         .map_err(|error| {
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -446,9 +606,7 @@ async fn create_execution(
                 format!("parameters of action {}: {error}", action.action_ref),
             )
         })?;
-    let execution = state.store.create_execution(&action, &parameters).await?;
-    tracing::info!(execution_id = execution.id, action = %action.action_ref, "execution requested");
-    Ok((StatusCode::CREATED, Json(execution.to_view())))
+    Ok((action, parameters))
 }
 
 #[derive(Debug, Deserialize)]

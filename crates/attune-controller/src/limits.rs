@@ -431,4 +431,132 @@ mod tests {
         assert!(some.check_capabilities(&[]).is_ok());
         assert!(ExecutionPolicy::new(&[], &["not a cap".into()], None).is_err());
     }
+
+    /// Generated patterns and images against a plain recursive matcher, thousands of cases.
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+        use proptest::test_runner::Config;
+
+        /// Glob matching written the obvious way (exponential, fine for short inputs).
+        fn reference_match(pattern: &[char], text: &[char]) -> bool {
+            match pattern.split_first() {
+                None => text.is_empty(),
+                Some(('*', rest)) => {
+                    (0..=text.len()).any(|skipped| reference_match(rest, &text[skipped..]))
+                }
+                Some((expected, rest)) => match text.split_first() {
+                    Some((found, text_rest)) => {
+                        (*expected == '?' || expected == found) && reference_match(rest, text_rest)
+                    }
+                    None => false,
+                },
+            }
+        }
+
+        fn matches(pattern: &str, text: &str) -> bool {
+            let pattern: Vec<char> = pattern.chars().collect();
+            let text: Vec<char> = text.chars().collect();
+            reference_match(&pattern, &text)
+        }
+
+        /// Pattern characters: a small alphabet (so that matches happen) and wildcards.
+        fn pattern() -> impl Strategy<Value = String> {
+            prop::collection::vec(
+                prop_oneof![
+                    4 => prop::sample::select(vec!['a', 'b', ':', '/', '.', '1']),
+                    2 => Just('*'),
+                    1 => Just('?'),
+                    1 => any::<char>(),
+                ],
+                0..10,
+            )
+            .prop_map(|characters| characters.into_iter().collect())
+        }
+
+        /// Image names as they reach the check: no wildcard characters (a reference has
+        /// none; validate_image_reference refuses them).
+        fn image() -> impl Strategy<Value = String> {
+            prop::collection::vec(
+                prop_oneof![
+                    6 => prop::sample::select(vec!['a', 'b', ':', '/', '.', '1', '@']),
+                    1 => any::<char>().prop_filter("no wildcard", |c| *c != '*' && *c != '?'),
+                ],
+                0..14,
+            )
+            .prop_map(|characters| characters.into_iter().collect())
+        }
+
+        fn config() -> Config {
+            Config {
+                cases: 5_000,
+                failure_persistence: None,
+                ..Config::default()
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn wildcard_match_agrees_with_the_plain_matcher(pattern in pattern(), text in image()) {
+                prop_assert_eq!(
+                    wildcard_match(&pattern, &text),
+                    matches(&pattern, &text),
+                    "pattern {:?} text {:?}", pattern, text
+                );
+            }
+
+            #[test]
+            fn wildcard_match_never_panics(pattern in ".{0,40}", text in ".{0,40}") {
+                let _ = wildcard_match(&pattern, &text);
+            }
+
+            /// An image is allowed exactly when a pattern matches it, or matches it as
+            /// `:latest` when it names no tag or digest; a refusal names the image and list.
+            #[test]
+            fn check_image_follows_the_patterns(
+                patterns in prop::collection::vec(pattern(), 0..4),
+                image in image(),
+            ) {
+                let policy = ExecutionPolicy::new(&patterns, &[], None).unwrap();
+                let listed: Vec<&str> = patterns
+                    .iter()
+                    .map(|pattern| pattern.trim())
+                    .filter(|pattern| !pattern.is_empty())
+                    .collect();
+                let last_segment = image.rsplit('/').next().unwrap_or(&image);
+                let untagged = !last_segment.contains(':') && !image.contains('@');
+                let expected = listed.is_empty()
+                    || listed.iter().any(|pattern| {
+                        matches(pattern, &image)
+                            || (untagged && matches(pattern, &format!("{image}:latest")))
+                    });
+                match policy.check_image(&image) {
+                    Ok(()) => prop_assert!(expected, "{:?} allowed by {:?}", image, listed),
+                    Err(error) => {
+                        prop_assert!(!expected, "{:?} refused by {:?}", image, listed);
+                        prop_assert!(error.is_policy());
+                        let shown = error.to_string();
+                        prop_assert!(shown.contains(&image), "{}", shown);
+                        prop_assert!(shown.contains(&listed.join(", ")), "{}", shown);
+                    }
+                }
+            }
+
+            /// Listing an image, or its repository with `:*`, allows it.
+            #[test]
+            fn a_listed_image_is_allowed(
+                repository in "[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,2}",
+                tag in "[a-z0-9._-]{1,8}",
+            ) {
+                let image = format!("{repository}:{tag}");
+                let exact = ExecutionPolicy::new(std::slice::from_ref(&image), &[], None).unwrap();
+                prop_assert!(exact.check_image(&image).is_ok());
+                let any_tag = ExecutionPolicy::new(&[format!("{repository}:*")], &[], None).unwrap();
+                prop_assert!(any_tag.check_image(&image).is_ok());
+                prop_assert!(any_tag.check_image(&repository).is_ok(), "as :latest");
+            }
+        }
+    }
 }

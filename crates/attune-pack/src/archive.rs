@@ -313,7 +313,8 @@ pub(crate) fn read_archive(bytes: &[u8], limits: &PackLimits) -> Result<Vec<Pack
         } else if entry_type.is_file() || entry_type.is_contiguous() {
             budget.add_file(entry.size())?;
             let mode = entry.header().mode().map_err(not_an_archive)? & MODE_MASK;
-            let mut contents = Vec::with_capacity(entry.size() as usize);
+            // The header's size may lie: never reserve more than the upload itself holds.
+            let mut contents = Vec::with_capacity(entry.size().min(size) as usize);
             entry.read_to_end(&mut contents).map_err(not_an_archive)?;
             files.insert(
                 path.clone(),

@@ -390,10 +390,12 @@ fn validate_registry(registry: &str) -> Result<(), String> {
     };
     let (host, port) = if let Some(bracketed) = registry.strip_prefix('[') {
         let (address, after) = bracketed.split_once(']').ok_or_else(invalid)?;
+        // Hex digits and colons only: Docker's grammar leaves out IPv4-mapped forms
+        // (`[::ffff:1.2.3.4]`) and zone identifiers.
         if address.is_empty()
-            || !address.chars().all(|character| {
-                character.is_ascii_hexdigit() || character == ':' || character == '.'
-            })
+            || !address
+                .chars()
+                .all(|character| character.is_ascii_hexdigit() || character == ':')
         {
             return Err(invalid());
         }

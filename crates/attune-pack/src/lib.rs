@@ -19,6 +19,7 @@ mod parameters;
 mod pool;
 mod resources;
 pub mod stored;
+mod unique_keys;
 
 pub use container::{validate_image_reference, validate_workdir};
 pub use error::PackError;

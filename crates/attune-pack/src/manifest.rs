@@ -5,9 +5,10 @@
 
 use crate::error::PackError;
 use crate::pool::PoolSettings;
+use crate::unique_keys::UniqueKeys;
 use attune_protocol::api::Isolation;
 use attune_protocol::{ParameterDelivery, ParameterFormat};
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, DeserializeSeed};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -55,7 +56,9 @@ pub(crate) struct ActionManifest {
     pub idempotent: Option<bool>,
 }
 
-/// Parses a YAML file of the pack, naming the file and line on failure.
+/// Parses a YAML file of the pack, naming the file and line on failure. A key repeated in any
+/// mapping of the file is an error naming the key and its line (YAML requires unique keys;
+/// serde alone would keep the last value).
 pub(crate) fn parse_yaml<T: DeserializeOwned>(file: &str, contents: &[u8]) -> Result<T, PackError> {
     if contents.iter().all(u8::is_ascii_whitespace) {
         return Err(PackError::Yaml {
@@ -64,20 +67,26 @@ pub(crate) fn parse_yaml<T: DeserializeOwned>(file: &str, contents: &[u8]) -> Re
             message: "the file is empty".to_string(),
         });
     }
-    serde_norway::from_slice(contents).map_err(|error| {
-        let location = error.location();
-        let mut message = error.to_string();
-        if let Some(location) = &location {
-            // The line is reported separately; drop the parser's own copy of it.
-            let suffix = format!(" at line {} column {}", location.line(), location.column());
-            if let Some(position) = message.find(&suffix) {
-                message.replace_range(position..position + suffix.len(), "");
-            }
+    UniqueKeys
+        .deserialize(serde_norway::Deserializer::from_slice(contents))
+        .map_err(|error| yaml_error(file, error))?;
+    serde_norway::from_slice(contents).map_err(|error| yaml_error(file, error))
+}
+
+/// A parser error as [`PackError::Yaml`], its line reported once.
+fn yaml_error(file: &str, error: serde_norway::Error) -> PackError {
+    let location = error.location();
+    let mut message = error.to_string();
+    if let Some(location) = &location {
+        // The line is reported separately; drop the parser's own copy of it.
+        let suffix = format!(" at line {} column {}", location.line(), location.column());
+        if let Some(position) = message.find(&suffix) {
+            message.replace_range(position..position + suffix.len(), "");
         }
-        PackError::Yaml {
-            file: file.to_string(),
-            line: location.map(|location| location.line()),
-            message,
-        }
-    })
+    }
+    PackError::Yaml {
+        file: file.to_string(),
+        line: location.map(|location| location.line()),
+        message,
+    }
 }

@@ -73,6 +73,11 @@ fn invalid_image_references_are_rejected() {
             "registry \"bad_host.com:port\" must be",
         ),
         ("-host.com/app", "registry \"-host.com\" must be"),
+        // Docker's grammar has no IPv4-mapped IPv6 (found by tests/properties.rs).
+        (
+            "[::ffff:1.2.3.4]/app",
+            "registry \"[::ffff:1.2.3.4]\" must be",
+        ),
         (":tag", "the repository name is empty"),
     ] {
         let error = validate_image_reference(reference).expect_err(reference);

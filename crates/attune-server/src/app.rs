@@ -141,6 +141,10 @@ pub async fn run_roles(
             let state = AppState {
                 store: store.clone(),
                 max_pack_bytes: settings.server.max_pack_bytes,
+                max_json_bytes: settings.server.max_json_bytes,
+                idempotency_key_ttl: Duration::from_secs(
+                    settings.server.idempotency_key_ttl_seconds,
+                ),
                 admission: Arc::new(ImageAdmission(settings.docker.execution_policy())),
                 controller_grace: Duration::from_secs(settings.executor.controller_grace_seconds),
                 status_feed,

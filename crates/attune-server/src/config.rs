@@ -21,6 +21,11 @@ pub struct ServerSettings {
     pub bind: String,
     /// Largest accepted pack upload, in bytes.
     pub max_pack_bytes: u64,
+    /// Largest accepted JSON request body, in bytes (a larger one is 413).
+    pub max_json_bytes: usize,
+    /// Seconds an `Idempotency-Key` of `POST /api/v1/executions` answers with the execution it
+    /// created; after that the key is new again (and its record is deleted).
+    pub idempotency_key_ttl_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -162,6 +167,8 @@ const DEFAULTS: &str = r#"
 [server]
 bind = "0.0.0.0:8080"
 max_pack_bytes = 16777216
+max_json_bytes = 2097152
+idempotency_key_ttl_seconds = 86400
 
 [database]
 url = "postgres://postgres:postgres@127.0.0.1:5432/attune"
@@ -261,6 +268,21 @@ impl Settings {
                 reason: format!("{:?} is not text or json", self.log.format),
             });
         }
+        if self.server.max_json_bytes < 1024 {
+            return Err(SettingsError::Invalid {
+                key: "server.max_json_bytes",
+                reason: format!(
+                    "{} is below the minimum of 1024",
+                    self.server.max_json_bytes
+                ),
+            });
+        }
+        if self.server.idempotency_key_ttl_seconds == 0 {
+            return Err(SettingsError::Invalid {
+                key: "server.idempotency_key_ttl_seconds",
+                reason: "must be at least 1".into(),
+            });
+        }
         if self.executor.concurrency == 0 {
             return Err(SettingsError::Invalid {
                 key: "executor.concurrency",
@@ -348,6 +370,14 @@ mod tests {
         let settings =
             Settings::load_from_env(None, &SettingsOverrides::default(), environment(&[])).unwrap();
         assert_eq!(settings.server.bind, "0.0.0.0:8080");
+        assert_eq!(
+            settings.server.max_json_bytes,
+            attune_api::DEFAULT_MAX_JSON_BYTES
+        );
+        assert_eq!(
+            settings.server.idempotency_key_ttl_seconds,
+            attune_api::DEFAULT_IDEMPOTENCY_KEY_TTL.as_secs()
+        );
         assert_eq!(settings.docker.network, "host");
         assert!(!settings.executor.controller_id.is_empty());
     }
@@ -441,6 +471,16 @@ mod tests {
                 "ATTUNE__EXECUTOR__RECONCILE_INTERVAL_SECONDS",
                 "0",
                 "executor.reconcile_interval_seconds",
+            ),
+            (
+                "ATTUNE__SERVER__IDEMPOTENCY_KEY_TTL_SECONDS",
+                "0",
+                "server.idempotency_key_ttl_seconds",
+            ),
+            (
+                "ATTUNE__SERVER__MAX_JSON_BYTES",
+                "10",
+                "server.max_json_bytes",
             ),
         ] {
             let error = Settings::load_from_env(

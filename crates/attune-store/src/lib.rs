@@ -1209,3 +1209,199 @@ pub fn enum_name<T: serde::Serialize>(value: &T) -> String {
 pub fn enum_from_name<T: serde::de::DeserializeOwned>(name: &str) -> Option<T> {
     serde_json::from_value(Value::String(name.to_string())).ok()
 }
+
+// Idempotency keys of execution requests (POST /api/v1/executions with `Idempotency-Key`).
+
+/// A request's idempotency key and what identifies its body.
+#[derive(Debug, Clone)]
+pub struct IdempotencyRequest<'a> {
+    pub key: &'a str,
+    /// sha256 (hex) of the request body's canonical JSON.
+    pub fingerprint: &'a str,
+    /// A key older than this is expired: it is free for a new request (and deleted).
+    pub ttl: Duration,
+    /// A claim whose request never completed (its process died) is free after this.
+    pub abandoned_after: Duration,
+}
+
+/// The claim of a request that holds a key, to complete with
+/// [`Store::create_execution_for_key`] or give back with [`Store::release_idempotency_key`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyClaim {
+    pub key: String,
+    token: String,
+}
+
+/// Where a request with an idempotency key stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IdempotencyState {
+    /// The first (or, after expiry, a new) request with this key: it is this request's.
+    Claimed(IdempotencyClaim),
+    /// An earlier request used this key with another body.
+    Mismatch,
+    /// An earlier request with this key and body is still being processed.
+    InProgress,
+    /// An earlier request with this key and body completed with this answer.
+    Completed {
+        execution_id: i64,
+        status: u16,
+        body: Value,
+    },
+}
+
+/// A stored key as [`Store::claim_idempotency_key`] reads it.
+#[derive(FromRow)]
+struct StoredIdempotencyKey {
+    fingerprint: String,
+    execution_id: Option<i64>,
+    response_status: Option<i32>,
+    response_body: Option<String>,
+}
+
+/// Expired keys deleted per new claim (so the table never grows past the live keys by more).
+const EXPIRED_KEYS_PER_CLAIM: i64 = 100;
+
+impl Store {
+    /// Claims `request.key` for this request, first writer wins: the primary key decides
+    /// between concurrent requests, and an expired key (or an abandoned claim) is taken over
+    /// in the same statement. Otherwise says how the earlier request with the key stands.
+    /// Deletes up to 100 expired keys first.
+    pub async fn claim_idempotency_key(
+        &self,
+        request: &IdempotencyRequest<'_>,
+    ) -> Result<IdempotencyState, StoreError> {
+        let ttl = request.ttl.as_secs_f64();
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE key IN (
+                 SELECT key FROM idempotency_keys
+                 WHERE created_at < now() - make_interval(secs => $1)
+                 ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(ttl)
+        .bind(EXPIRED_KEYS_PER_CLAIM)
+        .execute(&self.pool)
+        .await?;
+        // The earlier row can vanish between the two statements (its request gave the claim
+        // back, or it expired and was deleted): then try again.
+        for _ in 0..3 {
+            let claimed: Option<String> = sqlx::query_scalar(
+                "INSERT INTO idempotency_keys (key, fingerprint, claim)
+                 VALUES ($1, $2, gen_random_uuid()::text)
+                 ON CONFLICT (key) DO UPDATE SET
+                     fingerprint = EXCLUDED.fingerprint, claim = EXCLUDED.claim,
+                     execution_id = NULL, response_status = NULL, response_body = NULL,
+                     created_at = now()
+                 WHERE idempotency_keys.created_at < now() - make_interval(secs => $3)
+                    OR (idempotency_keys.execution_id IS NULL
+                        AND idempotency_keys.created_at < now() - make_interval(secs => $4))
+                 RETURNING claim",
+            )
+            .bind(request.key)
+            .bind(request.fingerprint)
+            .bind(ttl)
+            .bind(request.abandoned_after.as_secs_f64())
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(token) = claimed {
+                return Ok(IdempotencyState::Claimed(IdempotencyClaim {
+                    key: request.key.to_string(),
+                    token,
+                }));
+            }
+            let earlier: Option<StoredIdempotencyKey> = sqlx::query_as(
+                "SELECT fingerprint, execution_id, response_status, response_body::text
+                 FROM idempotency_keys WHERE key = $1",
+            )
+            .bind(request.key)
+            .fetch_optional(&self.pool)
+            .await?;
+            let Some(StoredIdempotencyKey {
+                fingerprint,
+                execution_id,
+                response_status: status,
+                response_body: body,
+            }) = earlier
+            else {
+                continue;
+            };
+            if fingerprint != request.fingerprint {
+                return Ok(IdempotencyState::Mismatch);
+            }
+            return Ok(match (execution_id, status, body) {
+                (Some(execution_id), Some(status), Some(body)) => IdempotencyState::Completed {
+                    execution_id,
+                    status: u16::try_from(status).map_err(|_| {
+                        StoreError::Corrupt(format!("idempotency key status {status}"))
+                    })?,
+                    body: serde_json::from_str(&body).map_err(|error| {
+                        StoreError::Corrupt(format!("idempotency key answer: {error}"))
+                    })?,
+                },
+                _ => IdempotencyState::InProgress,
+            });
+        }
+        Ok(IdempotencyState::InProgress)
+    }
+
+    /// Records a new execution in `requested` for the request holding `claim`, and the answer
+    /// (`status` and the body `answer` makes of the new row) with the key, in one transaction:
+    /// a retry finds both or neither. A claim taken over meanwhile (it was abandoned) is a
+    /// [`StoreError::Conflict`] and creates nothing.
+    pub async fn create_execution_for_key(
+        &self,
+        claim: &IdempotencyClaim,
+        action: &ActionRow,
+        parameters: &Map<String, Value>,
+        status: u16,
+        answer: impl FnOnce(&ExecutionRow) -> Value,
+    ) -> Result<ExecutionRow, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let row: ExecutionRow = sqlx::query_as(&format!(
+            "INSERT INTO executions (action_ref, action_id, status, parameters, secret_parameters)
+             VALUES ($1, $2, 'requested', $3, $4) RETURNING {EXECUTION_COLUMNS}"
+        ))
+        .bind(&action.action_ref)
+        .bind(action.id)
+        .bind(Value::Object(parameters.clone()))
+        .bind(&action.secret_parameters)
+        .fetch_one(&mut *transaction)
+        .await?;
+        let completed = sqlx::query(
+            "UPDATE idempotency_keys
+             SET execution_id = $3, response_status = $4, response_body = $5::text::json
+             WHERE key = $1 AND claim = $2 AND execution_id IS NULL",
+        )
+        .bind(&claim.key)
+        .bind(&claim.token)
+        .bind(row.id)
+        .bind(i32::from(status))
+        .bind(answer(&row).to_string())
+        .execute(&mut *transaction)
+        .await?;
+        if completed.rows_affected() != 1 {
+            transaction.rollback().await?;
+            return Err(StoreError::Conflict(format!(
+                "idempotency key {:?} was taken over by another request",
+                claim.key
+            )));
+        }
+        transaction.commit().await?;
+        Ok(row)
+    }
+
+    /// Gives a claim back (its request was refused and created nothing), so a retry with the
+    /// key is processed anew.
+    pub async fn release_idempotency_key(
+        &self,
+        claim: &IdempotencyClaim,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE key = $1 AND claim = $2 AND execution_id IS NULL",
+        )
+        .bind(&claim.key)
+        .bind(&claim.token)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
