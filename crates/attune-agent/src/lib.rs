@@ -5,8 +5,9 @@
 //! Modules, from the outside in: [`entry`] (what the binary does), [`config`] (flags and
 //! environment), [`agent`] (the service loop), [`mq`] (broker wiring), [`runner`] (one job end
 //! to end), [`environment`] (pack venvs and node_modules, built once and reused), [`delivery`]
-//! (parameters), [`output`] (capture and live logs), [`process`] (process groups), [`detect`]
-//! and [`hints`] (interpreters in the image).
+//! (parameters), [`output`] (capture and live logs), [`process`] (process groups),
+//! [`exit_reason`] (what exit codes 126 and 127 mean), [`detect`] and [`hints`] (interpreters in
+//! the image).
 
 pub mod agent;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod delivery;
 pub mod detect;
 pub mod entry;
 pub mod environment;
+pub mod exit_reason;
 pub mod hints;
 pub mod mq;
 pub mod output;

@@ -151,13 +151,28 @@ pub async fn declare_queue(
     }
 }
 
-/// Declares the durable shared events queue (see [`declare_queue`]).
+/// Declares the events queue with the arguments the controller declares it with (a quorum
+/// queue with a delivery limit and a dead-letter queue; see [`declare_queue`]).
 pub async fn declare_events_queue(
     connection: &Connection,
     channel: Channel,
     queue: &str,
 ) -> Result<Channel, MqError> {
-    declare_queue(connection, channel, queue, FieldTable::default()).await
+    declare_queue(connection, channel, queue, events_queue_arguments(queue)).await
+}
+
+/// The AMQP encoding of [`queues::events_queue_arguments`], the same as the controller's (a
+/// text as a long string, an integer as a signed 64-bit integer), so either may declare first.
+pub fn events_queue_arguments(queue: &str) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    for (name, value) in queues::events_queue_arguments(queue) {
+        let value = match value {
+            queues::QueueArgument::Text(text) => AMQPValue::LongString(text.into()),
+            queues::QueueArgument::Integer(number) => AMQPValue::LongLongInt(number),
+        };
+        arguments.insert(name.into(), value);
+    }
+    arguments
 }
 
 /// Arguments of an agent's job queue; whoever declares it first must use the same ones.
@@ -246,7 +261,7 @@ async fn publish_events(
         if let Err(error) = publish_confirmed(&channel, &queue, &payload).await {
             eprintln!(
                 "attune-agent: publish {} event to {queue}: {error}; dropped",
-                event_kind(&event)
+                event.event_type()
             );
         }
     }
@@ -295,18 +310,6 @@ pub async fn publish_confirmed(
     Err(last_error)
 }
 
-/// The event's type, for messages.
-pub fn event_kind(event: &AgentEvent) -> &'static str {
-    match event {
-        AgentEvent::Register(_) => "register",
-        AgentEvent::Running { .. } => "running",
-        AgentEvent::Log { .. } => "log",
-        AgentEvent::Finished(_) => "finished",
-        AgentEvent::Heartbeat { .. } => "heartbeat",
-        AgentEvent::Deregister { .. } => "deregister",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,6 +336,32 @@ mod tests {
                 .to_string()
                 .starts_with("invalid broker url http://guest:***@host/: "),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn the_events_queue_is_declared_as_the_controller_declares_it() {
+        let arguments = events_queue_arguments("attune.controller.c1.events");
+        let arguments = arguments.inner();
+        assert_eq!(
+            arguments.get("x-queue-type"),
+            Some(&AMQPValue::LongString("quorum".into()))
+        );
+        assert_eq!(
+            arguments.get("x-delivery-limit"),
+            Some(&AMQPValue::LongLongInt(i64::from(
+                queues::EVENTS_DELIVERY_LIMIT
+            )))
+        );
+        assert_eq!(
+            arguments.get("x-dead-letter-exchange"),
+            Some(&AMQPValue::LongString("".into()))
+        );
+        assert_eq!(
+            arguments.get("x-dead-letter-routing-key"),
+            Some(&AMQPValue::LongString(
+                "attune.controller.c1.events.dead".into()
+            ))
         );
     }
 

@@ -3,9 +3,11 @@
 //! Both streams are read concurrently by one task that also numbers the live chunks, so `seq`
 //! is ordered across streams. Pending output is flushed as an [`AgentEvent::Log`] every
 //! [`FLUSH_INTERVAL`] or every [`CHUNK_BYTES`], whichever comes first. Output beyond the limit
-//! is read and dropped, so the process never blocks on a full pipe.
+//! is read and dropped, so the process never blocks on a full pipe. Chunks and reports carry the
+//! bytes as output text (`attune_protocol::output`): NUL, escapes and invalid UTF-8 survive.
 
 use crate::EventSender;
+use attune_protocol::output::bytes_into_text;
 use attune_protocol::{AgentEvent, ExecutionId, OutputStream};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -190,7 +192,7 @@ impl Collector {
                     execution_id: self.settings.execution_id,
                     seq: self.next_seq,
                     stream: state_stream,
-                    data: String::from_utf8_lossy(&bytes).into_owned(),
+                    data: bytes_into_text(bytes),
                 };
                 self.next_seq += 1;
                 let _ = self.settings.events.send(event);
@@ -397,6 +399,35 @@ mod tests {
         }
         let streamed: String = chunks.into_iter().map(|(_, _, data)| data).collect();
         assert_eq!(streamed, line.repeat(50));
+    }
+
+    #[tokio::test]
+    async fn any_bytes_survive_in_chunks_and_kept_output() {
+        let (mut stdout_writer, stdout_reader) = tokio::io::duplex(64);
+        let (stderr_writer, stderr_reader) = tokio::io::duplex(64);
+        let (settings, mut receiver) = settings(1024 * 1024);
+        let handle = start_capture(stdout_reader, stderr_reader, settings);
+        let mut written = Vec::new();
+        for round in 0..300_u32 {
+            // NUL, an escape, invalid bytes and a character split across writes.
+            let piece: &[u8] = match round % 4 {
+                0 => b"a\x00b\x1b[31m",
+                1 => b"\xff\xfe\xe2\x82",
+                2 => b"\xac\xf4\x8f\xbf\xbf",
+                _ => "é\u{10ff80}".as_bytes(),
+            };
+            stdout_writer.write_all(piece).await.unwrap();
+            written.extend_from_slice(piece);
+        }
+        drop(stdout_writer);
+        drop(stderr_writer);
+        let output = handle.finish(Duration::from_secs(5)).await;
+        assert_eq!(output.stdout, written);
+        let streamed: Vec<u8> = chunks(&mut receiver)
+            .into_iter()
+            .flat_map(|(_, _, data)| attune_protocol::output::text_to_bytes(&data))
+            .collect();
+        assert_eq!(streamed, written, "chunks carry the exact bytes");
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@ use crate::environment::{
 use crate::output::{start_capture, CaptureSettings, CapturedOutput};
 use crate::process::{clean_up_group, inherited_environment, terminate_group};
 use crate::EventSender;
+use attune_protocol::output::bytes_into_text;
 use attune_protocol::{AgentEvent, FailureKind, Job, JobOutcome, JobReport, Runtime};
 use serde_json::Value;
 use std::ffi::OsString;
@@ -418,8 +419,8 @@ async fn execute(
         Ok(status) => (status.code(), status.signal()),
         Err(_) => (None, None),
     };
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let exit_error =
+        |code: i32| crate::exit_reason::exit_error(code, &output.stderr, context.image.as_deref());
     let (outcome, failure_kind, error) = match (ending, &status) {
         (_, Err(error)) => (
             JobOutcome::Failed,
@@ -447,7 +448,7 @@ async fn execute(
             (Some(code), _) => (
                 JobOutcome::Failed,
                 Some(FailureKind::NonZeroExit),
-                Some(format!("exited with code {code}")),
+                Some(exit_error(code)),
             ),
             (None, Some(signal)) => (
                 JobOutcome::Failed,
@@ -461,6 +462,9 @@ async fn execute(
             ),
         },
     };
+    // Output text: the captured bytes, losslessly (see `attune_protocol::output`).
+    let stdout = bytes_into_text(output.stdout);
+    let stderr = bytes_into_text(output.stderr);
     JobReport {
         agent_id: agent_id.to_string(),
         execution_id: job.execution_id,

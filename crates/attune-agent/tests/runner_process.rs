@@ -8,6 +8,7 @@ use attune_agent::detect::{Detector, SearchPath};
 use attune_agent::environment::EnvironmentCache;
 use attune_agent::hints::RuntimeHints;
 use attune_agent::runner::{run_job, RunnerContext, StopRequest};
+use attune_protocol::output::text_to_bytes;
 use attune_protocol::{
     AgentEvent, FailureKind, Job, JobOutcome, JobReport, OutputStream, ParameterDelivery,
     ParameterFormat, Runtime, PROTOCOL_VERSION,
@@ -328,6 +329,78 @@ async fn non_zero_exit_keeps_the_code() {
     assert_eq!(report.signal, Some(9));
     assert_eq!(report.exit_code, None);
     assert_eq!(report.error.as_deref(), Some("killed by signal 9"));
+}
+
+#[tokio::test]
+async fn exit_127_and_126_say_what_happened_and_keep_the_code() {
+    let fixture = Fixture::new();
+    let entry = fixture.action(
+        "missing.sh",
+        "#!/bin/sh\necho before\nattune-no-such-command --flag\n",
+    );
+    let (_, report) = run_to_end(fixture.context(), fixture.job(143, &entry)).await;
+    assert_eq!(report.outcome, JobOutcome::Failed);
+    assert_eq!(report.failure_kind, Some(FailureKind::NonZeroExit));
+    assert_eq!(report.exit_code, Some(127));
+    assert_eq!(
+        report.error.as_deref(),
+        Some("exited with code 127: command not found: \"attune-no-such-command\" is not in image attune-test/image:1 (or not on the action's PATH)"),
+        "stderr: {}",
+        report.stderr
+    );
+
+    let tool = fixture.scratch_path("tool");
+    std::fs::write(&tool, "#!/bin/sh\necho never\n").unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let entry = fixture.action("noexec.sh", "#!/bin/sh\n\"$TOOL\"\n");
+    let mut job = fixture.job(144, &entry);
+    job.env
+        .insert("TOOL".to_string(), tool.display().to_string());
+    let (_, report) = run_to_end(fixture.context(), job).await;
+    assert_eq!(report.exit_code, Some(126));
+    assert_eq!(
+        report.error,
+        Some(format!(
+            "exited with code 126: not executable: {:?} was found in image attune-test/image:1 but cannot be executed (permission denied)",
+            tool.display().to_string()
+        )),
+        "stderr: {}",
+        report.stderr
+    );
+
+    // An action's own `exit 127` says what the code means without naming a command.
+    let entry = fixture.action("exit127.sh", "#!/bin/sh\nexit 127\n");
+    let (_, report) = run_to_end(fixture.context(), fixture.job(145, &entry)).await;
+    assert_eq!(report.exit_code, Some(127));
+    assert!(
+        report
+            .error
+            .as_deref()
+            .is_some_and(|error| error.starts_with("exited with code 127: command not found (")),
+        "{report:?}"
+    );
+}
+
+#[tokio::test]
+async fn any_bytes_an_action_writes_are_reported_exactly() {
+    let fixture = Fixture::new();
+    let entry = fixture.action(
+        "bytes.sh",
+        "#!/bin/sh\nprintf 'a\\000b\\033[31m\\377\\376'\nprintf 'err\\000\\200' >&2\nhead -c 70000 /dev/zero | tr '\\0' 'x'\n",
+    );
+    let (events, report) = run_to_end(fixture.context(), fixture.job(146, &entry)).await;
+    assert_eq!(report.outcome, JobOutcome::Succeeded, "{report:?}");
+    let mut expected = b"a\0b\x1b[31m\xff\xfe".to_vec();
+    expected.extend(std::iter::repeat_n(b'x', 70_000));
+    assert_eq!(text_to_bytes(&report.stdout), expected);
+    assert_eq!(text_to_bytes(&report.stderr), b"err\0\x80");
+    let streamed = text_to_bytes(&logged_text(&events, OutputStream::Stdout));
+    assert_eq!(streamed, expected, "live chunks carry the same bytes");
+    assert_eq!(
+        report.result,
+        Some(Value::String(report.stdout.clone())),
+        "not JSON: the result is the output text"
+    );
 }
 
 #[tokio::test]

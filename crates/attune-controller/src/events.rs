@@ -2,16 +2,155 @@
 //!
 //! Each event is acked only after its effect is stored; redelivered events are harmless because
 //! status changes are conditional and log chunks are keyed by sequence number.
+//!
+//! An event the store refuses is redelivered by the events queue up to its delivery limit
+//! (attune-broker). At the last attempt a refused `running` or `finished` event ends its
+//! execution `failed` with kind `report-rejected` and the store's error as the reason, and the
+//! event goes to the dead-letter queue; so does a report that does not parse. While the
+//! database does not answer at all, the event is held and tried again instead (it is not the
+//! event's fault).
 
 use crate::signals::ExecutionSignals;
+use attune_broker::{ApplyError, EventDelivery};
 use attune_protocol::api::ExecutionStatus;
-use attune_protocol::{AgentEvent, JobOutcome, JobReport};
+use attune_protocol::{AgentEvent, ExecutionId, FailureKind, JobOutcome, JobReport};
 use attune_store::{Store, StoreError, TransitionFields};
 use std::time::Duration;
 
-/// Applies one event. Returns an error only when it should be retried (database trouble).
+/// Why an event was not applied; [`ApplyError::is_transient`] when the database did not answer.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct EventError {
+    #[source]
+    pub source: StoreError,
+    transient: bool,
+}
+
+impl EventError {
+    /// Classifies a store error: transient only when the database is unreachable (and still
+    /// does not answer a ping, so a statement that breaks its own connection is not mistaken
+    /// for an outage and held forever).
+    async fn classify(store: &Store, source: StoreError) -> EventError {
+        let transient = source.is_unreachable() && store.ping().await.is_err();
+        EventError { source, transient }
+    }
+}
+
+impl ApplyError for EventError {
+    fn is_transient(&self) -> bool {
+        self.transient
+    }
+}
+
+/// Applies one delivered event (an [`AgentEvent`] converts into a first delivery). Returns an
+/// error when the event should be delivered again (or, at its last attempt, dead-lettered).
 /// `lease` is how long a running execution stays alive after its agent's last word.
 pub async fn apply_event(
+    store: &Store,
+    signals: &ExecutionSignals,
+    lease: Duration,
+    delivery: impl Into<EventDelivery>,
+) -> Result<(), EventError> {
+    match delivery.into() {
+        EventDelivery::Apply {
+            event,
+            attempt,
+            last_attempt,
+        } => {
+            let rejection = rejection_summary(&event);
+            let Err(error) = apply_known(store, signals, lease, event).await else {
+                return Ok(());
+            };
+            let error = EventError::classify(store, error).await;
+            if let (false, true, Some((execution_id, summary))) =
+                (error.transient, last_attempt, rejection)
+            {
+                let reason = format!(
+                    "{summary} could not be stored after {attempt} attempts and was moved to the events dead-letter queue: {}",
+                    error.source
+                );
+                reject(store, signals, execution_id, reason).await?;
+            }
+            Err(error)
+        }
+        EventDelivery::Unreadable {
+            event_type,
+            execution_id,
+            error,
+        } => {
+            if matches!(event_type.as_str(), "finished" | "running") {
+                let reason = format!(
+                    "the agent's {event_type} event could not be read and was moved to the events dead-letter queue: {error}"
+                );
+                reject(store, signals, execution_id, reason).await?;
+            } else {
+                tracing::warn!(execution_id, %event_type, %error, "unreadable agent event dropped into the dead-letter queue");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// For the events whose loss leaves their execution unable to end as it did (`running`,
+/// `finished`): the execution and how to describe the event in its failure reason.
+fn rejection_summary(event: &AgentEvent) -> Option<(ExecutionId, String)> {
+    match event {
+        AgentEvent::Finished(report) => {
+            let mut summary = format!(
+                "the agent's report ({}",
+                serde_json::to_value(report.outcome)
+                    .ok()
+                    .and_then(|value| value.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            );
+            if let Some(code) = report.exit_code {
+                summary.push_str(&format!(", exit code {code}"));
+            }
+            summary.push(')');
+            Some((report.execution_id, summary))
+        }
+        AgentEvent::Running { execution_id, .. } => {
+            Some((*execution_id, "the agent's running event".to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// Ends an execution whose report could not be stored: `failed`, kind `report-rejected`.
+async fn reject(
+    store: &Store,
+    signals: &ExecutionSignals,
+    execution_id: ExecutionId,
+    reason: String,
+) -> Result<(), EventError> {
+    let fields = TransitionFields::error(FailureKind::ReportRejected, reason);
+    match store
+        .transition(execution_id, ExecutionStatus::Failed, fields)
+        .await
+    {
+        Ok(Some(row)) => {
+            tracing::error!(execution_id, error = ?row.error, "execution failed: its agent's report could not be stored");
+            signals.terminal(execution_id, ExecutionStatus::Failed);
+            Ok(())
+        }
+        Ok(None) => {
+            tracing::warn!(
+                execution_id,
+                "an event of this execution was dead-lettered after it had ended"
+            );
+            Ok(())
+        }
+        Err(StoreError::NotFound(_)) => Ok(()),
+        Err(error) => {
+            let error = EventError::classify(store, error).await;
+            tracing::error!(execution_id, %error, "record that the agent's report was rejected");
+            Err(error)
+        }
+    }
+}
+
+/// Applies one decoded event.
+async fn apply_known(
     store: &Store,
     signals: &ExecutionSignals,
     lease: Duration,
@@ -53,8 +192,9 @@ pub async fn apply_event(
         }
         AgentEvent::Finished(report) => {
             let execution_id = report.execution_id;
-            let status = apply_report(store, report).await?;
-            signals.terminal(execution_id, status);
+            if let Some(status) = apply_report(store, report).await? {
+                signals.terminal(execution_id, status);
+            }
         }
         AgentEvent::Heartbeat { agent_id, running } => {
             store.renew_leases(&running, lease).await?;
@@ -68,8 +208,12 @@ pub async fn apply_event(
     Ok(())
 }
 
-/// Stores a final report; returns the execution's terminal status (as stored).
-async fn apply_report(store: &Store, report: JobReport) -> Result<ExecutionStatus, StoreError> {
+/// Stores a final report; returns the execution's terminal status (as stored), or `None` when
+/// the execution does not exist (any more): there is nothing to apply the report to.
+async fn apply_report(
+    store: &Store,
+    report: JobReport,
+) -> Result<Option<ExecutionStatus>, StoreError> {
     let execution_id = report.execution_id;
     let status = match report.outcome {
         JobOutcome::Succeeded => ExecutionStatus::Succeeded,
@@ -91,7 +235,7 @@ async fn apply_report(store: &Store, report: JobReport) -> Result<ExecutionStatu
         agent_id: Some(report.agent_id),
         exit_code: report.exit_code,
         signal: report.signal,
-        duration_ms: Some(report.duration_ms as i64),
+        duration_ms: Some(i64::try_from(report.duration_ms).unwrap_or(i64::MAX)),
         stdout: Some(report.stdout),
         stderr: Some(report.stderr),
         stdout_truncated: Some(report.stdout_truncated),
@@ -104,13 +248,58 @@ async fn apply_report(store: &Store, report: JobReport) -> Result<ExecutionStatu
     match store.transition(execution_id, status, fields).await? {
         Some(row) => {
             tracing::info!(execution_id, status = %status, exit_code = ?row.exit_code, "execution finished");
-            Ok(status)
+            Ok(Some(status))
         }
-        None => {
+        None => match store.get_execution(execution_id).await {
             // Already terminal (a redelivery, or the controller ended it first): keep what is stored.
-            let current = store.get_execution(execution_id).await?;
-            tracing::debug!(execution_id, status = %current.status, "report for an execution that already ended");
-            Ok(current.status())
-        }
+            Ok(current) => {
+                tracing::debug!(execution_id, status = %current.status, "report for an execution that already ended");
+                Ok(Some(current.status()))
+            }
+            Err(StoreError::NotFound(_)) => {
+                tracing::warn!(
+                    execution_id,
+                    "report for an execution that does not exist; dropped"
+                );
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rejected_report_is_described_with_what_the_agent_said() {
+        let report = JobReport {
+            agent_id: "a".into(),
+            execution_id: 4,
+            outcome: JobOutcome::Succeeded,
+            failure_kind: None,
+            exit_code: Some(0),
+            signal: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            result: None,
+            error: None,
+            duration_ms: 3,
+        };
+        assert_eq!(
+            rejection_summary(&AgentEvent::Finished(report)),
+            Some((4, "the agent's report (succeeded, exit code 0)".to_string()))
+        );
+        let log = AgentEvent::Log {
+            agent_id: "a".into(),
+            execution_id: 4,
+            seq: 0,
+            stream: attune_protocol::OutputStream::Stdout,
+            data: String::new(),
+        };
+        assert_eq!(rejection_summary(&log), None, "a lost chunk fails nothing");
     }
 }

@@ -98,6 +98,7 @@ pub enum AgentEvent {
         execution_id: ExecutionId,
         seq: u64,
         stream: OutputStream,
+        /// The chunk's bytes as output text ([`crate::output`]: lossless, any bytes).
         data: String,
     },
     /// The execution reached its end.
@@ -113,6 +114,99 @@ pub enum AgentEvent {
         agent_id: String,
         #[serde(default)]
         reason: String,
+    },
+}
+
+impl AgentEvent {
+    /// The `type` of every event this build knows.
+    pub const TYPES: [&'static str; 6] = [
+        "register",
+        "running",
+        "log",
+        "finished",
+        "heartbeat",
+        "deregister",
+    ];
+
+    /// This event's `type` on the wire.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            AgentEvent::Register(_) => "register",
+            AgentEvent::Running { .. } => "running",
+            AgentEvent::Log { .. } => "log",
+            AgentEvent::Finished(_) => "finished",
+            AgentEvent::Heartbeat { .. } => "heartbeat",
+            AgentEvent::Deregister { .. } => "deregister",
+        }
+    }
+
+    /// The execution the event is about, when it is about one.
+    pub fn execution_id(&self) -> Option<ExecutionId> {
+        match self {
+            AgentEvent::Running { execution_id, .. } | AgentEvent::Log { execution_id, .. } => {
+                Some(*execution_id)
+            }
+            AgentEvent::Finished(report) => Some(report.execution_id),
+            AgentEvent::Register(_)
+            | AgentEvent::Heartbeat { .. }
+            | AgentEvent::Deregister { .. } => None,
+        }
+    }
+
+    /// Reads one message of an events queue, telling a newer agent's event (a `type` this
+    /// build does not know) from a message that is broken.
+    pub fn decode(bytes: &[u8]) -> IncomingEvent {
+        let error = match serde_json::from_slice::<AgentEvent>(bytes) {
+            Ok(event) => return IncomingEvent::Known(event),
+            Err(error) => error.to_string(),
+        };
+        let object = serde_json::from_slice::<Value>(bytes)
+            .ok()
+            .and_then(|value| match value {
+                Value::Object(object) => Some(object),
+                _ => None,
+            });
+        let event_type = object
+            .as_ref()
+            .and_then(|object| object.get("type"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let execution_id = object
+            .as_ref()
+            .and_then(|object| object.get("execution_id"))
+            .and_then(Value::as_i64);
+        match event_type {
+            Some(event_type) if !AgentEvent::TYPES.contains(&event_type.as_str()) => {
+                IncomingEvent::Unknown {
+                    event_type,
+                    execution_id,
+                }
+            }
+            event_type => IncomingEvent::Malformed {
+                event_type,
+                execution_id,
+                error,
+            },
+        }
+    }
+}
+
+/// A message of an events queue as [`AgentEvent::decode`] reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IncomingEvent {
+    /// An event this build knows.
+    Known(AgentEvent),
+    /// A JSON object whose `type` this build does not know: a newer agent's event, to be
+    /// counted and not applied.
+    Unknown {
+        event_type: String,
+        execution_id: Option<ExecutionId>,
+    },
+    /// Not an event: not a JSON object, no `type`, or a known `type` whose fields do not parse.
+    Malformed {
+        event_type: Option<String>,
+        execution_id: Option<ExecutionId>,
+        error: String,
     },
 }
 
@@ -259,6 +353,9 @@ pub enum FailureKind {
     ControllerRestarted,
     /// The owning controller stopped heartbeating and another took the execution over.
     ControllerLost,
+    /// The agent's report (or another event of the execution) could not be stored after the
+    /// events queue's delivery limit; it went to the dead-letter queue, its reason is the error.
+    ReportRejected,
     /// Anything newer than this build knows.
     #[serde(other)]
     Other,
@@ -294,6 +391,7 @@ impl FailureKind {
             FailureKind::Database => "database",
             FailureKind::ControllerRestarted => "controller-restarted",
             FailureKind::ControllerLost => "controller-lost",
+            FailureKind::ReportRejected => "report-rejected",
             FailureKind::Other => "other",
         }
     }
@@ -335,8 +433,10 @@ pub struct JobReport {
     pub exit_code: Option<i32>,
     #[serde(default)]
     pub signal: Option<i32>,
+    /// Captured stdout as output text ([`crate::output`]: lossless, any bytes).
     #[serde(default)]
     pub stdout: String,
+    /// Captured stderr as output text.
     #[serde(default)]
     pub stderr: String,
     #[serde(default)]

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod output;
 pub mod queues;
 pub mod runtime;
 

@@ -19,6 +19,51 @@ pub fn controller_events_queue(controller_id: &str) -> String {
     format!("attune.controller.{controller_id}.events")
 }
 
+/// Type of every events queue (`x-queue-type`): a quorum queue, which counts deliveries.
+pub const EVENTS_QUEUE_TYPE: &str = "quorum";
+
+/// `x-delivery-limit` of every events queue: an event nacked (or returned by a lost channel)
+/// this many times is dead-lettered at its next return, so it is delivered at most
+/// `EVENTS_DELIVERY_LIMIT + 1` times and never loops.
+pub const EVENTS_DELIVERY_LIMIT: u32 = 10;
+
+/// The dead-letter queue of an events queue: events that could not be applied within the
+/// delivery limit (or were rejected as malformed) wait there for an operator. They reach it
+/// through the default exchange (`x-dead-letter-exchange = ""`) with this queue's name as
+/// `x-dead-letter-routing-key`.
+pub fn dead_letter_queue(events_queue: &str) -> String {
+    format!("{events_queue}.dead")
+}
+
+/// The arguments an events queue is declared with, by the controller and by agents alike (the
+/// broker refuses a declaration whose arguments differ): `x-queue-type`, `x-delivery-limit`,
+/// `x-dead-letter-exchange`, `x-dead-letter-routing-key`.
+pub fn events_queue_arguments(events_queue: &str) -> Vec<(&'static str, QueueArgument)> {
+    vec![
+        (
+            "x-queue-type",
+            QueueArgument::Text(EVENTS_QUEUE_TYPE.to_string()),
+        ),
+        (
+            "x-delivery-limit",
+            QueueArgument::Integer(i64::from(EVENTS_DELIVERY_LIMIT)),
+        ),
+        ("x-dead-letter-exchange", QueueArgument::Text(String::new())),
+        (
+            "x-dead-letter-routing-key",
+            QueueArgument::Text(dead_letter_queue(events_queue)),
+        ),
+    ]
+}
+
+/// A queue argument's value, for the AMQP client of each side to encode (a text as a long
+/// string, an integer as a signed 64-bit integer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueArgument {
+    Text(String),
+    Integer(i64),
+}
+
 /// The job queue of one agent.
 pub fn agent_job_queue(agent_id: &str) -> String {
     format!("{AGENT_QUEUE_PREFIX}{agent_id}.jobs")

@@ -3,9 +3,11 @@
 //! the golden JSON; files under `golden/future/` carry fields a newer peer might add.
 
 use attune_protocol::api::{ExecutionStatus, ExecutionView};
+use attune_protocol::output::{bytes_to_text, text_to_bytes};
 use attune_protocol::{
-    AgentCommand, AgentEvent, AgentRegistration, DetectedRuntime, FailureKind, Job, JobOutcome,
-    JobReport, OutputStream, ParameterDelivery, ParameterFormat, Runtime, PROTOCOL_VERSION,
+    AgentCommand, AgentEvent, AgentRegistration, DetectedRuntime, FailureKind, IncomingEvent, Job,
+    JobOutcome, JobReport, OutputStream, ParameterDelivery, ParameterFormat, Runtime,
+    PROTOCOL_VERSION,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -103,6 +105,31 @@ fn log_event() {
     assert_golden("log.json", &event);
 }
 
+/// Output with NUL, terminal escapes and invalid UTF-8 travels as output text: the bytes
+/// 0xff 0xfe are U+10FFFF U+10FFFE (`\udbff\udfff\udbff\udffe` in JSON).
+#[test]
+fn log_event_with_any_bytes() {
+    let mut bytes = b"a\0b \x1b[31mred\x1b[0m \xff\xfe ".to_vec();
+    bytes.extend_from_slice("😀".as_bytes());
+    let event = AgentEvent::Log {
+        agent_id: "a-1".into(),
+        execution_id: 42,
+        seq: 4,
+        stream: OutputStream::Stdout,
+        data: bytes_to_text(&bytes),
+    };
+    assert_golden("log_with_any_bytes.json", &event);
+    let AgentEvent::Log { data, .. } = event else {
+        unreachable!()
+    };
+    assert_eq!(text_to_bytes(&data), bytes);
+    // An older agent's plain text reads as its own UTF-8.
+    let AgentEvent::Log { data, .. } = serde_json::from_value(golden("log.json")).unwrap() else {
+        panic!("expected a log event")
+    };
+    assert_eq!(text_to_bytes(&data), b"warning\n");
+}
+
 #[test]
 fn finished_event() {
     let event = AgentEvent::Finished(JobReport {
@@ -171,6 +198,66 @@ fn unknown_fields_and_variants_are_tolerated() {
         panic!("expected a report")
     };
     assert_eq!(report.failure_kind, Some(FailureKind::Other));
+
+    let log: AgentEvent =
+        serde_json::from_value(golden("future/log_with_new_fields.json")).unwrap();
+    let AgentEvent::Log { data, stream, .. } = log else {
+        panic!("expected a log event")
+    };
+    assert_eq!(stream, OutputStream::Stderr);
+    assert_eq!(text_to_bytes(&data), b"warn\0ing\n", "new fields ignored");
+}
+
+/// The controller tells a newer agent's event (counted and acked, not applied) from a broken
+/// message (dead-lettered, and recorded on its execution when it names one).
+#[test]
+fn events_decode_as_known_unknown_or_malformed() {
+    let known = serde_json::to_vec(&golden("finished.json")).unwrap();
+    assert!(matches!(
+        AgentEvent::decode(&known),
+        IncomingEvent::Known(AgentEvent::Finished(_))
+    ));
+    let unknown = serde_json::to_vec(&golden("future/unknown_event.json")).unwrap();
+    assert_eq!(
+        AgentEvent::decode(&unknown),
+        IncomingEvent::Unknown {
+            event_type: "gpu_usage".into(),
+            execution_id: Some(9)
+        }
+    );
+    let IncomingEvent::Malformed {
+        event_type,
+        execution_id,
+        error,
+    } = AgentEvent::decode(br#"{"type": "finished", "execution_id": 8, "outcome": 42}"#)
+    else {
+        panic!("a report with a field of the wrong type is malformed")
+    };
+    assert_eq!(
+        (event_type.as_deref(), execution_id),
+        (Some("finished"), Some(8))
+    );
+    assert!(!error.is_empty());
+    for broken in [&b"\x00not json"[..], b"[1, 2]", br#"{"execution_id": 3}"#] {
+        assert!(
+            matches!(AgentEvent::decode(broken), IncomingEvent::Malformed { .. }),
+            "{broken:?}"
+        );
+    }
+    for event in [
+        AgentEvent::Heartbeat {
+            agent_id: "a".into(),
+            running: vec![],
+        },
+        AgentEvent::Deregister {
+            agent_id: "a".into(),
+            reason: String::new(),
+        },
+    ] {
+        let value = serde_json::to_value(&event).unwrap();
+        assert!(AgentEvent::TYPES.contains(&value["type"].as_str().unwrap()));
+        assert_eq!(value["type"], event.event_type());
+    }
 }
 
 #[test]
@@ -230,6 +317,7 @@ fn every_failure_kind_has_one_stored_name_and_older_agents_names_still_parse() {
         FailureKind::Database,
         FailureKind::ControllerRestarted,
         FailureKind::ControllerLost,
+        FailureKind::ReportRejected,
     ];
     for kind in all {
         assert_eq!(serde_json::to_value(kind).unwrap(), json!(kind.as_str()));

@@ -8,6 +8,7 @@
 use attune_protocol::api::{
     ContainerView, ExecutionStatus, ExecutionView, Isolation, LogChunkView, PoolView,
 };
+use attune_protocol::output::{bytes_into_text, text_to_bytes};
 use attune_protocol::{
     AgentRegistration, FailureKind, OutputStream, ParameterDelivery, ParameterFormat, Runtime,
 };
@@ -35,6 +36,30 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database migration: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// Whether the database could not be reached or stopped answering (connection refused or
+    /// lost, pool exhausted, server shutting down): trying the same statement later may work.
+    /// Errors the database returned about the statement or its data are not.
+    pub fn is_unreachable(&self) -> bool {
+        let StoreError::Database(error) = self else {
+            return false;
+        };
+        match error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+                // 08: connection exception; 57P01-57P03: shutdown, crash, cannot connect now;
+                // 53300: too many connections.
+                code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+            }),
+            _ => false,
+        }
+    }
 }
 
 /// Handle on the database.
@@ -104,7 +129,10 @@ pub struct ExecutionRow {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub duration_ms: Option<i64>,
+    /// The bytes the action wrote, as output text (`attune_protocol::output`).
+    #[sqlx(try_from = "StoredOutput")]
     pub stdout: String,
+    #[sqlx(try_from = "StoredOutput")]
     pub stderr: String,
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
@@ -189,6 +217,7 @@ pub struct TransitionFields {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub duration_ms: Option<i64>,
+    /// Output text (`attune_protocol::output`); the bytes it stands for are stored.
     pub stdout: Option<String>,
     pub stderr: Option<String>,
     pub stdout_truncated: Option<bool>,
@@ -321,6 +350,26 @@ impl TryFrom<OptionalStoredName> for Option<Isolation> {
         name.0
             .map(|value| decode_name("isolation", value))
             .transpose()
+    }
+}
+
+/// Stored output bytes (`bytea`), read as output text (`attune_protocol::output`).
+#[derive(Debug, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct StoredOutput(Vec<u8>);
+
+impl From<StoredOutput> for String {
+    fn from(output: StoredOutput) -> Self {
+        bytes_into_text(output.0)
+    }
+}
+
+/// A message for a `text` column: Postgres refuses NUL in text, so each becomes `\0`.
+fn storable_text(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\\0")
+    } else {
+        text
     }
 }
 
@@ -967,7 +1016,8 @@ impl Store {
         Ok((pools, containers))
     }
 
-    /// Stores a live log chunk; a repeated chunk (redelivery) is ignored.
+    /// Stores a live log chunk (output text; the bytes it stands for are stored); a repeated
+    /// chunk (redelivery) is ignored.
     pub async fn append_log(
         &self,
         execution_id: i64,
@@ -986,7 +1036,7 @@ impl Store {
         .bind(execution_id)
         .bind(seq as i64)
         .bind(stream)
-        .bind(data)
+        .bind(text_to_bytes(data))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -999,7 +1049,7 @@ impl Store {
         after_seq: Option<i64>,
         limit: i64,
     ) -> Result<Vec<LogChunkView>, StoreError> {
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+        let rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
             "SELECT seq, stream, data FROM execution_logs
              WHERE execution_id = $1 AND ($2::bigint IS NULL OR seq > $2)
              ORDER BY seq LIMIT $3",
@@ -1018,7 +1068,7 @@ impl Store {
                 } else {
                     OutputStream::Stdout
                 },
-                data,
+                data: bytes_into_text(data),
             })
             .collect())
     }
@@ -1115,7 +1165,7 @@ where
              stderr = COALESCE($10, stderr),
              stdout_truncated = COALESCE($11, stdout_truncated),
              stderr_truncated = COALESCE($12, stderr_truncated),
-             result = COALESCE($13, result),
+             result = COALESCE($13::text::json, result),
              error = COALESCE($14, error),
              failure_kind = COALESCE($15, failure_kind),
              lease_expires_at = COALESCE(now() + make_interval(secs => $19), lease_expires_at)
@@ -1131,12 +1181,13 @@ where
     .bind(fields.image)
     .bind(fields.exit_code)
     .bind(fields.signal)
-    .bind(fields.stdout)
-    .bind(fields.stderr)
+    .bind(fields.stdout.as_deref().map(text_to_bytes))
+    .bind(fields.stderr.as_deref().map(text_to_bytes))
     .bind(fields.stdout_truncated)
     .bind(fields.stderr_truncated)
-    .bind(fields.result)
-    .bind(fields.error)
+    // As JSON text for the `json` column: `\u0000` stays an escape (jsonb would refuse it).
+    .bind(fields.result.as_ref().map(Value::to_string))
+    .bind(fields.error.map(storable_text))
     .bind(fields.failure_kind.map(FailureKind::as_str))
     .bind(fields.duration_ms)
     .bind(fence_controller)
