@@ -64,6 +64,8 @@ pub struct AppState {
     pub status_feed: StatusFeed,
     /// Compiled parameter schemas.
     pub validators: ValidatorCache,
+    /// Set when the server begins to shut down: readiness answers 503 `draining` from then on.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Compiled parameter schemas by action, so a request does not recompile its action's schema;
@@ -275,7 +277,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
         };
         checks.insert(name.into(), value);
     }
-    let ready = checks.values().all(|value| value == "ok");
+    let draining = state.draining.load(std::sync::atomic::Ordering::SeqCst);
+    let ready = !draining && checks.values().all(|value| value == "ok");
     let controllers: Vec<serde_json::Value> = controllers
         .iter()
         .map(|row| {
@@ -293,7 +296,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         })
         .collect();
     let body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
+        "status": if draining { "draining" } else if ready { "ready" } else { "not_ready" },
         "checks": checks,
         "controllers": controllers,
     });

@@ -262,6 +262,12 @@ impl Controller {
         &self.tracker
     }
 
+    /// Tells every execution this controller supervises to end now (`abandoned`); the
+    /// scheduler calls it when the shutdown grace has passed.
+    pub fn abandon_all(&self) {
+        self.signals.abandon_all();
+    }
+
     /// The agent binary this controller delivers.
     pub fn agent(&self) -> &AgentBinary {
         &self.agent
@@ -474,6 +480,9 @@ impl Controller {
         let job = self.job_for(execution, &action, &container_spec)?;
         if self.cancel_requested(execution_id, &signal).await {
             return Err(canceled_before_start());
+        }
+        if signal.borrow().abandon_requested {
+            return Err(abandoned_at_shutdown());
         }
         if let Some(pool_spec) = pooled_isolation(&action)? {
             return self
@@ -826,6 +835,13 @@ impl Controller {
                     {
                         tracing::error!(execution_id, %error, "send cancel to agent");
                     }
+                }
+                SignalEffect::Abandon => {
+                    if self.is_terminal_in_database(execution_id).await {
+                        return Ok(());
+                    }
+                    self.kill(execution_id, container_id).await;
+                    return Err(abandoned_at_shutdown());
                 }
                 SignalEffect::Wait => {}
             }
@@ -1446,6 +1462,15 @@ fn pooled_isolation(action: &ActionRow) -> Result<Option<PoolSpec>, ExecutionFai
         Some(Isolation::PerExecution) => None,
         None => pool,
     })
+}
+
+/// The controller shut down and its grace passed before the execution ended.
+fn abandoned_at_shutdown() -> ExecutionFailure {
+    ExecutionFailure {
+        status: ExecutionStatus::Abandoned,
+        kind: FailureKind::ControllerShutdown,
+        reason: "the controller shut down and its shutdown grace passed before the action finished; its container was killed".into(),
+    }
 }
 
 fn canceled_before_start() -> ExecutionFailure {

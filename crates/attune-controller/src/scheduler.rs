@@ -53,9 +53,10 @@ impl SchedulerWakeup {
     }
 }
 
-/// Claims and launches executions until `shutdown`; then waits for running ones (and the
-/// `adopted` supervisions from the start-up reconcile) to end. Dropping the returned future
-/// aborts every execution task it owns.
+/// Claims and launches executions until `shutdown`; then waits up to `shutdown_grace` for
+/// running ones (and the `adopted` supervisions from the start-up reconcile) to end, and
+/// abandons the rest (each ends `abandoned`, an idempotent one is requeued, its container is
+/// removed). Dropping the returned future aborts every execution task it owns.
 pub async fn run_scheduler(
     store: Store,
     controller: Controller,
@@ -63,6 +64,7 @@ pub async fn run_scheduler(
     wakeup: SchedulerWakeup,
     shutdown: CancellationToken,
     adopted: JoinSet<()>,
+    shutdown_grace: Duration,
 ) {
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut tasks = adopted;
@@ -106,9 +108,21 @@ pub async fn run_scheduler(
     }
     tracing::info!(
         running = tasks.len(),
+        grace_seconds = shutdown_grace.as_secs(),
         "scheduler stopping; waiting for running executions"
     );
-    while tasks.join_next().await.is_some() {}
+    let drained = tokio::time::timeout(shutdown_grace, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            running = tasks.len(),
+            "shutdown grace passed; abandoning the executions still running"
+        );
+        controller.abandon_all();
+        while tasks.join_next().await.is_some() {}
+    }
 }
 
 /// What the start-up reconcile did.

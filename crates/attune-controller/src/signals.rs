@@ -19,6 +19,8 @@ pub struct ExecutionSignal {
     pub cancel_requested: bool,
     /// Heartbeats received from the agent running it (renews its lease).
     pub heartbeats: u64,
+    /// The controller is shutting down and its grace has passed: end the execution now.
+    pub abandon_requested: bool,
 }
 
 /// Registry of supervised executions, and of agents whose registration someone awaits.
@@ -85,6 +87,13 @@ impl ExecutionSignals {
 
     pub fn cancel(&self, execution_id: i64) {
         self.update(execution_id, |signal| signal.cancel_requested = true);
+    }
+
+    /// Tells every supervised execution to end now (the shutdown grace passed).
+    pub fn abandon_all(&self) {
+        for sender in self.senders.lock().expect("signal registry lock").values() {
+            sender.send_modify(|signal| signal.abandon_requested = true);
+        }
     }
 
     /// Resolves with the agent's reported sha256 when the agent registers.

@@ -81,6 +81,8 @@ pub enum SignalEffect {
     SendCancel,
     /// The execution is terminal: stop supervising.
     Done,
+    /// The controller is shutting down and its grace passed: kill and end it `abandoned`.
+    Abandon,
 }
 
 /// Which deadline passed; the supervisor kills the container and ends the execution so.
@@ -148,6 +150,9 @@ impl Supervision {
     pub fn on_signal(&mut self, signal: ExecutionSignal, now: Instant) -> SignalEffect {
         if signal.terminal.is_some() {
             return SignalEffect::Done;
+        }
+        if signal.abandon_requested {
+            return SignalEffect::Abandon;
         }
         if signal.heartbeats != self.heartbeats || signal.running != self.running {
             self.heartbeats = signal.heartbeats;
@@ -326,6 +331,29 @@ mod tests {
             machine.on_signal(terminal, Instant::now()),
             SignalEffect::Done
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_abandons_unless_the_execution_already_ended() {
+        let mut machine = Supervision::new(
+            timing(),
+            SupervisionOrigin::Fresh,
+            running(1),
+            Instant::now(),
+        );
+        let abandon = ExecutionSignal {
+            abandon_requested: true,
+            ..running(1)
+        };
+        assert_eq!(
+            machine.on_signal(abandon, Instant::now()),
+            SignalEffect::Abandon
+        );
+        let ended = ExecutionSignal {
+            terminal: Some(attune_protocol::api::ExecutionStatus::Succeeded),
+            ..abandon
+        };
+        assert_eq!(machine.on_signal(ended, Instant::now()), SignalEffect::Done);
     }
 
     #[tokio::test(start_paused = true)]

@@ -353,6 +353,8 @@ pub enum FailureKind {
     ControllerRestarted,
     /// The owning controller stopped heartbeating and another took the execution over.
     ControllerLost,
+    /// The controller shut down before the action finished (its shutdown grace passed).
+    ControllerShutdown,
     /// The agent's report (or another event of the execution) could not be stored after the
     /// events queue's delivery limit; it went to the dead-letter queue, its reason is the error.
     ReportRejected,
@@ -391,6 +393,7 @@ impl FailureKind {
             FailureKind::Database => "database",
             FailureKind::ControllerRestarted => "controller-restarted",
             FailureKind::ControllerLost => "controller-lost",
+            FailureKind::ControllerShutdown => "controller-shutdown",
             FailureKind::ReportRejected => "report-rejected",
             FailureKind::Other => "other",
         }
@@ -411,6 +414,7 @@ impl FailureKind {
                 | FailureKind::LeaseExpired
                 | FailureKind::ControllerRestarted
                 | FailureKind::ControllerLost
+                | FailureKind::ControllerShutdown
         )
     }
 }

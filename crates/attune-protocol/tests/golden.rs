@@ -317,6 +317,7 @@ fn every_failure_kind_has_one_stored_name_and_older_agents_names_still_parse() {
         FailureKind::Database,
         FailureKind::ControllerRestarted,
         FailureKind::ControllerLost,
+        FailureKind::ControllerShutdown,
         FailureKind::ReportRejected,
     ];
     for kind in all {

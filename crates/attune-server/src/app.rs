@@ -23,6 +23,7 @@ use attune_docker::{DockerError, DockerOps};
 use attune_store::status_feed::StatusFeed;
 use attune_store::{ControllerRegistration, Store, StoreError};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -136,7 +137,13 @@ pub async fn run_roles(
         None
     };
 
-    let served = match (roles.api, listener) {
+    // Shutdown order: readiness flips to "draining" at once, the controller stops claiming and
+    // drains (running executions get `executor.shutdown_grace_seconds`, then are abandoned),
+    // and the API keeps answering (clients can watch their executions end) until the drain is
+    // done; then it stops listening.
+    let draining = Arc::new(AtomicBool::new(false));
+    let http_stop = CancellationToken::new();
+    let serving = match (roles.api, listener) {
         (true, Some(listener)) => {
             let state = AppState {
                 store: store.clone(),
@@ -149,30 +156,53 @@ pub async fn run_roles(
                 controller_grace: Duration::from_secs(settings.executor.controller_grace_seconds),
                 status_feed,
                 validators: Default::default(),
+                draining: draining.clone(),
             };
             let address = listener.local_addr()?;
             tracing::info!(%address, "attune-server listening");
-            let http_stop = stop.clone();
-            attune_api::serve(listener, state, async move {
-                tokio::select! {
-                    _ = shutdown => {}
-                    _ = http_stop.cancelled() => {}
-                }
-            })
-            .await
+            let serve = attune_api::serve(listener, state, http_stop.clone().cancelled_owned());
+            let task = tokio::spawn(serve);
+            tasks.track(&task);
+            Some(task)
         }
-        _ => {
-            shutdown.await;
-            Ok(())
-        }
+        _ => None,
     };
-    tracing::info!("shutting down: no new executions; waiting for running ones");
-    stop.cancel();
-    if let Some(controller) = controller {
-        controller.drain().await;
+    match serving {
+        Some(mut task) => {
+            tokio::select! {
+                _ = shutdown => {}
+                // The API stopped by itself (an error): shut the rest down too.
+                ended = &mut task => {
+                    drop(tasks);
+                    return match ended {
+                        Ok(served) => served.map_err(ServerError::from),
+                        Err(error) => Err(ServerError::Http(std::io::Error::other(error))),
+                    };
+                }
+            }
+            draining.store(true, Ordering::SeqCst);
+            tracing::info!("shutting down: readiness is draining; no new executions");
+            stop.cancel();
+            if let Some(controller) = controller {
+                controller.drain().await;
+            }
+            http_stop.cancel();
+            let served = task
+                .await
+                .map_err(|error| ServerError::Http(std::io::Error::other(error)))?;
+            drop(tasks);
+            served?;
+        }
+        None => {
+            shutdown.await;
+            tracing::info!("shutting down: no new executions");
+            stop.cancel();
+            if let Some(controller) = controller {
+                controller.drain().await;
+            }
+            drop(tasks);
+        }
     }
-    drop(tasks);
-    served?;
     Ok(())
 }
 
@@ -346,6 +376,7 @@ async fn start_controller(
         wakeup,
         stop.clone(),
         adoptions,
+        Duration::from_secs(settings.executor.shutdown_grace_seconds),
     ));
     tasks.track(&pool_task);
     tasks.track(&scheduler_task);

@@ -134,6 +134,9 @@ pub struct ExecutorSettings {
     /// Seconds another controller may go without a heartbeat before this one takes over its
     /// live executions (and before the API stops counting it as live).
     pub controller_grace_seconds: u64,
+    /// At shutdown, how long running executions may go on; then they end `abandoned`
+    /// (idempotent ones requeued) and their containers are removed.
+    pub shutdown_grace_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -200,6 +203,7 @@ reconcile_interval_seconds = 30
 reconcile_grace_seconds = 60
 controller_heartbeat_seconds = 2
 controller_grace_seconds = 10
+shutdown_grace_seconds = 30
 
 [log]
 format = "text"

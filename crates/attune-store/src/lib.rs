@@ -1212,7 +1212,8 @@ async fn finish_in(
     let Some(row) = transition_with(&mut **transaction, execution_id, next, fields).await? else {
         return Ok(None);
     };
-    if !(requeue && eligible_kind && next == ExecutionStatus::Failed && row.retry_of.is_none()) {
+    let ended_unfinished = matches!(next, ExecutionStatus::Failed | ExecutionStatus::Abandoned);
+    if !(requeue && eligible_kind && ended_unfinished && row.retry_of.is_none()) {
         return Ok(Some((row, None)));
     }
     let idempotent: bool = match row.action_id {

@@ -326,6 +326,20 @@ impl TestServer {
         Ok(())
     }
 
+    /// Sends the server its shutdown signal (as SIGTERM would) without waiting: it drains in
+    /// the background while the test watches (`/readyz`, its executions); then
+    /// [`TestServer::wait_stopped`].
+    pub fn request_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits until a server told to stop has stopped (its drain included).
+    pub async fn wait_stopped(&mut self) -> Result<(), String> {
+        self.stop_task().await
+    }
+
     /// Ends the server abruptly, as a crash would: no drain, containers stay. Returns once
     /// the server and every task it started are gone.
     pub async fn crash(&mut self) {

@@ -285,6 +285,9 @@ impl Controller {
                     if signal.borrow().cancel_requested {
                         return Err(super::canceled_before_start());
                     }
+                    if signal.borrow().abandon_requested {
+                        return Err(super::abandoned_at_shutdown());
+                    }
                     tokio::select! {
                         _ = &mut returned => {}
                         _ = signal.changed() => {}
