@@ -326,6 +326,22 @@ impl Broker {
         })
     }
 
+    /// Deletes this connection's events queue and its dead-letter queue: for a controller
+    /// that is retired for good (a test server whose database is dropped), never at an ordinary
+    /// stop — reports wait there for the controller's next start.
+    pub async fn delete_events_queues(&self) -> Result<(), BrokerError> {
+        for queue in [
+            self.events_queue.clone(),
+            attune_protocol::queues::dead_letter_queue(&self.events_queue),
+        ] {
+            self.publish_channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .map_err(amqp(format!("delete queue {queue}")))?;
+        }
+        Ok(())
+    }
+
     /// How the events queue bounds redelivery.
     pub fn events_mode(&self) -> EventsQueueMode {
         self.events_mode

@@ -99,12 +99,21 @@ impl Membership {
             Err(error) => json!(error.to_string()),
         };
         let tracker = self.controller.lifecycle();
+        let events = self.agents.event_counts();
         let details = json!({
             "docker_events": {
                 "following": tracker.is_following(),
                 "connections": tracker.connections(),
                 "events_received": tracker.events_received(),
                 "last_event_connection": tracker.last_event_connection(),
+            },
+            "agent_events": {
+                "applied": events.applied,
+                "redelivered": events.redelivered,
+                "dead_lettered": events.dead_lettered,
+                "unknown": events.unknown,
+                "malformed": events.malformed,
+                "held": events.held,
             },
         });
         (

@@ -280,6 +280,8 @@ impl TestServer {
         if last {
             self.database.drop_database().await?;
         }
+        // This server's identity is retired for good (a restart keeps it and never gets here).
+        delete_events_queues(&self.events_queue).await?;
         stopped
     }
 
@@ -654,4 +656,23 @@ impl Drop for ContainerGuard {
     fn drop(&mut self) {
         self.engine.remove_containers_of(&self.controller_id);
     }
+}
+
+/// Deletes a retired test server's events queue and its dead-letter queue from the shared
+/// broker (a production controller keeps them: reports wait there across restarts).
+async fn delete_events_queues(events_queue: &str) -> Result<(), String> {
+    let environment = TestEnvironment::from_env();
+    let broker = attune_broker::Broker::connect(
+        &environment.message_queue_url,
+        events_queue,
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|error| format!("connect to delete test queues: {error}"))?;
+    let deleted = broker
+        .delete_events_queues()
+        .await
+        .map_err(|error| format!("delete test queues of {events_queue}: {error}"));
+    broker.close().await;
+    deleted
 }
