@@ -443,6 +443,80 @@ async fn a_sigkilled_server_process_is_restarted_and_leaves_no_container_and_no_
     database.drop_database().await.expect("drop test database");
 }
 
+/// Two controllers on two engines sharing one database: the real server process of one is
+/// SIGKILLed while it runs a nap; the survivor takes it over within lease + grace
+/// (`controller-lost`), and when the killed controller starts again it removes the container
+/// it left on its own engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_controller_process_is_taken_over_by_the_other_controller() {
+    let membership = [
+        ("ATTUNE__EXECUTOR__CONTROLLER_HEARTBEAT_SECONDS", "1"),
+        ("ATTUNE__EXECUTOR__CONTROLLER_GRACE_SECONDS", "5"),
+    ];
+    let second = attune_testkit::Engine::second();
+    let second_host = second.docker_host().expect("the second engine").to_string();
+    let database = TestDatabase::create().await.expect("create test database");
+    let mut settings = membership.to_vec();
+    settings.push(("ATTUNE__DOCKER__HOST", second_host.as_str()));
+    let command = ServerCommand::new(&database, &settings);
+    let _guard = ContainerGuard::on(&second, &command.controller_id);
+    let base_url = command.base_url();
+    let mut doomed = command.spawn(1);
+    doomed.wait_ready(&base_url).await;
+    let client = TestClient::for_url(&base_url);
+    client.register_dir(faults_pack_dir()).await;
+    // Only the doomed controller runs yet, so it claims the nap.
+    let nap = client
+        .submit_ok("faults.nap", json!({"seconds": 300}))
+        .await;
+    let running = client.wait_running(nap).await;
+    assert_eq!(
+        running.controller_id.as_deref(),
+        Some(command.controller_id.as_str())
+    );
+    assert_eq!(second.containers_of(&command.controller_id).len(), 1);
+
+    let survivor = TestServer::builder()
+        .settings(&membership)
+        .share_database_with_url(&database)
+        .start()
+        .await
+        .expect("start the surviving controller");
+    let survivor_client = TestClient::new(&survivor);
+    doomed.sigkill();
+    let ended = survivor_client.wait_terminal(nap).await;
+    assert_eq!(ended.status, ExecutionStatus::Failed, "{ended:?}");
+    assert_eq!(
+        ended.failure_kind.map(|kind| kind.as_str()),
+        Some("controller-lost"),
+        "{ended:?}"
+    );
+    assert!(
+        ended
+            .error
+            .clone()
+            .unwrap_or_default()
+            .contains(&survivor.controller_id),
+        "the reason names the controller that took over: {ended:?}"
+    );
+    assert_eq!(
+        second.containers_of(&command.controller_id).len(),
+        1,
+        "a killed controller removes nothing"
+    );
+
+    // The returning controller finds none of its executions live and reaps its container.
+    let mut returned = command.spawn(2);
+    returned.wait_ready(&base_url).await;
+    second
+        .wait_no_containers(&command.controller_id, DEADLINE)
+        .await;
+    let status = returned.sigterm().await;
+    assert!(status.success(), "{}", returned.log_tail());
+    survivor.finish().await;
+    database.drop_database().await.expect("drop test database");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_with_credentials_from_a_refusing_loopback_registry_fails_fast_and_never_logs_the_password(
 ) {

@@ -101,6 +101,13 @@ impl TestServerBuilder {
         self
     }
 
+    /// Uses a database the caller keeps and drops itself (e.g. one a server process of the
+    /// test also uses); stopping this server never drops it.
+    pub fn share_database_with_url(mut self, database: &TestDatabase) -> TestServerBuilder {
+        self.shared = Some((database.clone(), DatabaseLease::borrowed()));
+        self
+    }
+
     /// Starts the server (with a fresh controller id and events queue) and waits until it
     /// listens.
     pub async fn start(self) -> Result<TestServer, String> {

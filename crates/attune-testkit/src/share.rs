@@ -22,6 +22,15 @@ impl DatabaseLease {
         }
     }
 
+    /// A user of a database someone else keeps and drops: its release is never the last.
+    pub fn borrowed() -> DatabaseLease {
+        DatabaseLease {
+            // The owner's claim is the one never given back here.
+            users: Arc::new(AtomicUsize::new(2)),
+            held: true,
+        }
+    }
+
     /// Another user of the same database.
     pub fn join(&self) -> DatabaseLease {
         self.users.fetch_add(1, Ordering::SeqCst);
