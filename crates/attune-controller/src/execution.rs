@@ -49,6 +49,9 @@ pub const READ_ONLY_TMP_DIR: &str = "/tmp";
 /// Options of the tmpfs mounts (the work area, and `/tmp` of read-only containers): any user
 /// may write, sticky, no setuid or devices, bounded.
 const TMPFS_OPTIONS: &str = "rw,nosuid,nodev,mode=1777,size=64m";
+/// How long the supervisor waits for the report of an agent that exited 0 (its report was
+/// confirmed by the broker before it exited) before concluding that none came.
+const CLEAN_EXIT_REPORT_PATIENCE: Duration = Duration::from_secs(60);
 /// How long `auto` delivery copies the agent after a volume operation failed.
 const VOLUME_RETRY_AFTER: Duration = Duration::from_secs(300);
 
@@ -940,9 +943,17 @@ impl Controller {
         watch: &mut ContainerWatch,
     ) -> Result<(), ExecutionFailure> {
         // The agent publishes its report (confirmed) before it exits, but the events consumer
-        // may still be storing it: give it a moment.
+        // may still be storing it (behind the log chunks of a large output, or while the
+        // database is slow): give it a moment. An agent that exited 0 has had its report
+        // confirmed by the broker, so that report will be applied: wait for it much longer
+        // rather than infer that none came (a report always wins over that inference).
+        let patience = if exit_code == Some(0) {
+            self.settings.report_grace.max(CLEAN_EXIT_REPORT_PATIENCE)
+        } else {
+            self.settings.report_grace
+        };
         let reported = tokio::time::timeout(
-            self.settings.report_grace,
+            patience,
             signal.wait_for(|current| current.terminal.is_some()),
         )
         .await
