@@ -73,6 +73,20 @@ ensure_binary() {
   fi
 }
 
+clean_stale_containerd() {
+  local state="$EXEC_ROOT/containerd" pid
+  for pid in $(pgrep -f -- "--config $state/containerd.toml" || true); do
+    log "killing containerd pid $pid left by a stopped engine"
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  for _ in $(seq 1 50); do
+    pgrep -f -- "--config $state/containerd.toml" >/dev/null || break
+    sleep 0.1
+  done
+  rm -f "$state/containerd.pid" "$state/containerd.sock" "$state/containerd.sock.ttrpc" \
+    "$state/containerd-debug.sock"
+}
+
 start_engine() {
   [ "$(id -u)" = 0 ] || fail "must run as root (it starts a dockerd)"
   if answers; then
@@ -86,6 +100,10 @@ start_engine() {
     ensure_binary
     mkdir -p "$RUN_DIR" "$EXEC_ROOT" "$DATA_ROOT" "$(dirname "$LOG_FILE")"
     rm -f "$PIDFILE" "$SOCKET"
+    # What a killed engine left (the machine's processes ended, e.g. between a session and
+    # CI): its containerd, orphaned, and containerd's pid file and sockets. dockerd would
+    # wait for that containerd (or a pid reused by something else) and time out.
+    clean_stale_containerd
     # Its own (empty) daemon config: the host's /etc/docker/daemon.json, if one appears, may
     # name the host's socket or bridge.
     [ -f "$CONFIG_FILE" ] || echo '{}' >"$CONFIG_FILE"
