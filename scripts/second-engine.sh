@@ -87,6 +87,8 @@ clean_stale_containerd() {
     "$state/containerd-debug.sock"
 }
 
+# Note: starting this engine removes the host engine's docker0 bridge (both daemons share the
+# network namespace), so every test container uses host or no networking.
 start_engine() {
   [ "$(id -u)" = 0 ] || fail "must run as root (it starts a dockerd)"
   if answers; then

@@ -294,8 +294,10 @@ class BenchServer:
         except subprocess.CalledProcessError as error:
             log(f"drop database {self.database}: {error.stderr.strip()}")
         if shutil.which("rabbitmqctl"):
-            subprocess.run(["rabbitmqctl", "delete_queue", self.events_queue],
-                           check=False, capture_output=True)
+            # The events queue and the dead-letter queue declared beside it.
+            for queue in (self.events_queue, f"{self.events_queue}.dead"):
+                subprocess.run(["rabbitmqctl", "delete_queue", queue],
+                               check=False, capture_output=True)
 
 
 def docker_run_once(image, label):

@@ -80,6 +80,13 @@ fn job(execution_id: i64) -> Job {
     }
 }
 
+/// Whether this test must run rather than skip: under `make test`
+/// (ATTUNE_REQUIRE_AGENT_BINARY=1) and in CI (CI=true), a missing agent or image is a failure.
+fn must_run() -> bool {
+    std::env::var("ATTUNE_REQUIRE_AGENT_BINARY").is_ok_and(|value| value == "1")
+        || std::env::var("CI").is_ok_and(|value| value == "true")
+}
+
 fn agent_binary() -> Option<PathBuf> {
     let path = match std::env::var_os("ATTUNE_AGENT_BINARY") {
         Some(path) => PathBuf::from(path),
@@ -87,7 +94,7 @@ fn agent_binary() -> Option<PathBuf> {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../agent-dist/attune-agent-x86_64")
         }
     };
-    let required = std::env::var("ATTUNE_REQUIRE_AGENT_BINARY").is_ok_and(|value| value == "1");
+    let required = must_run();
     if path.exists() {
         return Some(path.canonicalize().unwrap());
     }
@@ -128,9 +135,8 @@ async fn containers_sharing_a_cache_volume_build_the_environment_once() {
     };
     let inspected = docker(&["image", "inspect", "--format", "{{.Id}}", IMAGE]);
     if !inspected.status.success() {
-        let required = std::env::var("ATTUNE_REQUIRE_AGENT_BINARY").is_ok_and(|value| value == "1");
         assert!(
-            !required,
+            !must_run(),
             "image {IMAGE} is missing and ATTUNE_REQUIRE_AGENT_BINARY=1: run scripts/build-images.sh python-venv"
         );
         eprintln!("skipping: image {IMAGE} missing (run scripts/build-images.sh python-venv)");

@@ -310,6 +310,9 @@ async fn kill_stops_a_running_container_and_tolerates_stopped_ones() {
     let name = unique_name("sleeper");
     guard.track(&name);
     let spec = ContainerCreateSpec {
+        // No network: a second engine on this machine (scripts/second-engine.sh)
+        // removes the host's docker0 bridge when it starts.
+        network_mode: Some("none".into()),
         name: name.clone(),
         image: BUSYBOX.to_string(),
         entrypoint: vec!["sleep".into(), "300".into()],
@@ -421,6 +424,9 @@ async fn missing_things_map_to_typed_errors() {
         .expect("removing a missing container is not an error");
 
     let spec = ContainerCreateSpec {
+        // No network: a second engine on this machine (scripts/second-engine.sh)
+        // removes the host's docker0 bridge when it starts.
+        network_mode: Some("none".into()),
         name: unique_name("no-image"),
         image: "attune-test/definitely-missing:never".into(),
         labels: run_labels("no-image"),
@@ -482,6 +488,9 @@ async fn uploads_are_refused_into_a_read_only_rootfs_and_never_compressed() {
     let name = unique_name("read-only");
     guard.track(&name);
     let spec = ContainerCreateSpec {
+        // No network: a second engine on this machine (scripts/second-engine.sh)
+        // removes the host's docker0 bridge when it starts.
+        network_mode: Some("none".into()),
         name: name.clone(),
         image: BUSYBOX.to_string(),
         entrypoint: vec!["true".into()],

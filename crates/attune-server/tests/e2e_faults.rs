@@ -441,6 +441,9 @@ async fn a_sigkilled_server_process_is_restarted_and_leaves_no_container_and_no_
     );
     assert_no_containers_left(&command.controller_id);
     database.drop_database().await.expect("drop test database");
+    attune_testkit::delete_events_queues(&command.events_queue)
+        .await
+        .expect("delete the test's queues");
 }
 
 /// Two controllers on two engines sharing one database: the real server process of one is
@@ -515,6 +518,9 @@ async fn a_sigkilled_controller_process_is_taken_over_by_the_other_controller() 
     assert!(status.success(), "{}", returned.log_tail());
     survivor.finish().await;
     database.drop_database().await.expect("drop test database");
+    attune_testkit::delete_events_queues(&command.events_queue)
+        .await
+        .expect("delete the test's queues");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -569,4 +575,7 @@ async fn a_pull_with_credentials_from_a_refusing_loopback_registry_fails_fast_an
     );
     assert_no_containers_left(&command.controller_id);
     database.drop_database().await.expect("drop test database");
+    attune_testkit::delete_events_queues(&command.events_queue)
+        .await
+        .expect("delete the test's queues");
 }

@@ -619,22 +619,6 @@ impl Store {
         .await?)
     }
 
-    /// Requeues an execution once: a new `requested` execution of the same action and
-    /// parameters that points back at it.
-    pub async fn create_retry(&self, original: &ExecutionRow) -> Result<ExecutionRow, StoreError> {
-        Ok(sqlx::query_as(&format!(
-            "INSERT INTO executions (action_ref, action_id, status, parameters, secret_parameters, retry_of)
-             VALUES ($1, $2, 'requested', $3, $4, $5) RETURNING {EXECUTION_COLUMNS}"
-        ))
-        .bind(&original.action_ref)
-        .bind(original.action_id)
-        .bind(&original.parameters)
-        .bind(&original.secret_parameters)
-        .bind(original.id)
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
     pub async fn get_execution(&self, execution_id: i64) -> Result<ExecutionRow, StoreError> {
         sqlx::query_as(&format!(
             "SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = $1"

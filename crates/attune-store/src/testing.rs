@@ -99,6 +99,31 @@ impl TestDatabase {
     }
 }
 
+/// A fresh database with the pack in `pack_dir` (relative to the workspace root, e.g.
+/// `examples/packs/hello`) registered, and a store of `max_connections` on it.
+pub async fn store_with_pack(pack_dir: &str, max_connections: u32) -> (TestDatabase, crate::Store) {
+    let database = TestDatabase::create().await.expect("create test database");
+    let store = crate::Store::connect(&database.url, max_connections)
+        .await
+        .expect("connect to the test database");
+    let pack_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(pack_dir);
+    let pack = attune_pack::load_pack_dir(&pack_dir).expect("the test pack loads");
+    let archive = pack.to_archive().expect("archive the test pack");
+    store
+        .register_pack(
+            crate::NewPack {
+                pack: &pack,
+                archive: &archive,
+            },
+            false,
+        )
+        .await
+        .expect("register the test pack");
+    (database, store)
+}
+
 /// `postgres://user:pw@host:port/old?x` → same with `new` as the database.
 fn replace_database(url: &str, database: &str) -> String {
     let (base, query) = match url.split_once('?') {

@@ -3,12 +3,11 @@
 //! mismatch, a refused request gives its claim back, expired keys are free again and deleted,
 //! and an abandoned claim is taken over without letting its late request complete it.
 
-use attune_store::testing::TestDatabase;
+use attune_store::testing::{store_with_pack, TestDatabase};
 use attune_store::{
-    ActionRow, IdempotencyClaim, IdempotencyRequest, IdempotencyState, NewPack, Store, StoreError,
+    ActionRow, IdempotencyClaim, IdempotencyRequest, IdempotencyState, Store, StoreError,
 };
 use serde_json::{json, Map, Value};
-use std::path::PathBuf;
 use std::time::Duration;
 
 struct Fixture {
@@ -19,21 +18,7 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Fixture {
-        let database = TestDatabase::create().await.expect("create test database");
-        let store = Store::connect(&database.url, 24).await.expect("connect");
-        let pack_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/packs/hello");
-        let pack = attune_pack::load_pack_dir(&pack_dir).expect("hello pack loads");
-        let archive = pack.to_archive().expect("archive");
-        store
-            .register_pack(
-                NewPack {
-                    pack: &pack,
-                    archive: &archive,
-                },
-                false,
-            )
-            .await
-            .expect("register hello");
+        let (database, store) = store_with_pack("examples/packs/hello", 24).await;
         let action = store.get_action("hello.greet").await.unwrap();
         Fixture {
             database,

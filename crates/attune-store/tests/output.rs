@@ -6,28 +6,12 @@
 use attune_protocol::api::ExecutionStatus;
 use attune_protocol::output::{bytes_to_text, text_to_bytes};
 use attune_protocol::OutputStream;
-use attune_store::testing::TestDatabase;
-use attune_store::{NewPack, Store, StoreError, TransitionFields};
+use attune_store::testing::{store_with_pack, TestDatabase};
+use attune_store::{Store, StoreError, TransitionFields};
 use serde_json::json;
-use std::path::PathBuf;
 
 async fn store_with_hello() -> (TestDatabase, Store) {
-    let database = TestDatabase::create().await.expect("create test database");
-    let store = Store::connect(&database.url, 4).await.expect("connect");
-    let pack_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/packs/hello");
-    let pack = attune_pack::load_pack_dir(&pack_dir).expect("hello pack loads");
-    let archive = pack.to_archive().expect("archive");
-    store
-        .register_pack(
-            NewPack {
-                pack: &pack,
-                archive: &archive,
-            },
-            false,
-        )
-        .await
-        .expect("register hello");
-    (database, store)
+    store_with_pack("examples/packs/hello", 4).await
 }
 
 async fn running_execution(store: &Store) -> i64 {

@@ -6,12 +6,11 @@
 use attune_protocol::api::ExecutionStatus;
 use attune_protocol::FailureKind;
 use attune_store::status_feed::StatusFeed;
-use attune_store::testing::TestDatabase;
+use attune_store::testing::{store_with_pack, TestDatabase};
 use attune_store::{
-    ActionRow, ControllerRegistration, ExecutionRow, Fence, NewPack, Store, TransitionFields,
+    ActionRow, ControllerRegistration, ExecutionRow, Fence, Store, TransitionFields,
 };
 use serde_json::json;
-use std::path::PathBuf;
 use std::time::Duration;
 
 struct Fixture {
@@ -21,21 +20,7 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Fixture {
-        let database = TestDatabase::create().await.expect("create test database");
-        let store = Store::connect(&database.url, 4).await.expect("connect");
-        let pack_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/packs/hello");
-        let pack = attune_pack::load_pack_dir(&pack_dir).expect("hello pack loads");
-        let archive = pack.to_archive().expect("archive");
-        store
-            .register_pack(
-                NewPack {
-                    pack: &pack,
-                    archive: &archive,
-                },
-                false,
-            )
-            .await
-            .expect("register hello");
+        let (database, store) = store_with_pack("examples/packs/hello", 4).await;
         Fixture { database, store }
     }
 

@@ -667,7 +667,7 @@ impl Drop for ContainerGuard {
 
 /// Deletes a retired test server's events queue and its dead-letter queue from the shared
 /// broker (a production controller keeps them: reports wait there across restarts).
-async fn delete_events_queues(events_queue: &str) -> Result<(), String> {
+pub async fn delete_events_queues(events_queue: &str) -> Result<(), String> {
     let environment = TestEnvironment::from_env();
     let broker = attune_broker::Broker::connect(
         &environment.message_queue_url,

@@ -89,8 +89,9 @@ pub async fn send_command(channel: &Channel, queue: &str, command: &AgentCommand
     publish(channel, queue, &serde_json::to_vec(command).unwrap()).await;
 }
 
-/// Deletes queues on a connection of its own (callable from `Drop`, inside or outside a
-/// runtime); failures are ignored, since it runs during clean-up.
+/// Deletes queues, and the dead-letter queue an events queue declares beside it
+/// (`attune_protocol::queues::dead_letter_queue`), on a connection of its own (callable from
+/// `Drop`, inside or outside a runtime); failures are ignored, since it runs during clean-up.
 pub fn delete_queues(queue_names: Vec<String>) {
     let deleting = std::thread::spawn(move || {
         let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
@@ -106,7 +107,11 @@ pub fn delete_queues(queue_names: Vec<String>) {
                 return;
             };
             if let Ok(channel) = connection.create_channel().await {
-                for queue in queue_names {
+                let dead_letters: Vec<String> = queue_names
+                    .iter()
+                    .map(|queue| attune_protocol::queues::dead_letter_queue(queue))
+                    .collect();
+                for queue in queue_names.into_iter().chain(dead_letters) {
                     let _ = channel
                         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                         .await;
