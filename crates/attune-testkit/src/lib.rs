@@ -54,6 +54,9 @@ pub struct TestServer {
     lease: Option<DatabaseLease>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), attune_server::app::ServerError>>>,
+    /// Whether this server still owns its events queues (a successor from
+    /// [`TestServer::restart`] takes them over; a final stop or a drop deletes them).
+    owns_queues: bool,
 }
 
 /// How to start a [`TestServer`]: settings, Docker engine, own or shared database.
@@ -185,6 +188,8 @@ impl TestServer {
             }
         }
         let lease = self.lease.take().unwrap_or_else(DatabaseLease::first);
+        // The successor takes the identity over, queues included.
+        self.owns_queues = false;
         Self::start_with_identity(Identity {
             settings: extra
                 .iter()
@@ -255,6 +260,7 @@ impl TestServer {
             lease: Some(lease),
             stop: Some(stop),
             task: Some(task),
+            owns_queues: true,
         };
         server.wait_until_listening().await?;
         Ok(server)
@@ -288,6 +294,7 @@ impl TestServer {
             self.database.drop_database().await?;
         }
         // This server's identity is retired for good (a restart keeps it and never gets here).
+        self.owns_queues = false;
         delete_events_queues(&self.events_queue).await?;
         stopped
     }
@@ -361,9 +368,24 @@ impl TestServer {
 }
 
 impl Drop for TestServer {
+    /// Stops the server and deletes its queues when a test ends without
+    /// [`TestServer::stop`] (a failed assertion, an early return), so no queue is left behind.
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if self.owns_queues {
+            let events_queue = self.events_queue.clone();
+            // On a thread with a runtime of its own: a drop may happen inside or outside one.
+            let deleting = std::thread::spawn(move || {
+                if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    let _ = runtime.block_on(delete_events_queues(&events_queue));
+                }
+            });
+            let _ = deleting.join();
         }
     }
 }
