@@ -33,25 +33,12 @@ if ! docker info >/dev/null 2>&1; then
 fi
 log "docker engine: $(docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})')"
 
-# PostgreSQL 15: the packaged cluster, started without systemd.
-if ! pg_lsclusters 2>/dev/null | grep -q '^15 *main'; then
-  pg_createcluster 15 main
-fi
-if ! pg_lsclusters | grep -q '^15 *main.*online'; then
-  log "starting postgresql 15"
-  pg_ctlcluster --skip-systemctl-redirect 15 main start
-fi
+# PostgreSQL 15 and RabbitMQ, started without systemd (scripts/services.sh knows how).
+services="$(dirname "$0")/services.sh"
+bash "$services" postgres start
 su postgres -c "psql -tAc \"ALTER USER postgres PASSWORD 'postgres'\"" >/dev/null
-
-# RabbitMQ: started detached, waited for.
-if ! rabbitmqctl -q status >/dev/null 2>&1; then
-  log "starting rabbitmq"
-  mkdir -p /var/lib/rabbitmq /var/log/rabbitmq
-  chown -R rabbitmq:rabbitmq /var/lib/rabbitmq /var/log/rabbitmq 2>/dev/null || true
-  (su rabbitmq -s /bin/sh -c 'HOME=/var/lib/rabbitmq rabbitmq-server -detached' 2>/dev/null) || rabbitmq-server -detached
-  for _ in $(seq 1 120); do rabbitmqctl -q await_startup >/dev/null 2>&1 && break; sleep 1; done
-  rabbitmqctl -q status >/dev/null 2>&1 || { echo "rabbitmq did not start" >&2; exit 1; }
-fi
+log "postgresql 15 up"
+bash "$services" rabbitmq start
 log "rabbitmq up"
 
 # Rust target for the static agent.

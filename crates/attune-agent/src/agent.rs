@@ -24,6 +24,8 @@ use tokio::time::Instant;
 
 /// Cancel commands remembered for jobs that have not arrived yet.
 const EARLY_CANCELS_REMEMBERED: usize = 256;
+/// How many finished executions an agent remembers, to ignore a job delivered again.
+const RAN_REMEMBERED: usize = 256;
 /// How long the last events (final reports, deregister) may take to be confirmed at exit.
 const FINAL_PUBLISH_LIMIT: Duration = Duration::from_secs(30);
 /// How long closing the broker connection may take at exit.
@@ -95,6 +97,9 @@ struct Agent {
     task_executions: HashMap<tokio::task::Id, ExecutionId>,
     held: VecDeque<HeldJob>,
     early_cancels: VecDeque<ExecutionId>,
+    /// The last executions this agent ran to their end: a job delivered again (the controller
+    /// published it again after losing the broker connection before its confirm) is ignored.
+    ran: VecDeque<ExecutionId>,
     /// Jobs started, or settled without running; a oneshot agent is done after the first.
     jobs_taken: u64,
     drain_deadline: Option<Instant>,
@@ -219,6 +224,13 @@ impl Agent {
         {
             eprintln!(
                 "attune-agent: execution {execution_id} delivered again while it runs; ignored"
+            );
+            ack(&acker).await;
+            return;
+        }
+        if self.ran.contains(&execution_id) {
+            eprintln!(
+                "attune-agent: execution {execution_id} delivered again after it ran; ignored"
             );
             ack(&acker).await;
             return;
@@ -349,6 +361,10 @@ impl Agent {
         self.task_executions
             .retain(|_, running_id| *running_id != execution_id);
         self.running.remove(&execution_id);
+        if self.ran.len() == RAN_REMEMBERED {
+            self.ran.pop_front();
+        }
+        self.ran.push_back(execution_id);
     }
 }
 
@@ -463,6 +479,7 @@ pub async fn run(
         task_executions: HashMap::new(),
         held: VecDeque::new(),
         early_cancels: VecDeque::new(),
+        ran: VecDeque::new(),
         jobs_taken: 0,
         drain_deadline: None,
         abandoning: false,

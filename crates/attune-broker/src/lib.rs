@@ -9,6 +9,15 @@
 //! redelivered at most [`EVENTS_DELIVERY_LIMIT`] times, then parked in the dead-letter queue, so
 //! no message loops and one bad message never stalls the others. [`apply_deliveries`] tells the
 //! apply function which attempt is the last, so the controller records why on the execution.
+//!
+//! The connection survives the broker: a [`Broker`] keeps one session (connection, confirm-mode
+//! publishing channel, declared events queues) and opens a new one, with bounded exponential
+//! backoff, whenever the old one is lost. Commands wait for the new session up to the
+//! publish patience and are sent again if their confirm was lost with the connection (agents
+//! ignore a job they already run or ran); [`Broker::run_events`] consumes again on every new
+//! session, and events whose ack was lost with the old one are simply delivered again
+//! (applying an event twice is harmless). [`Broker::is_connected`] is false meanwhile, which
+//! the controller's heartbeat turns into "not ready".
 
 use async_trait::async_trait;
 use attune_protocol::queues::{
@@ -22,7 +31,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +53,8 @@ pub enum BrokerError {
     },
     #[error("{operation}: the broker did not confirm the message")]
     NotConfirmed { operation: String },
+    #[error("the message queue connection is closed (the server is stopping)")]
+    Closed,
 }
 
 /// What the controller needs from the broker.
@@ -64,14 +75,72 @@ pub trait AgentChannel: Send + Sync + 'static {
     }
 }
 
-/// A connection to RabbitMQ with a confirm-mode publishing channel.
+/// A connection to RabbitMQ that is opened again whenever it is lost (see the module docs).
 pub struct Broker {
-    connection: Connection,
-    publish_channel: Channel,
+    url: String,
     events_queue: String,
-    events_mode: EventsQueueMode,
+    /// The current session; `None` before the first and after [`Broker::close`]. Locked while
+    /// a new session is being opened, so one reconnection serves every waiting caller.
+    session: tokio::sync::Mutex<Option<Arc<Session>>>,
+    /// Whether the current session is up, readable without waiting for a reconnection.
+    connected: AtomicBool,
+    /// Sessions opened so far (1 after [`Broker::connect`]).
+    sessions: AtomicU64,
+    events_mode: std::sync::Mutex<EventsQueueMode>,
     counters: Arc<EventCounters>,
+    /// How long a command waits for the broker to come back before it fails.
+    publish_patience: Duration,
+    closed: AtomicBool,
+    closing: tokio::sync::Notify,
 }
+
+/// One connection with its confirm-mode publishing channel.
+struct Session {
+    connection: Connection,
+    publish_channel: tokio::sync::Mutex<Channel>,
+    /// Set when an operation saw the connection fail (lapin may notice a moment later).
+    lost: AtomicBool,
+}
+
+impl Session {
+    fn is_alive(&self) -> bool {
+        !self.lost.load(Ordering::SeqCst) && self.connection.status().connected()
+    }
+
+    /// The publishing channel, opened again if a channel error closed it.
+    async fn publish_channel(&self) -> Result<Channel, BrokerError> {
+        let mut channel = self.publish_channel.lock().await;
+        if !channel.status().connected() {
+            *channel = open_confirm_channel(&self.connection).await?;
+        }
+        Ok(channel.clone())
+    }
+}
+
+async fn open_confirm_channel(connection: &Connection) -> Result<Channel, BrokerError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(amqp("open publish channel"))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(amqp("enable publisher confirms"))?;
+    Ok(channel)
+}
+
+/// Whether an error means the connection is gone (rather than one channel refusing one
+/// operation, e.g. a queue declared with other arguments).
+fn connection_lost(error: &lapin::Error) -> bool {
+    !error.is_amqp_soft_error()
+}
+
+/// First pause between two connection attempts.
+const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(100);
+/// Longest pause between two connection attempts.
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
+/// How long a command waits for a lost broker by default ([`Broker::with_publish_patience`]).
+pub const DEFAULT_PUBLISH_PATIENCE: Duration = Duration::from_secs(60);
 
 /// How the events queue bounds redelivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,40 +359,128 @@ impl Broker {
         events_queue: &str,
         patience: Duration,
     ) -> Result<Broker, BrokerError> {
-        let deadline = tokio::time::Instant::now() + patience;
-        let mut delay = Duration::from_millis(100);
-        let connection = loop {
-            match Connection::connect(url, ConnectionProperties::default()).await {
-                Ok(connection) => break connection,
-                Err(error) if tokio::time::Instant::now() + delay < deadline => {
-                    tracing::warn!(%error, "message queue not reachable yet, retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-                Err(error) => {
-                    return Err(BrokerError::Connect {
-                        url: redact_url(url),
-                        reason: error.to_string(),
-                    })
-                }
-            }
-        };
-        let events_mode = declare_events_queues(&connection, events_queue).await?;
-        let publish_channel = connection
-            .create_channel()
-            .await
-            .map_err(amqp("open publish channel"))?;
-        publish_channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(amqp("enable publisher confirms"))?;
-        Ok(Broker {
-            connection,
-            publish_channel,
+        let broker = Broker {
+            url: url.to_string(),
             events_queue: events_queue.to_string(),
-            events_mode,
+            session: tokio::sync::Mutex::new(None),
+            connected: AtomicBool::new(false),
+            sessions: AtomicU64::new(0),
+            events_mode: std::sync::Mutex::new(EventsQueueMode::Quorum),
             counters: Arc::default(),
+            publish_patience: DEFAULT_PUBLISH_PATIENCE,
+            closed: AtomicBool::new(false),
+            closing: tokio::sync::Notify::new(),
+        };
+        broker
+            .session_within(tokio::time::Instant::now() + patience)
+            .await?;
+        Ok(broker)
+    }
+
+    /// How long a command waits for a lost broker to come back before it fails.
+    pub fn with_publish_patience(mut self, patience: Duration) -> Broker {
+        self.publish_patience = patience;
+        self
+    }
+
+    /// The current session, or a new one (after a lost connection) opened with backoff until
+    /// `deadline`.
+    async fn session_within(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<Arc<Session>, BrokerError> {
+        let mut current = self.session.lock().await;
+        if let Some(session) = current.as_ref().filter(|session| session.is_alive()) {
+            return Ok(Arc::clone(session));
+        }
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(BrokerError::Closed);
+        }
+        if current.take().is_some() {
+            self.connected.store(false, Ordering::SeqCst);
+            tracing::warn!(url = %redact_url(&self.url), "message queue connection lost; reconnecting");
+        }
+        let mut delay = RECONNECT_FIRST_DELAY;
+        let session = loop {
+            let error = match self.open_session().await {
+                Ok(session) => break session,
+                Err(error) => error,
+            };
+            if tokio::time::Instant::now() + delay >= deadline {
+                return Err(error);
+            }
+            tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "message queue not reachable, retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.closing.notified() => return Err(BrokerError::Closed),
+            }
+            delay = (delay * 2).min(RECONNECT_MAX_DELAY);
+        };
+        let session = Arc::new(session);
+        let number = self.sessions.fetch_add(1, Ordering::SeqCst) + 1;
+        if number > 1 {
+            tracing::info!(sessions = number, "message queue connection opened again");
+        }
+        *current = Some(Arc::clone(&session));
+        self.connected.store(true, Ordering::SeqCst);
+        Ok(session)
+    }
+
+    /// Opens a connection, declares the events queues on it and opens the publishing channel.
+    async fn open_session(&self) -> Result<Session, BrokerError> {
+        let connection = Connection::connect(&self.url, ConnectionProperties::default())
+            .await
+            .map_err(|error| BrokerError::Connect {
+                url: redact_url(&self.url),
+                reason: error.to_string(),
+            })?;
+        let events_mode = declare_events_queues(&connection, &self.events_queue).await?;
+        *self.events_mode.lock().expect("events mode lock") = events_mode;
+        let publish_channel = open_confirm_channel(&connection).await?;
+        Ok(Session {
+            connection,
+            publish_channel: tokio::sync::Mutex::new(publish_channel),
+            lost: AtomicBool::new(false),
         })
+    }
+
+    /// Runs `operation` on the publishing channel, on a new session if the connection is lost
+    /// (before or during it), until [`Broker::with_publish_patience`] has passed. A refusal of
+    /// the operation itself (a channel error) is returned at once.
+    async fn on_publish_channel<T, F, Fut>(
+        &self,
+        description: &str,
+        operation: F,
+    ) -> Result<T, BrokerError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, BrokerError>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.publish_patience;
+        loop {
+            let session = self.session_within(deadline).await?;
+            let outcome = match session.publish_channel().await {
+                Ok(channel) => operation(channel).await,
+                Err(error) => Err(error),
+            };
+            let lost = match &outcome {
+                Ok(_) => return outcome,
+                Err(BrokerError::Amqp { source, .. }) => connection_lost(source),
+                Err(BrokerError::NotConfirmed { .. }) => false,
+                Err(_) => true,
+            };
+            if !lost && session.is_alive() {
+                return outcome;
+            }
+            session.lost.store(true, Ordering::SeqCst);
+            self.connected.store(false, Ordering::SeqCst);
+            if tokio::time::Instant::now() >= deadline {
+                return outcome;
+            }
+            if let Err(error) = &outcome {
+                tracing::warn!(%error, operation = description, "message queue connection lost; trying again on a new one");
+            }
+        }
     }
 
     /// Deletes this connection's events queue and its dead-letter queue: for a controller
@@ -334,17 +491,23 @@ impl Broker {
             self.events_queue.clone(),
             attune_protocol::queues::dead_letter_queue(&self.events_queue),
         ] {
-            self.publish_channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await
-                .map_err(amqp(format!("delete queue {queue}")))?;
+            self.on_publish_channel("delete queue", |channel| {
+                let queue = queue.clone();
+                async move {
+                    channel
+                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                        .await
+                        .map_err(amqp(format!("delete queue {queue}")))
+                }
+            })
+            .await?;
         }
         Ok(())
     }
 
     /// How the events queue bounds redelivery.
     pub fn events_mode(&self) -> EventsQueueMode {
-        self.events_mode
+        *self.events_mode.lock().expect("events mode lock")
     }
 
     /// What the events consumer did so far.
@@ -352,14 +515,38 @@ impl Broker {
         self.counters.snapshot()
     }
 
-    /// Whether the connection is up.
+    /// Whether the connection is up (false while it is being opened again).
     pub fn is_connected(&self) -> bool {
-        self.connection.status().connected()
+        self.connected.load(Ordering::SeqCst)
+            && self
+                .session
+                .try_lock()
+                .map(|session| session.as_ref().is_some_and(|session| session.is_alive()))
+                .unwrap_or(false)
     }
 
-    /// Consumes the events queue with manual acks.
+    /// How many connections were opened so far (more than one after a reconnection).
+    pub fn sessions(&self) -> u64 {
+        self.sessions.load(Ordering::SeqCst)
+    }
+
+    /// Consumes the events queue with manual acks on the current session (opening a new one
+    /// first if it is lost, within the publish patience). The consumer ends with its
+    /// connection; [`Broker::run_events`] consumes again on the next one.
     pub async fn consume_events(&self, prefetch: u16) -> Result<EventConsumer, BrokerError> {
-        let channel = self
+        let session = self
+            .session_within(tokio::time::Instant::now() + self.publish_patience)
+            .await?;
+        self.consume_on(&session, prefetch).await
+    }
+
+    async fn consume_on(
+        &self,
+        session: &Session,
+        prefetch: u16,
+    ) -> Result<EventConsumer, BrokerError> {
+        let events_mode = self.events_mode();
+        let channel = session
             .connection
             .create_channel()
             .await
@@ -369,7 +556,7 @@ impl Broker {
             .await
             .map_err(amqp("set events prefetch"))?;
         let queue = self.events_queue.as_str();
-        let (options, arguments) = match self.events_mode {
+        let (options, arguments) = match events_mode {
             EventsQueueMode::Quorum => (durable(), events_queue_field_table(queue)),
             EventsQueueMode::Legacy => (
                 QueueDeclareOptions {
@@ -394,9 +581,58 @@ impl Broker {
             .map_err(amqp(format!("consume {queue}")))?;
         Ok(EventConsumer {
             consumer,
-            mode: self.events_mode,
+            mode: events_mode,
             counters: Arc::clone(&self.counters),
         })
+    }
+
+    /// Consumes the events queue until [`Broker::close`], applying each event (see
+    /// [`apply_deliveries`]); when the connection is lost it waits for a new one and consumes
+    /// again. Events left unacked on the lost connection are delivered again.
+    pub async fn run_events<F, Fut, E>(&self, prefetch: u16, apply: F)
+    where
+        F: Fn(EventDelivery) -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>>,
+        E: ApplyError,
+    {
+        let mut pause = RECONNECT_FIRST_DELAY;
+        while !self.closed.load(Ordering::SeqCst) {
+            let forever = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
+            let session = match self.session_within(forever).await {
+                Ok(session) => session,
+                Err(BrokerError::Closed) => break,
+                Err(error) => {
+                    tracing::error!(%error, "open message queue session for agent events");
+                    continue;
+                }
+            };
+            match self.consume_on(&session, prefetch).await {
+                Ok(consumer) => {
+                    tracing::info!(queue = %self.events_queue, "consuming agent events");
+                    pause = RECONNECT_FIRST_DELAY;
+                    apply_deliveries_with(consumer, &apply).await;
+                }
+                Err(error) => tracing::error!(%error, "consume agent events"),
+            }
+            if self.closed.load(Ordering::SeqCst) {
+                break;
+            }
+            if !session.is_alive() {
+                self.connected.store(false, Ordering::SeqCst);
+                continue;
+            }
+            // The connection is up but the consumer ended (its channel was closed, or the queue
+            // deleted): consume again after a pause, declaring the queue anew.
+            tracing::warn!(
+                retry_in_ms = pause.as_millis() as u64,
+                "agent events consumer ended while connected; consuming again"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.closing.notified() => break,
+            }
+            pause = (pause * 2).min(RECONNECT_MAX_DELAY);
+        }
     }
 
     /// Consumes the events queue until the consumer ends (see [`apply_deliveries`]).
@@ -415,14 +651,20 @@ impl Broker {
         Ok(())
     }
 
-    /// Closes the connection.
+    /// Closes the connection for good: [`Broker::run_events`] returns and commands fail.
     pub async fn close(&self) {
-        if let Err(error) = self
-            .connection
-            .close(200, "server shutting down".into())
-            .await
-        {
-            tracing::debug!(%error, "close message queue connection");
+        self.closed.store(true, Ordering::SeqCst);
+        self.closing.notify_waiters();
+        let session = self.session.lock().await.take();
+        self.connected.store(false, Ordering::SeqCst);
+        if let Some(session) = session {
+            if let Err(error) = session
+                .connection
+                .close(200, "server shutting down".into())
+                .await
+            {
+                tracing::debug!(%error, "close message queue connection");
+            }
         }
     }
 }
@@ -439,18 +681,17 @@ impl AgentChannel for Broker {
 
     async fn declare_agent_queue(&self, agent_id: &str) -> Result<(), BrokerError> {
         let queue = agent_job_queue(agent_id);
-        self.publish_channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                agent_queue_arguments(),
-            )
-            .await
-            .map_err(amqp(format!("declare queue {queue}")))?;
-        Ok(())
+        self.on_publish_channel("declare agent queue", |channel| {
+            let queue = queue.clone();
+            async move {
+                channel
+                    .queue_declare(queue.as_str().into(), durable(), agent_queue_arguments())
+                    .await
+                    .map_err(amqp(format!("declare queue {queue}")))?;
+                Ok(())
+            }
+        })
+        .await
     }
 
     async fn send_command(
@@ -460,35 +701,47 @@ impl AgentChannel for Broker {
     ) -> Result<(), BrokerError> {
         let queue = agent_job_queue(agent_id);
         let payload = serde_json::to_vec(command).expect("commands always serialize");
-        let operation = format!("publish command to {queue}");
-        let confirm = self
-            .publish_channel
-            .basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
-                &payload,
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type("application/json".into()),
-            )
-            .await
-            .map_err(amqp(operation.clone()))?
-            .await
-            .map_err(amqp(operation.clone()))?;
-        if confirm.is_nack() {
-            return Err(BrokerError::NotConfirmed { operation });
-        }
-        Ok(())
+        self.on_publish_channel("publish command", |channel| {
+            let queue = queue.clone();
+            let payload = &payload;
+            async move {
+                let operation = format!("publish command to {queue}");
+                let confirm = channel
+                    .basic_publish(
+                        "".into(),
+                        queue.as_str().into(),
+                        BasicPublishOptions::default(),
+                        payload,
+                        BasicProperties::default()
+                            .with_delivery_mode(2)
+                            .with_content_type("application/json".into()),
+                    )
+                    .await
+                    .map_err(amqp(operation.clone()))?
+                    .await
+                    .map_err(amqp(operation.clone()))?;
+                if confirm.is_nack() {
+                    return Err(BrokerError::NotConfirmed { operation });
+                }
+                Ok(())
+            }
+        })
+        .await
     }
 
     async fn delete_agent_queue(&self, agent_id: &str) -> Result<(), BrokerError> {
         let queue = agent_job_queue(agent_id);
-        self.publish_channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await
-            .map_err(amqp(format!("delete queue {queue}")))?;
-        Ok(())
+        self.on_publish_channel("delete agent queue", |channel| {
+            let queue = queue.clone();
+            async move {
+                channel
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await
+                    .map_err(amqp(format!("delete queue {queue}")))?;
+                Ok(())
+            }
+        })
+        .await
     }
 }
 
@@ -569,7 +822,7 @@ fn amqp_integer(value: &AMQPValue) -> Option<u64> {
 }
 
 /// Longest pause between two tries of an event held while the database does not answer.
-const HOLD_BACKOFF_LIMIT: Duration = Duration::from_secs(5);
+const HOLD_BACKOFF_LIMIT: Duration = Duration::from_secs(1);
 
 /// Applies `delivery`, holding it and trying again while the failure is transient.
 async fn apply_holding<F, Fut, E>(
@@ -603,6 +856,16 @@ where
 /// this build does not know is logged, counted and acked; a message that is not an event is
 /// logged, counted and rejected into the dead-letter queue.
 pub async fn apply_deliveries<F, Fut, E>(events: EventConsumer, apply: F)
+where
+    F: Fn(EventDelivery) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: ApplyError,
+{
+    apply_deliveries_with(events, &apply).await
+}
+
+/// [`apply_deliveries`] with a borrowed apply function (used again on every new consumer).
+async fn apply_deliveries_with<F, Fut, E>(events: EventConsumer, apply: &F)
 where
     F: Fn(EventDelivery) -> Fut,
     Fut: std::future::Future<Output = Result<(), E>>,
@@ -652,7 +915,7 @@ where
                         execution_id,
                         error,
                     };
-                    if let Err(error) = apply_holding(&apply, unreadable, &counters).await {
+                    if let Err(error) = apply_holding(apply, unreadable, &counters).await {
                         tracing::error!(execution_id, %error, "record a malformed agent event on its execution");
                     }
                 }
@@ -670,7 +933,7 @@ where
             attempt,
             last_attempt,
         };
-        match apply_holding(&apply, applying, &counters).await {
+        match apply_holding(apply, applying, &counters).await {
             Ok(()) => {
                 EventCounters::bump(&counters.applied);
                 if let Err(error) = delivery.ack(BasicAckOptions::default()).await {

@@ -58,10 +58,15 @@ pub async fn apply_event(
             last_attempt,
         } => {
             let rejection = rejection_summary(&event);
+            // In flight until classified: an unreachable database takes a while to tell.
+            let applying = signals.applying();
             let Err(error) = apply_known(store, signals, lease, event).await else {
+                signals.set_events_held(false);
                 return Ok(());
             };
             let error = EventError::classify(store, error).await;
+            signals.set_events_held(error.transient);
+            drop(applying);
             if let (false, true, Some((execution_id, summary))) =
                 (error.transient, last_attempt, rejection)
             {

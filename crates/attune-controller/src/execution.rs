@@ -52,6 +52,12 @@ const TMPFS_OPTIONS: &str = "rw,nosuid,nodev,mode=1777,size=64m";
 /// How long the supervisor waits for the report of an agent that exited 0 (its report was
 /// confirmed by the broker before it exited) before concluding that none came.
 const CLEAN_EXIT_REPORT_PATIENCE: Duration = Duration::from_secs(60);
+/// How often a supervisor looks again while agents' events are held (the database does not
+/// answer), instead of letting a deadline pass.
+const EVENTS_HELD_RECHECK: Duration = Duration::from_secs(1);
+/// How long storing an execution's end is retried while the database does not answer (it is
+/// then left to the take-over of this controller, or to its next start's reconcile).
+const FINISH_PATIENCE: Duration = Duration::from_secs(600);
 /// How long `auto` delivery copies the agent after a volume operation failed.
 const VOLUME_RETRY_AFTER: Duration = Duration::from_secs(300);
 
@@ -260,6 +266,12 @@ impl Controller {
         &self.settings
     }
 
+    /// Whether this controller can launch executions now: its broker connection is up (while
+    /// it is lost, requested executions wait in the database instead of being claimed).
+    pub fn can_launch(&self) -> bool {
+        self.agents.is_connected()
+    }
+
     /// The tracker of this controller's containers; run it with [`LifecycleTracker::run`].
     pub fn lifecycle(&self) -> &LifecycleTracker {
         &self.tracker
@@ -379,11 +391,23 @@ impl Controller {
         let execution_id = execution.id;
         let mut fields = TransitionFields::error(failure.kind, failure.reason.clone());
         fields.fence = Fence::of(execution);
-        match self
-            .store
-            .finish(execution_id, failure.status, fields, true)
-            .await
-        {
+        let give_up = Instant::now() + FINISH_PATIENCE;
+        let mut pause = Duration::from_millis(200);
+        let stored = loop {
+            match self
+                .store
+                .finish(execution_id, failure.status, fields.clone(), true)
+                .await
+            {
+                Err(error) if error.is_unreachable() && Instant::now() + pause < give_up => {
+                    tracing::warn!(execution_id, %error, retry_in_ms = pause.as_millis() as u64, "the database does not answer; storing the end of the execution again later");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                outcome => break outcome,
+            }
+        };
+        match stored {
             Ok(Some((_, retry_id))) => {
                 if let Some(retry_id) = retry_id {
                     tracing::info!(execution_id, retry_id, "idempotent execution requeued");
@@ -888,6 +912,11 @@ impl Controller {
                     let Some(expired) = machine.expired(Instant::now()) else {
                         continue;
                     };
+                    if self.signals.events_stalled() {
+                        // The agent's word may be waiting in the broker: look again later.
+                        machine.postpone(EVENTS_HELD_RECHECK);
+                        continue;
+                    }
                     if self.is_terminal_in_database(execution_id).await {
                         return Ok(());
                     }
@@ -952,12 +981,19 @@ impl Controller {
         } else {
             self.settings.report_grace
         };
-        let reported = tokio::time::timeout(
-            patience,
-            signal.wait_for(|current| current.terminal.is_some()),
-        )
-        .await
-        .is_ok_and(|waited| waited.is_ok());
+        let mut wait = patience;
+        let reported = loop {
+            let reported =
+                tokio::time::timeout(wait, signal.wait_for(|current| current.terminal.is_some()))
+                    .await
+                    .is_ok_and(|waited| waited.is_ok());
+            // While agents' events are held (the database does not answer), the report may be
+            // waiting in the broker: no inference until they flow again and it had its grace.
+            if reported || !self.signals.events_stalled() {
+                break reported;
+            }
+            wait = self.settings.report_grace.max(EVENTS_HELD_RECHECK);
+        };
         if reported || self.is_terminal_in_database(execution_id).await {
             return Ok(());
         }

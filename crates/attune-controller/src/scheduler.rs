@@ -68,12 +68,26 @@ pub async fn run_scheduler(
 ) {
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut tasks = adopted;
+    let mut paused = false;
     loop {
         if shutdown.is_cancelled() {
             break;
         }
+        // Nothing is claimed while the broker is unreachable: requested executions wait in the
+        // database (where another controller may claim them) until it is back.
+        let can_launch = controller.can_launch();
+        if can_launch == paused {
+            paused = !can_launch;
+            if paused {
+                tracing::warn!(
+                    "message queue unreachable: no executions are claimed until it is back"
+                );
+            } else {
+                tracing::info!("message queue reachable again: claiming executions");
+            }
+        }
         let free = permits.available_permits();
-        if free > 0 {
+        if free > 0 && can_launch {
             let controller_id = &controller.settings().controller_id;
             match store.claim_requested(controller_id, free as i64).await {
                 Ok(claimed) => {

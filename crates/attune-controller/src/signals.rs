@@ -5,8 +5,11 @@
 
 use attune_protocol::api::ExecutionStatus;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 
 /// What a supervisor has heard about its execution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -28,6 +31,24 @@ pub struct ExecutionSignal {
 pub struct ExecutionSignals {
     senders: Arc<Mutex<HashMap<i64, watch::Sender<ExecutionSignal>>>>,
     registrations: Arc<Mutex<HashMap<String, oneshot::Sender<String>>>>,
+    /// Agents' events are being held because the database does not answer: supervisors hear
+    /// nothing, through no fault of the agents, so no silence-based deadline may pass.
+    events_held: Arc<AtomicBool>,
+    /// Since when the event being applied now has been in flight (a statement waiting for an
+    /// unreachable database takes as long as the pool's acquire timeout to fail).
+    applying_since: Arc<Mutex<Option<Instant>>>,
+}
+
+/// How long one event may take to apply before supervisors treat agents' events as stalled.
+pub const EVENTS_STALL_AFTER: Duration = Duration::from_secs(1);
+
+/// Marks an event as being applied until dropped ([`ExecutionSignals::applying`]).
+pub struct Applying<'signals>(&'signals ExecutionSignals);
+
+impl Drop for Applying<'_> {
+    fn drop(&mut self) {
+        *self.0.applying_since.lock().expect("applying lock") = None;
+    }
 }
 
 /// A supervisor's subscription; unregisters on drop.
@@ -48,6 +69,35 @@ impl Drop for SignalSubscription {
 }
 
 impl ExecutionSignals {
+    /// Records whether agents' events are held (the database does not answer) or flow again.
+    pub fn set_events_held(&self, held: bool) {
+        let was = self.events_held.swap(held, Ordering::SeqCst);
+        if was != held {
+            if held {
+                tracing::warn!("agent events held while the database does not answer; supervision deadlines wait");
+            } else {
+                tracing::info!("agent events flow again");
+            }
+        }
+    }
+
+    /// Marks an event as being applied, until the returned guard is dropped.
+    pub fn applying(&self) -> Applying<'_> {
+        *self.applying_since.lock().expect("applying lock") = Some(Instant::now());
+        Applying(self)
+    }
+
+    /// Whether supervisors cannot hear agents now: their events are held (the database does
+    /// not answer), or the event being applied has been in flight for [`EVENTS_STALL_AFTER`].
+    pub fn events_stalled(&self) -> bool {
+        self.events_held.load(Ordering::SeqCst)
+            || self
+                .applying_since
+                .lock()
+                .expect("applying lock")
+                .is_some_and(|since| since.elapsed() >= EVENTS_STALL_AFTER)
+    }
+
     /// Starts listening for an execution's signals.
     pub fn subscribe(&self, execution_id: i64) -> SignalSubscription {
         let (sender, receiver) = watch::channel(ExecutionSignal::default());
@@ -135,6 +185,22 @@ impl ExecutionSignals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn events_stall_when_one_takes_long_or_the_database_holds_them() {
+        let signals = ExecutionSignals::default();
+        assert!(!signals.events_stalled());
+        let applying = signals.applying();
+        tokio::time::advance(EVENTS_STALL_AFTER / 2).await;
+        assert!(!signals.events_stalled(), "a quick apply is not a stall");
+        tokio::time::advance(EVENTS_STALL_AFTER).await;
+        assert!(signals.events_stalled());
+        signals.set_events_held(true);
+        drop(applying);
+        assert!(signals.events_stalled(), "held between two tries");
+        signals.set_events_held(false);
+        assert!(!signals.events_stalled());
+    }
 
     #[tokio::test]
     async fn signals_reach_the_subscriber_and_unregister_on_drop() {

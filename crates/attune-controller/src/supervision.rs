@@ -206,6 +206,18 @@ impl Supervision {
     fn lease_deadline(&self) -> Instant {
         self.lease_renewed + self.timing.lease
     }
+
+    /// Moves every deadline `by` later: the supervisor could not hear the agent meanwhile
+    /// (its events were held while the database did not answer), so that time does not count
+    /// as the agent's silence.
+    pub fn postpone(&mut self, by: Duration) {
+        self.start_deadline += by;
+        self.hard_deadline += by;
+        self.lease_renewed += by;
+        if let Some(cancel_at) = self.cancel_deadline.as_mut() {
+            *cancel_at += by;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -275,6 +287,28 @@ mod tests {
         // Silent from 47 s on: the lease ends 20 s later, before the hard deadline (100 s).
         assert_eq!(run_to_next_deadline(&machine).await, Some(Expired::Lease));
         assert_eq!(Instant::now() - start, Duration::from_secs(67));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_the_agent_could_not_be_heard_does_not_count_as_its_silence() {
+        let start = Instant::now();
+        let mut machine = Supervision::new(
+            timing(),
+            SupervisionOrigin::Fresh,
+            ExecutionSignal::default(),
+            start,
+        );
+        machine.on_signal(running(0), start);
+        // The lease would end at 20 s; its events were held for 12 s of it.
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(machine.expired(Instant::now()), Some(Expired::Lease));
+        machine.postpone(Duration::from_secs(12));
+        assert_eq!(machine.expired(Instant::now()), None);
+        assert_eq!(run_to_next_deadline(&machine).await, Some(Expired::Lease));
+        assert_eq!(Instant::now() - start, Duration::from_secs(32));
+        // The hard deadline (100 s) and the agent's start deadline (30 s) moved as far.
+        assert_eq!(machine.hard_deadline, start + Duration::from_secs(112));
+        assert_eq!(machine.start_deadline, start + Duration::from_secs(42));
     }
 
     #[tokio::test(start_paused = true)]

@@ -248,7 +248,10 @@ async fn start_controller(
             &settings.message_queue.events_queue,
             Duration::from_secs(30),
         )
-        .await?,
+        .await?
+        .with_publish_patience(Duration::from_secs(
+            settings.message_queue.publish_patience_seconds,
+        )),
     );
     let engine = BollardEngine::connect(settings.docker.host.as_deref()).await?;
     let engine_is_local = attune_controller::delivery::engine_is_local(engine.docker_host());
@@ -295,15 +298,22 @@ async fn start_controller(
     tasks.track(&tracker_task);
 
     // Reports that arrived while no server ran must reach the supervisions adopted below.
-    let consumer = broker.consume_events(64).await?;
+    // The consumer consumes again on every new connection after a broker outage.
     let events_task = {
         let store = store.clone();
         let signals = signals.clone();
-        tokio::spawn(attune_broker::apply_deliveries(consumer, move |event| {
-            let store = store.clone();
-            let signals = signals.clone();
-            async move { attune_controller::events::apply_event(&store, &signals, lease, event).await }
-        }))
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            broker
+                .run_events(64, move |event| {
+                    let store = store.clone();
+                    let signals = signals.clone();
+                    async move {
+                        attune_controller::events::apply_event(&store, &signals, lease, event).await
+                    }
+                })
+                .await
+        })
     };
     tasks.track(&events_task);
     let cancels_task = tokio::spawn(follow_cancels(

@@ -44,6 +44,10 @@ pub struct MessageQueueSettings {
     /// Queue this controller's agents report to; empty (the default) means
     /// `attune.controller.<controller id>.events`. Each controller must have its own.
     pub events_queue: String,
+    /// How long a command to an agent waits for a lost broker connection to come back before
+    /// its execution fails (the server reconnects with backoff meanwhile; no new executions
+    /// are claimed while the broker is unreachable).
+    pub publish_patience_seconds: u64,
 }
 
 impl MessageQueueSettings {
@@ -180,6 +184,7 @@ max_connections = 16
 [message_queue]
 url = "amqp://guest:guest@127.0.0.1:5672/%2f"
 events_queue = ""
+publish_patience_seconds = 60
 
 [docker]
 network = "host"

@@ -17,6 +17,7 @@
 //! given engine.
 
 mod engines;
+pub mod services;
 mod share;
 
 pub use engines::{
@@ -205,6 +206,13 @@ impl TestServer {
     }
 
     async fn start_with_identity(identity: Identity) -> Result<TestServer, String> {
+        // `ATTUNE_TEST_LOG=info,attune_controller=debug` shows the servers' logs of a test run.
+        if let Ok(filter) = std::env::var("ATTUNE_TEST_LOG") {
+            static LOGGING: std::sync::Once = std::sync::Once::new();
+            LOGGING.call_once(|| {
+                attune_server::telemetry::init(&filter, false, std::io::stderr);
+            });
+        }
         let Identity {
             settings: extra,
             engine,
