@@ -18,6 +18,9 @@ export ATTUNE_AGENT_BINARY="$PWD/agent-dist/attune-agent-x86_64"
 export ATTUNE_TEST_DATABASE_URL="${ATTUNE_TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 export ATTUNE_TEST_SECOND_DOCKER_HOST="${ATTUNE_TEST_SECOND_DOCKER_HOST:-unix:///run/attune-engine2/docker.sock}"
 export ATTUNE_TEST_MQ_URL="${ATTUNE_TEST_MQ_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+# tests/e2e_broker_restart.rs and e2e_database_restart.rs stop and start RabbitMQ and
+# PostgreSQL through scripts/services.sh, each alone in its test binary (cargo runs test binaries
+# one after another, so no other test sees the outage).
 # tests/e2e_dockerd_restart.rs stops and starts dockerd (alone in its test binary; cargo runs
 # test binaries one after another). Set to 0 on a host whose engine must not be restarted.
 export ATTUNE_TEST_RESTART_DOCKERD="${ATTUNE_TEST_RESTART_DOCKERD:-1}"

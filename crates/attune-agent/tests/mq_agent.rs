@@ -244,6 +244,17 @@ async fn worker_agent_registers_runs_cancels_and_drains_on_sigterm() {
         "{before:?}"
     );
 
+    // A job delivered again after it ran (a controller resends a command whose confirm was
+    // lost with its broker connection) is ignored: the next job runs, the first not again.
+    broker.send_job(1, pack.path(), "actions/hello.sh").await;
+    broker.send_job(5, pack.path(), "actions/hello.sh").await;
+    let (report, before) = events.finished(5).await;
+    assert_eq!(report.outcome, JobOutcome::Succeeded, "{report:?}");
+    assert!(
+        !before.iter().any(|event| event.execution_id() == Some(1)),
+        "execution 1 ran again: {before:?}"
+    );
+
     // Malformed commands are rejected; an unreadable job with an id is reported.
     publish(&broker.channel, &broker.job_queue, b"this is not json").await;
     publish(

@@ -428,7 +428,10 @@ impl Broker {
 
     /// Opens a connection, declares the events queues on it and opens the publishing channel.
     async fn open_session(&self) -> Result<Session, BrokerError> {
-        let connection = Connection::connect(&self.url, ConnectionProperties::default())
+        // Named after its events queue, so an operator (or a test) can tell it apart.
+        let properties = ConnectionProperties::default()
+            .with_connection_name(format!("attune-controller {}", self.events_queue).into());
+        let connection = Connection::connect(&self.url, properties)
             .await
             .map_err(|error| BrokerError::Connect {
                 url: redact_url(&self.url),

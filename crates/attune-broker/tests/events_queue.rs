@@ -3,11 +3,12 @@
 //! attempt once and parked in the dead-letter queue while 50 other events are applied; a newer
 //! agent's event type is acked and counted; a malformed report goes to the dead-letter queue
 //! with its execution named; an event held while the database is away is applied once without
-//! spending its delivery budget; a classic queue of an older server is converted when empty.
+//! spending its delivery budget; a classic queue of an older server is converted when empty;
+//! a connection the broker closes is opened again, consumption resumes and commands go out.
 
 use attune_broker::{
-    apply_deliveries, ApplyError, Broker, EventConsumer, EventDelivery, EventsQueueMode,
-    EVENTS_DELIVERY_LIMIT,
+    apply_deliveries, AgentChannel, ApplyError, Broker, EventConsumer, EventDelivery,
+    EventsQueueMode, EVENTS_DELIVERY_LIMIT,
 };
 use attune_protocol::queues::dead_letter_queue;
 use attune_protocol::{AgentEvent, JobOutcome, JobReport};
@@ -376,4 +377,126 @@ async fn an_older_servers_classic_queue_is_converted_when_empty_and_kept_while_i
     assert_eq!(*attempts.lock().unwrap(), vec![(1, false), (2, true)]);
     consuming.abort();
     broker.close().await;
+}
+
+/// Closes the connections RabbitMQ lists under `name` (as `rabbitmqctl close_connection`
+/// does for an operator); returns how many it closed.
+fn close_connections_named(name: &str) -> usize {
+    let listed = std::process::Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "list_connections",
+            "pid",
+            "name",
+            "client_properties",
+            "--no-table-headers",
+        ])
+        .output()
+        .expect("rabbitmqctl list_connections");
+    let listing = String::from_utf8_lossy(&listed.stdout);
+    let pids: Vec<String> = listing
+        .lines()
+        .filter(|line| line.contains(&format!("\"{name}\"")))
+        .filter_map(|line| line.split('\t').next().map(str::to_string))
+        .collect();
+    for pid in &pids {
+        let closed = std::process::Command::new("rabbitmqctl")
+            .args([
+                "-q",
+                "close_connection",
+                pid,
+                "closed by the reconnection test",
+            ])
+            .output()
+            .expect("rabbitmqctl close_connection");
+        assert!(closed.status.success(), "close {pid}: {closed:?}");
+    }
+    pids.len()
+}
+
+#[tokio::test]
+async fn a_connection_the_broker_closes_is_opened_again_and_consumption_resumes() {
+    let queue = unique_queue("reconnect");
+    let _cleanup = QueueGuard(queue.clone());
+    let agent_queue_id = format!("reconnect-{}", std::process::id());
+    let _agent_queue = QueueGuard(attune_protocol::queues::agent_job_queue(&agent_queue_id));
+    let broker = Arc::new(
+        Broker::connect(&broker_url(), &queue, Duration::from_secs(10))
+            .await
+            .expect("connect")
+            .with_publish_patience(WAIT_LIMIT),
+    );
+    assert_eq!(broker.sessions(), 1);
+    let (_connection, channel) = agent_side().await;
+    let (applied_sender, mut applied) = mpsc::unbounded_channel();
+    let consuming = {
+        let broker = Arc::clone(&broker);
+        tokio::spawn(async move {
+            broker
+                .run_events(8, move |delivery| {
+                    let applied = applied_sender.clone();
+                    async move {
+                        if let EventDelivery::Apply { event, .. } = delivery {
+                            let _ = applied.send(event.execution_id().unwrap());
+                        }
+                        Ok::<(), Refusal>(())
+                    }
+                })
+                .await
+        })
+    };
+    publish_event(&channel, &queue, &report(1)).await;
+    let first = tokio::time::timeout(WAIT_LIMIT, applied.recv()).await;
+    assert_eq!(first.ok().flatten(), Some(1));
+    assert!(broker.is_connected());
+
+    let name = format!("attune-controller {queue}");
+    assert_eq!(
+        close_connections_named(&name),
+        1,
+        "the broker's connection by its name"
+    );
+    // A command waits for the new session and goes out on it.
+    broker
+        .declare_agent_queue(&agent_queue_id)
+        .await
+        .expect("declare an agent queue after the connection was closed");
+    broker
+        .send_command(
+            &agent_queue_id,
+            &attune_protocol::AgentCommand::Cancel { execution_id: 9 },
+        )
+        .await
+        .expect("send a command after the connection was closed");
+    assert!(broker.sessions() >= 2, "a new session was opened");
+    // Events published meanwhile are consumed on the new connection.
+    publish_event(&channel, &queue, &report(2)).await;
+    let second = tokio::time::timeout(WAIT_LIMIT, async {
+        loop {
+            match applied.recv().await {
+                Some(2) => return Some(2),
+                Some(_) => continue,
+                None => return None,
+            }
+        }
+    })
+    .await;
+    assert_eq!(second.ok().flatten(), Some(2), "consumption resumed");
+    wait_until("connected again", async || broker.is_connected()).await;
+
+    broker.close().await;
+    tokio::time::timeout(WAIT_LIMIT, consuming)
+        .await
+        .expect("run_events returns once the broker is closed")
+        .expect("events task");
+    let refused = broker
+        .send_command(
+            &agent_queue_id,
+            &attune_protocol::AgentCommand::Cancel { execution_id: 9 },
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(attune_broker::BrokerError::Closed)),
+        "{refused:?}"
+    );
 }
