@@ -11,6 +11,17 @@ bash scripts/server.sh start
 
 attune=target/debug/attune
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+# Every API call needs a token: the server's first start wrote an admin token to
+# .run/admin-token; `attune login` checks it and saves it (mode 0600) for the next commands.
+if [ -f .run/admin-token ]; then
+  step attune login --token-file .run/admin-token
+  $attune login --token-file .run/admin-token
+elif ! $attune token list >/dev/null 2>&1; then
+  echo "the demo database already has API tokens but .run/admin-token is gone: log in with one (attune login), or drop the database (su postgres -c 'dropdb attune') and run make demo again" >&2
+  exit 1
+fi
+step attune token create --name demo-runner --role executor
+$attune token create --name demo-runner --role executor >/dev/null
 step attune pack register examples/packs/hello --force
 $attune pack register examples/packs/hello --force
 step attune run hello.greet name=Ada --wait

@@ -15,6 +15,9 @@ case "${1:-start}" in
     export ATTUNE__DATABASE__URL
     su postgres -c "psql -tAc \"SELECT 1 FROM pg_database WHERE datname = 'attune'\"" | grep -q 1 \
       || su postgres -c "createdb attune"
+    # The first start on an empty database writes its admin token here (mode 0600).
+    : "${ATTUNE__SERVER__ADMIN_TOKEN_FILE:=$run_dir/admin-token}"
+    export ATTUNE__SERVER__ADMIN_TOKEN_FILE
     nohup "${ATTUNE_SERVER_BIN:-target/debug/attune-server}" --bind 127.0.0.1:8080 >"$run_dir/server.log" 2>&1 &
     echo $! >"$pid_file"
     for _ in $(seq 1 100); do

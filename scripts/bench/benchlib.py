@@ -63,10 +63,12 @@ def psql(url, sql):
     return [line.split("|") for line in completed.stdout.splitlines() if line]
 
 
-def request(method, url, body=None, timeout=60):
+def request(method, url, body=None, timeout=60, token=None):
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"content-type": "application/json"})
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     with urllib.request.urlopen(req, timeout=timeout) as response:
         return json.loads(response.read())
 
@@ -141,6 +143,9 @@ class BenchServer:
         self.command_prefix = list(command_prefix or [])
         self.log_dir = tempfile.mkdtemp(prefix=f"attune-bench-{name}-")
         self.log_path = os.path.join(self.log_dir, "server.log")
+        # The first start writes its admin token here (a build older than API tokens does not).
+        self.token_path = os.path.join(self.log_dir, "admin-token")
+        self.token = None
         self.process = None
 
     def __enter__(self):
@@ -173,6 +178,7 @@ class BenchServer:
             "ATTUNE__MESSAGE_QUEUE__EVENTS_QUEUE": self.events_queue,
             "ATTUNE__EXECUTOR__CONTROLLER_ID": self.controller_id,
             "ATTUNE__DOCKER__NETWORK": "host",
+            "ATTUNE__SERVER__ADMIN_TOKEN_FILE": self.token_path,
         })
         docker_host = self.docker_host or os.environ.get("DOCKER_HOST")
         if docker_host:
@@ -193,6 +199,9 @@ class BenchServer:
                 raise SystemExit(f"attune-server {self.name} exited at start; log: {self.tail()}")
             try:
                 if request("GET", f"{self.api}/readyz", timeout=2).get("status") == "ready":
+                    if os.path.exists(self.token_path):
+                        with open(self.token_path) as token_file:
+                            self.token = token_file.read().strip()
                     log(f"server {self.name} ready on {self.api} (pid {self.process.pid}, "
                         f"controller {self.controller_id}, log {self.log_path})")
                     return
@@ -219,15 +228,17 @@ class BenchServer:
 
     def register_pack(self, directory):
         environment = dict(os.environ, ATTUNE_API_URL=self.api)
+        if self.token:
+            environment["ATTUNE_API_TOKEN"] = self.token
         subprocess.run([self.build.cli_binary, "pack", "register", os.path.join(PACKS_DIR, directory),
                         "--force"], check=True, env=environment, stdout=subprocess.DEVNULL)
 
     def submit(self, action, parameters=None):
         return request("POST", f"{self.api}/api/v1/executions",
-                       {"action": action, "parameters": parameters or {}})["id"]
+                       {"action": action, "parameters": parameters or {}}, token=self.token)["id"]
 
     def get(self, execution_id):
-        return request("GET", f"{self.api}/api/v1/executions/{execution_id}")
+        return request("GET", f"{self.api}/api/v1/executions/{execution_id}", token=self.token)
 
     def wait_terminal(self, execution_id, poll_seconds, deadline_seconds=120):
         """Polls until terminal; returns the execution. Raises when it did not succeed."""
@@ -246,7 +257,7 @@ class BenchServer:
                 time.sleep(poll_seconds)
 
     def pools(self):
-        return request("GET", f"{self.api}/api/v1/pools")["items"]
+        return request("GET", f"{self.api}/api/v1/pools", token=self.token)["items"]
 
     def sql(self, statement):
         return psql(self.database_url, statement)

@@ -4,7 +4,8 @@
 //!
 //! Every error is JSON `{"error", "detail"}` with a fitting status code. JSON bodies are
 //! limited to [`AppState::max_json_bytes`] (413 `body_too_large` beyond it); an execution
-//! request may carry an `Idempotency-Key` ([`idempotency`]).
+//! request may carry an `Idempotency-Key` ([`idempotency`]). Every route but the health ones
+//! needs a bearer token with a large enough role ([`auth`]).
 
 use attune_protocol::api::{
     ActionView, ContainerSpec, ContainerView, CreateExecutionRequest, ErrorBody, ExecutionStatus,
@@ -29,6 +30,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod auth;
 pub mod idempotency;
 
 /// Default of [`AppState::max_json_bytes`] (axum's own default): 2 MiB.
@@ -44,6 +46,14 @@ pub const ABANDONED_IDEMPOTENCY_CLAIM: Duration = Duration::from_secs(60);
 pub trait Admission: Send + Sync + 'static {
     /// Whether the image allow-list admits an action's stored container settings.
     fn check_action_image(&self, container: Option<&serde_json::Value>) -> Result<(), String>;
+    /// Whether an action's stored container settings stay within the operator's resource
+    /// ceilings and capability allow-list; the refusal names the action, the resource, what
+    /// it asks and the limit.
+    fn check_action_limits(
+        &self,
+        action_ref: &str,
+        container: Option<&serde_json::Value>,
+    ) -> Result<(), String>;
 }
 
 /// Everything the handlers use.
@@ -225,6 +235,20 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/executions/{id}/cancel", post(cancel_execution))
         .route("/api/v1/pools", get(list_pools))
         .route("/api/v1/containers", get(list_containers))
+        .route("/api/v1/whoami", get(auth::whoami))
+        .route(
+            "/api/v1/tokens",
+            get(auth::list_tokens).post(auth::create_token),
+        )
+        .route(
+            "/api/v1/tokens/{id}",
+            axum::routing::delete(auth::revoke_token),
+        )
+        // Every route above needs a token of a large enough role, except the health routes.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         // Every body but a pack upload (whose route sets its own limit).
         .layer(DefaultBodyLimit::max(json_body_limit))
@@ -597,6 +621,13 @@ async fn admit_execution(
                 "image_not_allowed",
                 format!("action {}: {error}", action.action_ref),
             )
+        })?;
+    // The operator's ceilings and capability allow-list (the controller checks again too).
+    state
+        .admission
+        .check_action_limits(&action.action_ref, action.container.as_ref())
+        .map_err(|detail| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "limit_exceeded", detail)
         })?;
     let parameters = state
         .validators

@@ -1,7 +1,7 @@
 //! Command-line arguments of `attune` (clap derive).
 
 use crate::parameters::parse_parameter;
-use attune_protocol::api::ExecutionStatus;
+use attune_protocol::api::{ExecutionStatus, Role};
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -16,6 +16,17 @@ pub struct Cli {
     /// Base URL of the Attune server's API.
     #[arg(long, global = true, env = "ATTUNE_API_URL", default_value = DEFAULT_API_URL)]
     pub api_url: String,
+
+    /// The API token (prefer the file `attune login` writes: an environment variable is
+    /// visible to this user's other processes).
+    #[arg(
+        long = "token",
+        global = true,
+        env = "ATTUNE_API_TOKEN",
+        hide_env_values = true,
+        hide = true
+    )]
+    pub token: Option<String>,
 
     /// How often to poll the server while waiting or following logs, in milliseconds.
     #[arg(long, global = true, hide = true, default_value_t = 500)]
@@ -44,6 +55,44 @@ pub enum Command {
     /// Show the containers the controller manages.
     #[command(subcommand)]
     Container(ContainerCommand),
+    /// Create, list and revoke API tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Check an API token and save it (mode 0600) for the next commands.
+    Login {
+        /// Read the token from this file (e.g. the server's first admin token file);
+        /// without it the token is read from stdin.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token; it is printed this once (the server keeps only its hash).
+    Create {
+        /// What the token is for (`ci`, `alice`).
+        #[arg(long)]
+        name: String,
+        /// viewer (read), executor (run, cancel), editor (register packs) or admin (tokens).
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// Print JSON instead of the token alone.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens (never the tokens themselves).
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by id; it stops working at once.
+    Revoke { id: i64 },
+}
+
+fn parse_role(name: &str) -> Result<Role, String> {
+    name.parse()
 }
 
 #[derive(Debug, Subcommand)]

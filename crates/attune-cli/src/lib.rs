@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod credentials;
 pub mod format;
 pub mod output;
 pub mod parameters;

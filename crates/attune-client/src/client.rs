@@ -3,8 +3,9 @@
 
 use crate::error::{root_cause, ClientError};
 use attune_protocol::api::{
-    ActionView, ContainerView, CreateExecutionRequest, ExecutionStatus, ExecutionView, List,
-    LogChunkView, PackView, PoolView,
+    ActionView, ContainerView, CreateExecutionRequest, CreateTokenRequest, CreatedToken,
+    ExecutionStatus, ExecutionView, List, LogChunkView, PackView, PoolView, Role, TokenView,
+    WhoAmI,
 };
 use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
@@ -54,6 +55,16 @@ pub struct ApiClient {
 impl ApiClient {
     /// A client for the API at `base_url` (e.g. `http://127.0.0.1:8080`).
     pub fn new(base_url: &str) -> Result<Self, ClientError> {
+        Self::build(base_url, None)
+    }
+
+    /// A client that sends `token` as `Authorization: Bearer` with every request (the header
+    /// is marked sensitive, so it is never printed in debug output).
+    pub fn with_token(base_url: &str, token: &str) -> Result<Self, ClientError> {
+        Self::build(base_url, Some(token))
+    }
+
+    fn build(base_url: &str, token: Option<&str>) -> Result<Self, ClientError> {
         let invalid = |reason: String| ClientError::InvalidUrl {
             url: base_url.to_string(),
             reason,
@@ -62,9 +73,18 @@ impl ApiClient {
         if !matches!(parsed.scheme(), "http" | "https") || parsed.cannot_be_a_base() {
             return Err(invalid("must be an http:// URL".to_string()));
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+                    .map_err(|_| ClientError::InvalidToken)?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
+            .default_headers(headers)
             .build()
             .map_err(|error| invalid(format!("build HTTP client: {}", root_cause(&error))))?;
         Ok(ApiClient {
@@ -327,6 +347,38 @@ impl ApiClient {
     /// `GET /api/v1/containers`: every live controller's managed containers.
     pub async fn list_containers(&self) -> Result<Vec<ContainerView>, ClientError> {
         self.get_list(self.url(&["containers"])).await
+    }
+
+    /// `GET /api/v1/whoami`: the token this client sends.
+    pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
+        self.send(Method::GET, self.url(&["whoami"]), |request| request)
+            .await
+    }
+
+    /// `GET /api/v1/tokens` (admin).
+    pub async fn list_tokens(&self) -> Result<Vec<TokenView>, ClientError> {
+        self.get_list(self.url(&["tokens"])).await
+    }
+
+    /// `POST /api/v1/tokens` (admin): the new token is in the answer, this once.
+    pub async fn create_token(&self, name: &str, role: Role) -> Result<CreatedToken, ClientError> {
+        let body = CreateTokenRequest {
+            name: name.to_string(),
+            role,
+        };
+        self.send(Method::POST, self.url(&["tokens"]), |request| {
+            request.json(&body)
+        })
+        .await
+    }
+
+    /// `DELETE /api/v1/tokens/{id}` (admin).
+    pub async fn revoke_token(&self, id: i64) -> Result<TokenView, ClientError> {
+        let id = id.to_string();
+        self.send(Method::DELETE, self.url(&["tokens", &id]), |request| {
+            request
+        })
+        .await
     }
 }
 

@@ -13,6 +13,10 @@ pub enum ClientError {
     #[error("invalid API URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
 
+    /// The API token cannot be sent in a header (it holds a control character).
+    #[error("the API token is not valid header text (a control character in it?)")]
+    InvalidToken,
+
     /// Nothing answered at the API URL.
     #[error("connect to the attune server at {url}: {reason}")]
     Connect { url: String, reason: String },

@@ -244,7 +244,8 @@ impl Controller {
         settings: ControllerSettings,
         agent: AgentBinary,
     ) -> Controller {
-        let filler = VolumeFiller::new(docker.clone(), &settings.controller_id);
+        let filler = VolumeFiller::new(docker.clone(), &settings.controller_id)
+            .with_log_config(settings.policy.log_config());
         let images = crate::images::ImageResolver::new(docker.clone(), Duration::from_secs(30))
             .with_registry_auth(settings.registry_auth.clone());
         Controller {
@@ -914,7 +915,7 @@ impl Controller {
                     };
                     if self.signals.events_stalled() {
                         // The agent's word may be waiting in the broker: look again later.
-                        machine.postpone(EVENTS_HELD_RECHECK);
+                        machine.hold(Instant::now(), EVENTS_HELD_RECHECK);
                         continue;
                     }
                     if self.is_terminal_in_database(execution_id).await {
@@ -1071,6 +1072,12 @@ impl Controller {
             )
         };
         policy.check_image(&spec.image).map_err(not_allowed)?;
+        // A ceiling lowered after the pack was registered (or the execution submitted).
+        policy
+            .check_ceilings(&action.action_ref, &spec)
+            .map_err(|error| {
+                ExecutionFailure::failed(FailureKind::NotAllowed, error.to_string())
+            })?;
         let limits = container_limits(&spec, self.settings.host_cpus).map_err(|error| {
             ExecutionFailure::failed(
                 FailureKind::InvalidAction,
@@ -1251,6 +1258,7 @@ impl Controller {
             read_only_rootfs: limits.read_only,
             tmpfs,
             binds: Vec::new(),
+            log_config: Some(self.settings.policy.log_config()),
         })
     }
 }

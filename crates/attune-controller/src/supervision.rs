@@ -98,6 +98,10 @@ pub enum Expired {
     Hard,
 }
 
+/// How long after the supervisor could hear again the agent's start or a cancel may still take
+/// ([`Supervision::hold`]).
+pub const STALL_GRACE: Duration = Duration::from_secs(5);
+
 /// One execution's deadlines and what is known of it.
 #[derive(Debug, Clone)]
 pub struct Supervision {
@@ -207,15 +211,17 @@ impl Supervision {
         self.lease_renewed + self.timing.lease
     }
 
-    /// Moves every deadline `by` later: the supervisor could not hear the agent meanwhile
-    /// (its events were held while the database did not answer), so that time does not count
-    /// as the agent's silence.
-    pub fn postpone(&mut self, by: Duration) {
-        self.start_deadline += by;
+    /// The supervisor could not hear the agent for the last `by` up to `now` (its events were
+    /// held while the database did not answer): that is not the agent's silence. The lease
+    /// counts from `now` at the earliest, the agent's start and a cancel get at least
+    /// [`STALL_GRACE`] from `now` (their word may be waiting in the broker), and the hard
+    /// deadline moves `by` later.
+    pub fn hold(&mut self, now: Instant, by: Duration) {
+        self.lease_renewed = self.lease_renewed.max(now);
+        self.start_deadline = (self.start_deadline + by).max(now + STALL_GRACE);
         self.hard_deadline += by;
-        self.lease_renewed += by;
         if let Some(cancel_at) = self.cancel_deadline.as_mut() {
-            *cancel_at += by;
+            *cancel_at = (*cancel_at + by).max(now + STALL_GRACE);
         }
     }
 }
@@ -299,16 +305,28 @@ mod tests {
             start,
         );
         machine.on_signal(running(0), start);
-        // The lease would end at 20 s; its events were held for 12 s of it.
+        // The lease would end at 20 s; the agent could not be heard for the last 12 s of it.
         tokio::time::advance(Duration::from_secs(20)).await;
         assert_eq!(machine.expired(Instant::now()), Some(Expired::Lease));
-        machine.postpone(Duration::from_secs(12));
+        machine.hold(Instant::now(), Duration::from_secs(12));
         assert_eq!(machine.expired(Instant::now()), None);
+        // A whole lease from when it could be heard again.
         assert_eq!(run_to_next_deadline(&machine).await, Some(Expired::Lease));
-        assert_eq!(Instant::now() - start, Duration::from_secs(32));
-        // The hard deadline (100 s) and the agent's start deadline (30 s) moved as far.
+        assert_eq!(Instant::now() - start, Duration::from_secs(40));
+        // The hard deadline (100 s) moved as far as the hold; the start deadline (30 s) too.
         assert_eq!(machine.hard_deadline, start + Duration::from_secs(112));
         assert_eq!(machine.start_deadline, start + Duration::from_secs(42));
+        // Just before its start deadline: an agent whose registration was held gets the
+        // stall grace after the hold.
+        let mut starting = Supervision::new(
+            timing(),
+            SupervisionOrigin::Fresh,
+            ExecutionSignal::default(),
+            Instant::now(),
+        );
+        let now = Instant::now() + Duration::from_secs(29);
+        starting.hold(now, Duration::from_secs(1));
+        assert_eq!(starting.start_deadline, now + STALL_GRACE);
     }
 
     #[tokio::test(start_paused = true)]

@@ -338,3 +338,31 @@ fn every_failure_kind_has_one_stored_name_and_older_agents_names_still_parse() {
         FailureKind::Other
     );
 }
+
+#[test]
+fn created_token_and_roles() {
+    use attune_protocol::api::{CreatedToken, Role, TokenView};
+    assert_golden(
+        "created_token.json",
+        &CreatedToken {
+            token: "attune_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(),
+            view: TokenView {
+                id: 3,
+                name: "ci".into(),
+                role: Role::Executor,
+                created_at: "2026-12-01T23:00:00Z".into(),
+                revoked_at: None,
+            },
+        },
+    );
+    for role in Role::ALL {
+        assert_eq!(serde_json::to_value(role).unwrap(), json!(role.as_str()));
+        assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+    }
+    assert!(Role::Admin.allows(Role::Editor) && Role::Editor.allows(Role::Executor));
+    assert!(!Role::Viewer.allows(Role::Executor) && !Role::Editor.allows(Role::Admin));
+    assert!("root"
+        .parse::<Role>()
+        .unwrap_err()
+        .contains("viewer, executor, editor, admin"));
+}

@@ -61,6 +61,8 @@ pub enum ServerError {
     Docker(#[from] DockerError),
     #[error("serve http: {0}")]
     Http(#[from] std::io::Error),
+    #[error(transparent)]
+    AdminToken(#[from] attune_api::auth::BootstrapError),
 }
 
 /// Which parts of the server a process runs (`--roles api,controller`; default both).
@@ -125,6 +127,9 @@ pub async fn run_roles(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let store = Store::connect(&settings.database.url, settings.database.max_connections).await?;
+    if roles.api {
+        attune_api::auth::bootstrap_admin_token(&store, &settings.server.admin_token_file).await?;
+    }
     let mut tasks = AbortOnDrop::default();
     let stop = CancellationToken::new();
     let status_feed = StatusFeed::default();
@@ -427,7 +432,8 @@ fn controller_settings(
     }
 }
 
-/// The image allow-list, as the API checks it at submission.
+/// The image and capability allow-lists and the resource ceilings, as the API checks them at
+/// submission.
 struct ImageAdmission(ExecutionPolicy);
 
 impl Admission for ImageAdmission {
@@ -435,5 +441,19 @@ impl Admission for ImageAdmission {
         self.0
             .check_action_image(container)
             .map_err(|error| error.to_string())
+    }
+
+    fn check_action_limits(
+        &self,
+        action_ref: &str,
+        container: Option<&serde_json::Value>,
+    ) -> Result<(), String> {
+        self.0
+            .check_action_limits(action_ref, container)
+            .map_err(|error| match error {
+                // Names the action itself.
+                attune_controller::limits::LimitError::OverCeiling { .. } => error.to_string(),
+                other => format!("action {action_ref}: {other}"),
+            })
     }
 }

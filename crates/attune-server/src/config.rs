@@ -26,6 +26,9 @@ pub struct ServerSettings {
     /// Seconds an `Idempotency-Key` of `POST /api/v1/executions` answers with the execution it
     /// created; after that the key is new again (and its record is deleted).
     pub idempotency_key_ttl_seconds: u64,
+    /// Where the first start on a database without API tokens writes its admin token (mode
+    /// 0600). Later starts leave it alone.
+    pub admin_token_file: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -85,6 +88,18 @@ pub struct DockerSettings {
     /// Capabilities an action may add back after all are dropped (`NET_BIND_SERVICE`);
     /// empty allows none.
     pub allowed_capabilities: Vec<String>,
+    /// Most memory an action's `resources.memory` may ask for (`8Gi`, the pack format's
+    /// units; empty or `none`: only the format's 1Ti). Refused at submit (422) and at launch.
+    pub max_memory: String,
+    /// Most CPUs an action's `resources.cpus` may ask for; unset means the docker host's CPUs
+    /// (which the controller checks at launch).
+    #[serde(default)]
+    pub max_cpus: Option<f64>,
+    /// Most processes an action's `resources.pids` may ask for.
+    pub max_pids: i64,
+    /// Size at which a container's json-file log is rotated (`10m`; k, m or g); two files are
+    /// kept, so a container's output takes at most twice this on the engine's disk.
+    pub log_max_size: String,
     /// Credentials for pulls, by registry host (`docker.io` for unqualified images):
     /// `[docker.registry_auth."ghcr.io"] username = "..." password = "..."` in a settings
     /// file, or `ATTUNE__DOCKER__REGISTRY_AUTH='{"ghcr.io": {"username": "...", "password":
@@ -101,14 +116,31 @@ impl DockerSettings {
             .flatten()
     }
 
-    /// The allow-lists as a policy (checked valid by [`Settings::load`]).
+    /// The allow-lists, ceilings and log bound as a policy (checked valid by
+    /// [`Settings::load`]).
     pub fn execution_policy(&self) -> attune_controller::limits::ExecutionPolicy {
-        attune_controller::limits::ExecutionPolicy::new(
+        let policy = attune_controller::limits::ExecutionPolicy::new(
             &self.allowed_images,
             &self.allowed_capabilities,
             self.default_image.clone(),
         )
         .unwrap_or_default()
+        .with_ceilings(self.resource_ceilings().unwrap_or_default());
+        policy
+            .clone()
+            .with_log_max_size(&self.log_max_size)
+            .unwrap_or(policy)
+    }
+
+    /// `max_memory`, `max_cpus` and `max_pids`; an error names the setting.
+    pub fn resource_ceilings(
+        &self,
+    ) -> Result<attune_controller::limits::ResourceCeilings, (&'static str, String)> {
+        attune_controller::limits::ResourceCeilings::new(
+            &self.max_memory,
+            self.max_cpus,
+            Some(self.max_pids),
+        )
     }
 }
 
@@ -172,10 +204,11 @@ pub enum SettingsError {
 
 const DEFAULTS: &str = r#"
 [server]
-bind = "0.0.0.0:8080"
+bind = "127.0.0.1:8080"
 max_pack_bytes = 16777216
 max_json_bytes = 2097152
 idempotency_key_ttl_seconds = 86400
+admin_token_file = "attune-admin-token"
 
 [database]
 url = "postgres://postgres:postgres@127.0.0.1:5432/attune"
@@ -196,6 +229,9 @@ agent_delivery = "auto"
 default_memory = "512Mi"
 allowed_images = []
 allowed_capabilities = []
+max_memory = "8Gi"
+max_pids = 4096
+log_max_size = "10m"
 
 [executor]
 concurrency = 16
@@ -344,6 +380,45 @@ impl Settings {
                 reason: format!("{} is below the minimum of 16", self.docker.pids_limit),
             });
         }
+        let ceilings = self
+            .docker
+            .resource_ceilings()
+            .map_err(|(key, reason)| SettingsError::Invalid { key, reason })?;
+        if let (Some(max_pids), true) = (
+            ceilings.max_pids(),
+            self.docker.pids_limit > ceilings.max_pids().unwrap_or(i64::MAX),
+        ) {
+            return Err(SettingsError::Invalid {
+                key: "docker.pids_limit",
+                reason: format!(
+                    "{} is above docker.max_pids ({max_pids}): actions that set no pids would be over the ceiling",
+                    self.docker.pids_limit
+                ),
+            });
+        }
+        if let (Some(default_bytes), Some(max_bytes)) = (
+            self.docker.default_memory_bytes(),
+            ceilings.max_memory_bytes(),
+        ) {
+            if default_bytes > max_bytes {
+                return Err(SettingsError::Invalid {
+                    key: "docker.default_memory",
+                    reason: format!(
+                        "{} is above docker.max_memory ({}): actions that set no memory would be over the ceiling",
+                        self.docker.default_memory.trim(),
+                        self.docker.max_memory.trim()
+                    ),
+                });
+            }
+        }
+        if let Err(reason) =
+            attune_controller::limits::parse_log_max_size(&self.docker.log_max_size)
+        {
+            return Err(SettingsError::Invalid {
+                key: "docker.log_max_size",
+                reason,
+            });
+        }
         Ok(())
     }
 }
@@ -378,7 +453,10 @@ mod tests {
     fn defaults_load() {
         let settings =
             Settings::load_from_env(None, &SettingsOverrides::default(), environment(&[])).unwrap();
-        assert_eq!(settings.server.bind, "0.0.0.0:8080");
+        assert_eq!(
+            settings.server.bind, "127.0.0.1:8080",
+            "only this machine by default"
+        );
         assert_eq!(
             settings.server.max_json_bytes,
             attune_api::DEFAULT_MAX_JSON_BYTES

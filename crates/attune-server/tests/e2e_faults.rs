@@ -203,6 +203,8 @@ async fn an_agent_killed_mid_job_fails_the_execution_and_its_container_is_remove
 /// How to start `attune-server` (the built binary) on a fresh database, the same way twice.
 struct ServerCommand {
     database_url: String,
+    /// Where the first start writes the admin token (the test database's, as the testkit's).
+    admin_token_file: PathBuf,
     controller_id: String,
     events_queue: String,
     port: u16,
@@ -220,6 +222,7 @@ impl ServerCommand {
             .port();
         ServerCommand {
             database_url: database.url.clone(),
+            admin_token_file: attune_testkit::admin_token_file(database),
             controller_id: format!("test-{}", &unique[..12]),
             events_queue: format!("attune.test.{}.events", &unique[..12]),
             port,
@@ -234,6 +237,13 @@ impl ServerCommand {
 
     fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A client of the server process with the admin token its first start wrote.
+    fn client(&self) -> TestClient {
+        let token = std::fs::read_to_string(&self.admin_token_file)
+            .unwrap_or_else(|error| panic!("read {}: {error}", self.admin_token_file.display()));
+        TestClient::for_url(&self.base_url(), Some(token.trim()))
     }
 
     /// Starts the binary; its output goes to `server-<generation>.log`.
@@ -251,6 +261,7 @@ impl ServerCommand {
             .arg(&self.agent_binary)
             .env_remove("ATTUNE_CONFIG")
             .env("ATTUNE__DATABASE__URL", &self.database_url)
+            .env("ATTUNE__SERVER__ADMIN_TOKEN_FILE", &self.admin_token_file)
             .env("ATTUNE__DATABASE__MAX_CONNECTIONS", "8")
             .env("ATTUNE__MESSAGE_QUEUE__URL", &environment.message_queue_url)
             .env("ATTUNE__MESSAGE_QUEUE__EVENTS_QUEUE", &self.events_queue)
@@ -367,7 +378,7 @@ async fn a_sigkilled_server_process_is_restarted_and_leaves_no_container_and_no_
     let base_url = command.base_url();
     let mut first = command.spawn(1);
     first.wait_ready(&base_url).await;
-    let client = TestClient::for_url(&base_url);
+    let client = command.client();
     client.register_dir(faults_pack_dir()).await;
     let long = client.submit_ok("faults.nap", json!({"seconds": 20})).await;
     let short = client.submit_ok("faults.nap", json!({"seconds": 4})).await;
@@ -388,7 +399,7 @@ async fn a_sigkilled_server_process_is_restarted_and_leaves_no_container_and_no_
     let mut second = command.spawn(2);
     second.wait_ready(&base_url).await;
     // A fresh client: the old connections died with the first process.
-    let client = TestClient::for_url(&base_url);
+    let client = command.client();
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let live = client.unfinished_executions().await;
@@ -466,7 +477,7 @@ async fn a_sigkilled_controller_process_is_taken_over_by_the_other_controller() 
     let base_url = command.base_url();
     let mut doomed = command.spawn(1);
     doomed.wait_ready(&base_url).await;
-    let client = TestClient::for_url(&base_url);
+    let client = command.client();
     client.register_dir(faults_pack_dir()).await;
     // Only the doomed controller runs yet, so it claims the nap.
     let nap = client
@@ -541,7 +552,7 @@ async fn a_pull_with_credentials_from_a_refusing_loopback_registry_fails_fast_an
     let base_url = command.base_url();
     let mut server = command.spawn(1);
     server.wait_ready(&base_url).await;
-    let client = TestClient::for_url(&base_url);
+    let client = command.client();
     client.register_dir(faults_pack_dir()).await;
 
     let submitted = tokio::time::Instant::now();

@@ -21,6 +21,7 @@ use std::time::Duration;
 pub mod status_feed;
 #[cfg(feature = "test-database")]
 pub mod testing;
+pub mod tokens;
 
 /// Errors from the store that callers branch on.
 #[derive(Debug, thiserror::Error)]

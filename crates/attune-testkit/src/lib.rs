@@ -50,6 +50,9 @@ pub struct TestServer {
     pub database: TestDatabase,
     /// The Docker engine this server's controller runs containers on.
     pub engine: Engine,
+    /// The admin token the first server on [`TestServer::database`] wrote
+    /// ([`admin_token_file`]); [`TestClient::new`] sends it.
+    pub admin_token: String,
     /// This server's claim on [`TestServer::database`], shared with the servers started
     /// with [`TestServerBuilder::share_database_with`] it (and with its successors).
     lease: Option<DatabaseLease>,
@@ -223,6 +226,7 @@ impl TestServer {
         } = identity;
         let environment = TestEnvironment::from_env();
         let database_url = database.url.clone();
+        let token_file = admin_token_file(&database).display().to_string();
         let mut variables: HashMap<String, String> = [
             ("ATTUNE__DATABASE__URL", database_url.as_str()),
             ("ATTUNE__DATABASE__MAX_CONNECTIONS", "8"),
@@ -233,6 +237,7 @@ impl TestServer {
             ("ATTUNE__MESSAGE_QUEUE__EVENTS_QUEUE", events_queue.as_str()),
             ("ATTUNE__EXECUTOR__CONTROLLER_ID", controller_id.as_str()),
             ("ATTUNE__DOCKER__NETWORK", "host"),
+            ("ATTUNE__SERVER__ADMIN_TOKEN_FILE", token_file.as_str()),
         ]
         .into_iter()
         .map(|(key, value)| (key.to_string(), value.to_string()))
@@ -259,19 +264,43 @@ impl TestServer {
         let task = tokio::spawn(attune_server::app::run(settings, listener, async move {
             let _ = stopped.await;
         }));
-        let server = TestServer {
+        let mut server = TestServer {
             base_url: format!("http://{address}"),
             controller_id,
             events_queue,
             database,
             engine,
+            admin_token: String::new(),
             lease: Some(lease),
             stop: Some(stop),
             task: Some(task),
             owns_queues: true,
         };
         server.wait_until_listening().await?;
+        server.admin_token = server.wait_admin_token().await?;
         Ok(server)
+    }
+
+    /// The database's admin token, once the first server on it has written it (right after
+    /// it connected to the database, before it serves).
+    async fn wait_admin_token(&self) -> Result<String, String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let error = match read_admin_token(&self.database) {
+                Ok(token) if !token.is_empty() => return Ok(token),
+                Ok(_) => "it is empty".to_string(),
+                Err(error) => error,
+            };
+            if let Some(task) = &self.task {
+                if task.is_finished() {
+                    return Err(format!("test server exited during start-up ({error})"));
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(error);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn wait_until_listening(&self) -> Result<(), String> {
@@ -300,6 +329,7 @@ impl TestServer {
         let last = self.lease.take().is_none_or(DatabaseLease::release);
         if last {
             self.database.drop_database().await?;
+            let _ = std::fs::remove_file(admin_token_file(&self.database));
         }
         // This server's identity is retired for good (a restart keeps it and never gets here).
         self.owns_queues = false;
@@ -422,13 +452,17 @@ pub struct TestClient {
 impl TestClient {
     /// A client of a [`TestServer`], waiting up to [`EXECUTION_DEADLINE`] for executions.
     pub fn new(server: &TestServer) -> TestClient {
-        TestClient::for_url(&server.base_url)
+        TestClient::for_url(&server.base_url, Some(&server.admin_token))
     }
 
-    /// A client of the server at `base_url` (e.g. a server process a test started itself).
-    pub fn for_url(base_url: &str) -> TestClient {
-        let api = ApiClient::new(base_url)
-            .unwrap_or_else(|error| panic!("client of {base_url}: {error}"));
+    /// A client of the server at `base_url` (e.g. a server process a test started itself),
+    /// sending `token` (none: unauthenticated, for tests of refusals and health routes).
+    pub fn for_url(base_url: &str, token: Option<&str>) -> TestClient {
+        let api = match token {
+            Some(token) => ApiClient::with_token(base_url, token),
+            None => ApiClient::new(base_url),
+        }
+        .unwrap_or_else(|error| panic!("client of {base_url}: {error}"));
         TestClient {
             http: api.http().clone(),
             base_url: base_url.to_string(),
@@ -634,6 +668,28 @@ impl TestClient {
             .await
             .unwrap_or_else(|error| panic!("list containers: {error}"))
     }
+}
+
+/// Where the servers of a test database keep its first admin token (`server.admin_token_file`):
+/// the first server on the database writes it, the others (sharing it, restarted, or a server
+/// process the test starts with this setting) find it there.
+pub fn admin_token_file(database: &TestDatabase) -> std::path::PathBuf {
+    std::env::temp_dir()
+        .join("attune-test-tokens")
+        .join(&database.name)
+}
+
+/// The first admin token of a test database ([`admin_token_file`]).
+pub fn read_admin_token(database: &TestDatabase) -> Result<String, String> {
+    let path = admin_token_file(database);
+    std::fs::read_to_string(&path)
+        .map(|token| token.trim().to_string())
+        .map_err(|error| {
+            format!(
+                "read the test database's admin token {}: {error}",
+                path.display()
+            )
+        })
 }
 
 /// The full ids of every container (running or not) labelled with a controller's id, on the

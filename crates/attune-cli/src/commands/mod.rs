@@ -5,9 +5,11 @@ mod execution;
 mod pack;
 mod pool;
 mod run;
+mod token;
 
 use crate::cli::{
     ActionCommand, Cli, Command, ContainerCommand, ExecutionCommand, PackCommand, PoolCommand,
+    TokenCommand,
 };
 use crate::client::{error_message, ApiClient, ClientError};
 use crate::output::Terminal;
@@ -69,7 +71,18 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 }
 
 async fn dispatch(cli: Cli, terminal: &mut Terminal) -> anyhow::Result<u8> {
-    let client = ApiClient::new(&cli.api_url)?;
+    // A bad saved token must not stop `attune login` from replacing it.
+    let token = match (
+        &cli.command,
+        crate::credentials::resolve_token(cli.token.as_deref()),
+    ) {
+        (Command::Login { .. }, _) => None,
+        (_, token) => token?,
+    };
+    let client = match &token {
+        Some(token) => ApiClient::with_token(&cli.api_url, token)?,
+        None => ApiClient::new(&cli.api_url)?,
+    };
     let mut context = Context {
         client,
         terminal,
@@ -110,6 +123,14 @@ async fn dispatch(cli: Cli, terminal: &mut Terminal) -> anyhow::Result<u8> {
         Command::Pool(PoolCommand::List { json }) => pool::list_pools(&mut context, json).await,
         Command::Container(ContainerCommand::List { json }) => {
             pool::list_containers(&mut context, json).await
+        }
+        Command::Token(TokenCommand::Create { name, role, json }) => {
+            token::create(&mut context, &name, role, json).await
+        }
+        Command::Token(TokenCommand::List { json }) => token::list(&mut context, json).await,
+        Command::Token(TokenCommand::Revoke { id }) => token::revoke(&mut context, id).await,
+        Command::Login { token_file } => {
+            token::login(&cli.api_url, token_file.as_deref(), &mut context).await
         }
     }
 }
