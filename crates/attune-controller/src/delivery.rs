@@ -7,13 +7,16 @@
 //!
 //! A volume is filled through a helper container that is created (never started) with the
 //! volume mounted, then removed: put_archive into a volume mount of a created container works
-//! on every engine, also for images without a shell. The archive ends with a marker file holding
+//! on every engine, also for images without a shell, and also with a read-only root. The
+//! helper is hardened like an action's container all the same (no capabilities, no new
+//! privileges, no network, read-only root, small pids and memory limits, bounded logs), so a
+//! start by anyone else gains nothing. The archive ends with a marker file holding
 //! the full digest, so a fill cut short is noticed and redone. Each volume is checked or filled
 //! once per process; concurrent first users wait for the same fill.
 
 use attune_docker::archive::InjectionArchive;
 use attune_docker::labels::{LABEL_CONTROLLER, LABEL_MANAGED, LABEL_ROLE};
-use attune_docker::{ContainerCreateSpec, DockerError, DockerOps};
+use attune_docker::{ContainerCreateSpec, DockerError, DockerOps, LogConfig};
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -27,6 +30,10 @@ pub const READY_MARKER: &str = ".attune-ready";
 pub const AGENT_VOLUME_PREFIX: &str = "attune-agent-";
 /// Prefix of pack volumes.
 pub const PACK_VOLUME_PREFIX: &str = "attune-pack-";
+/// Process limit of a fill helper (it is never started; the smallest limit packs may ask).
+pub const HELPER_PIDS_LIMIT: i64 = attune_pack::MIN_PIDS;
+/// Memory limit of a fill helper (it is never started): 16 MiB.
+pub const HELPER_MEMORY_BYTES: i64 = 16 * 1024 * 1024;
 
 /// Setting `docker.agent_delivery`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -143,6 +150,8 @@ pub struct VolumeContent {
 pub struct VolumeFiller {
     docker: Arc<dyn DockerOps>,
     controller_id: String,
+    /// The helpers' log driver (the same bound as action containers').
+    log_config: LogConfig,
     ready: Arc<Mutex<HashMap<String, Arc<OnceCell<()>>>>>,
 }
 
@@ -151,8 +160,18 @@ impl VolumeFiller {
         VolumeFiller {
             docker,
             controller_id: controller_id.to_string(),
+            log_config: LogConfig::bounded_json_file(
+                crate::limits::DEFAULT_LOG_MAX_SIZE,
+                crate::limits::LOG_MAX_FILES,
+            ),
             ready: Arc::default(),
         }
+    }
+
+    /// The same filler with helpers logging through `log_config` (`docker.log_max_size`).
+    pub fn with_log_config(mut self, log_config: LogConfig) -> Self {
+        self.log_config = log_config;
+        self
     }
 
     /// Makes sure `content` is in its volume; `helper_image` is any local image (the helper
@@ -223,25 +242,7 @@ impl VolumeFiller {
         }
 
         const MOUNT: &str = "/attune-volume";
-        let unique = uuid::Uuid::new_v4().simple().to_string();
-        let helper = ContainerCreateSpec {
-            name: format!("attune-fill-{volume}-{}", &unique[..8]),
-            image: helper_image.to_string(),
-            // Never started; an entrypoint is only needed because images without CMD refuse
-            // to be created without one.
-            entrypoint: vec![format!("{MOUNT}/never-started")],
-            labels: [
-                (LABEL_MANAGED, "true".to_string()),
-                (LABEL_CONTROLLER, self.controller_id.clone()),
-                (LABEL_ROLE, ROLE_VOLUME_FILL.to_string()),
-            ]
-            .into_iter()
-            .map(|(key, value)| (key.to_string(), value))
-            .collect(),
-            network_mode: Some("none".to_string()),
-            binds: vec![format!("{volume}:{MOUNT}")],
-            ..Default::default()
-        };
+        let helper = self.helper_spec(volume, MOUNT, helper_image);
         let helper_id = self
             .docker
             .create_container(&helper)
@@ -252,6 +253,37 @@ impl VolumeFiller {
             tracing::warn!(%volume, container_id = %helper_id, %error, "remove volume fill helper");
         }
         filled
+    }
+
+    /// The helper container filling `volume` through `mount`: never started, and hardened like
+    /// an action's container all the same. Uploads and reads go to the volume only, so its root
+    /// is read-only.
+    fn helper_spec(&self, volume: &str, mount: &str, helper_image: &str) -> ContainerCreateSpec {
+        let unique = uuid::Uuid::new_v4().simple().to_string();
+        ContainerCreateSpec {
+            name: format!("attune-fill-{volume}-{}", &unique[..8]),
+            image: helper_image.to_string(),
+            // Never started; an entrypoint is only needed because images without CMD refuse
+            // to be created without one.
+            entrypoint: vec![format!("{mount}/never-started")],
+            labels: [
+                (LABEL_MANAGED, "true".to_string()),
+                (LABEL_CONTROLLER, self.controller_id.clone()),
+                (LABEL_ROLE, ROLE_VOLUME_FILL.to_string()),
+            ]
+            .into_iter()
+            .map(|(key, value)| (key.to_string(), value))
+            .collect(),
+            network_mode: Some("none".to_string()),
+            cap_drop: vec!["ALL".to_string()],
+            security_opt: vec!["no-new-privileges".to_string()],
+            pids_limit: Some(HELPER_PIDS_LIMIT),
+            memory_bytes: Some(HELPER_MEMORY_BYTES),
+            read_only_rootfs: true,
+            binds: vec![format!("{volume}:{mount}")],
+            log_config: Some(self.log_config.clone()),
+            ..Default::default()
+        }
     }
 
     async fn fill_through(
@@ -379,6 +411,57 @@ mod tests {
             (0o755, &b"\x7fELF-agent"[..])
         );
         assert_eq!(volume.files[READY_MARKER].bytes, content.digest.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn the_fill_helper_is_hardened_like_an_action_container() {
+        let docker = docker();
+        let filler = VolumeFiller::new(Arc::new(docker.clone()), "controller-a")
+            .with_log_config(LogConfig::bounded_json_file("3m", 2));
+        let content = agent_content(b"agent");
+        filler.ensure(&content, "busybox:1.36").await.unwrap();
+        let helpers: Vec<ContainerCreateSpec> = docker
+            .calls()
+            .into_iter()
+            .filter_map(|call| match call {
+                DockerCall::CreateContainer(spec) => Some(spec),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(helpers.len(), 1, "{helpers:#?}");
+        let helper = &helpers[0];
+        assert_eq!(helper.cap_drop, vec!["ALL".to_string()]);
+        assert!(helper.cap_add.is_empty());
+        assert_eq!(helper.security_opt, vec!["no-new-privileges".to_string()]);
+        assert_eq!(helper.network_mode.as_deref(), Some("none"));
+        assert!(helper.read_only_rootfs, "uploads go to the volume only");
+        assert_eq!(helper.pids_limit, Some(HELPER_PIDS_LIMIT));
+        assert_eq!(helper.memory_bytes, Some(HELPER_MEMORY_BYTES));
+        assert_eq!(
+            helper.log_config,
+            Some(LogConfig::bounded_json_file("3m", 2)),
+            "the operator's log bound"
+        );
+        assert_eq!(helper.labels[LABEL_MANAGED], "true");
+        assert_eq!(helper.labels[LABEL_CONTROLLER], "controller-a");
+        assert_eq!(helper.labels[LABEL_ROLE], ROLE_VOLUME_FILL);
+        assert_eq!(
+            helper.binds,
+            vec![format!("{}:/attune-volume", content.volume)],
+            "only the volume, read-write"
+        );
+        // The read-only root does not stop the fill: it lands in the volume.
+        assert!(docker
+            .volume(&content.volume)
+            .unwrap()
+            .files
+            .contains_key(READY_MARKER));
+        let default_filler = VolumeFiller::new(Arc::new(docker.clone()), "controller-a");
+        assert_eq!(
+            default_filler.log_config,
+            LogConfig::bounded_json_file("10m", 2),
+            "bounded without a setting too"
+        );
     }
 
     #[tokio::test]

@@ -1,13 +1,16 @@
 //! What an action's container may be and use: its limits (memory, CPUs, processes, read-only
-//! root, added capabilities) converted for HostConfig, and the operator's allow-lists of images
-//! and capabilities.
+//! root, added capabilities) converted for HostConfig, the operator's allow-lists of images
+//! and capabilities, the operator's ceilings on resources (`docker.max_memory`,
+//! `docker.max_cpus`, `docker.max_pids`) and the bound on each container's log files.
 //!
 //! Quantities are parsed with `attune_pack`'s functions, so a limit that registers is a limit
-//! the controller applies. The API checks the image allow-list when an execution is submitted;
-//! the controller checks everything again before it creates a container (defence in depth: an
-//! action registered before the allow-list changed must not slip through).
+//! the controller applies. The API checks the allow-lists and ceilings when an execution is
+//! submitted; the controller checks everything again before it creates a container (defence in
+//! depth: an action registered before the allow-list or a ceiling changed must not slip
+//! through).
 
-use attune_protocol::api::ContainerSpec;
+use attune_docker::LogConfig;
+use attune_protocol::api::{ContainerSpec, ResourceSpec};
 use serde_json::Value;
 use std::collections::BTreeSet;
 
@@ -26,6 +29,19 @@ pub enum LimitError {
     ImageNotAllowed { image: String, allowed: String },
     #[error("capability {capability} is not allowed (docker.allowed_capabilities: {allowed})")]
     CapabilityNotAllowed { capability: String, allowed: String },
+    /// An action asks for more than an operator's ceiling (`docker.max_memory`, ...).
+    #[error("action {action} asks for {asked} {resource}; the operator's limit docker.{setting} is {limit}")]
+    OverCeiling {
+        action: String,
+        /// `memory`, `cpus`, `pids`.
+        resource: &'static str,
+        /// What the action asks for, as its pack writes it (`1Ti`).
+        asked: String,
+        /// The setting's name in `[docker]`: `max_memory`, `max_cpus`, `max_pids`.
+        setting: &'static str,
+        /// The ceiling, as the operator wrote it (`8Gi`).
+        limit: String,
+    },
 }
 
 impl LimitError {
@@ -33,7 +49,9 @@ impl LimitError {
     pub fn is_policy(&self) -> bool {
         matches!(
             self,
-            LimitError::ImageNotAllowed { .. } | LimitError::CapabilityNotAllowed { .. }
+            LimitError::ImageNotAllowed { .. }
+                | LimitError::CapabilityNotAllowed { .. }
+                | LimitError::OverCeiling { .. }
         )
     }
 }
@@ -109,13 +127,155 @@ pub fn parse_default_memory(text: &str) -> Result<Option<i64>, String> {
     attune_pack::ResourceLimits::from_spec(&spec).map(|limits| limits.memory_bytes)
 }
 
-/// The operator's allow-lists: which images actions may run in and which capabilities they
-/// may add back. An empty image list allows every image; an empty capability list allows none.
+/// Default of `docker.log_max_size`: a container's log file is rotated at 10 MB.
+pub const DEFAULT_LOG_MAX_SIZE: &str = "10m";
+/// `max-file` of every container's log: the file being written and one rotated file.
+pub const LOG_MAX_FILES: u32 = 2;
+
+/// Checks `docker.log_max_size` and gives it in the engine's syntax: a whole number with an
+/// optional unit `k`, `m` or `g` (either case; powers of 1024, as the json-file driver reads
+/// them), at least `1k`.
+pub fn parse_log_max_size(text: &str) -> Result<String, String> {
+    let trimmed = text.trim();
+    let digits_end = trimmed
+        .find(|character: char| !character.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(digits_end);
+    let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => 0,
+    };
+    let bytes = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|number| number.checked_mul(multiplier));
+    match bytes {
+        Some(bytes) if bytes >= 1 << 10 => Ok(trimmed.to_ascii_lowercase()),
+        Some(_) => Err(format!("{text:?} is below the minimum of 1k")),
+        None => Err(format!(
+            "{text:?} is not a size such as 10m, 512k or 1g (a whole number with k, m or g)"
+        )),
+    }
+}
+
+/// The operator's ceilings on what an action's `resources:` may ask for (`docker.max_memory`,
+/// `docker.max_cpus`, `docker.max_pids`). `None` is no ceiling beyond the pack format's own
+/// ranges (and, for CPUs, the docker host's count, which the controller checks). Exactly a
+/// ceiling is allowed; anything above it is refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResourceCeilings {
+    /// Bytes, and the setting as the operator wrote it.
+    max_memory: Option<(i64, String)>,
+    /// Billionths of a CPU, and the setting as written.
+    max_cpus: Option<(i64, String)>,
+    max_pids: Option<i64>,
+}
+
+impl ResourceCeilings {
+    /// Checks and builds the ceilings: `max_memory` is a quantity (`8Gi`) or empty / `none`,
+    /// `max_cpus` and `max_pids` lie in the pack format's ranges. An error names the setting.
+    pub fn new(
+        max_memory: &str,
+        max_cpus: Option<f64>,
+        max_pids: Option<i64>,
+    ) -> Result<ResourceCeilings, (&'static str, String)> {
+        let max_memory = parse_default_memory(max_memory)
+            .map_err(|reason| ("docker.max_memory", reason))?
+            .map(|bytes| (bytes, max_memory.trim().to_string()));
+        let max_cpus = max_cpus
+            .map(|cpus| {
+                let spec = ResourceSpec {
+                    cpus: Some(cpus),
+                    ..Default::default()
+                };
+                attune_pack::ResourceLimits::from_spec(&spec)
+                    .map(|limits| (limits.nano_cpus.unwrap_or_default(), cpus.to_string()))
+            })
+            .transpose()
+            .map_err(|reason| ("docker.max_cpus", reason))?;
+        let max_pids = max_pids
+            .map(|pids| {
+                let spec = ResourceSpec {
+                    pids: Some(pids),
+                    ..Default::default()
+                };
+                attune_pack::ResourceLimits::from_spec(&spec)
+                    .map(|limits| limits.pids.unwrap_or_default())
+            })
+            .transpose()
+            .map_err(|reason| ("docker.max_pids", reason))?;
+        Ok(ResourceCeilings {
+            max_memory,
+            max_cpus,
+            max_pids,
+        })
+    }
+
+    /// `docker.max_memory` in bytes.
+    pub fn max_memory_bytes(&self) -> Option<i64> {
+        self.max_memory.as_ref().map(|(bytes, _)| *bytes)
+    }
+
+    /// `docker.max_pids`.
+    pub fn max_pids(&self) -> Option<i64> {
+        self.max_pids
+    }
+
+    /// Whether `resources` stays within every ceiling. A value that does not parse is not
+    /// judged here: [`container_limits`] names it.
+    pub fn check(&self, action_ref: &str, resources: &ResourceSpec) -> Result<(), LimitError> {
+        let over = |resource, asked: String, setting, limit: &str| LimitError::OverCeiling {
+            action: action_ref.to_string(),
+            resource,
+            asked,
+            setting,
+            limit: limit.to_string(),
+        };
+        if let (Some(memory), Some((max_bytes, max_text))) = (&resources.memory, &self.max_memory) {
+            if let Ok(bytes) = attune_pack::parse_memory_quantity(memory) {
+                if bytes > *max_bytes as u64 {
+                    return Err(over(
+                        "memory",
+                        memory.trim().to_string(),
+                        "max_memory",
+                        max_text,
+                    ));
+                }
+            }
+        }
+        if let (Some(cpus), Some((max_nano_cpus, max_text))) = (resources.cpus, &self.max_cpus) {
+            if cpus.is_finite() && (cpus * 1e9).round() > *max_nano_cpus as f64 {
+                return Err(over("cpus", cpus.to_string(), "max_cpus", max_text));
+            }
+        }
+        if let (Some(pids), Some(max_pids)) = (resources.pids, self.max_pids) {
+            if pids > max_pids {
+                return Err(over(
+                    "pids",
+                    pids.to_string(),
+                    "max_pids",
+                    &max_pids.to_string(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The operator's policy: which images actions may run in and which capabilities they may add
+/// back (an empty image list allows every image; an empty capability list allows none), the
+/// ceilings on their resources, and the bound on every container's log files.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExecutionPolicy {
     allowed_images: Vec<String>,
     allowed_capabilities: BTreeSet<String>,
     default_image: Option<String>,
+    ceilings: ResourceCeilings,
+    /// `docker.log_max_size` in the engine's syntax; empty means [`DEFAULT_LOG_MAX_SIZE`].
+    log_max_size: String,
 }
 
 impl ExecutionPolicy {
@@ -139,7 +299,40 @@ impl ExecutionPolicy {
                 .collect(),
             allowed_capabilities,
             default_image,
+            ceilings: ResourceCeilings::default(),
+            log_max_size: String::new(),
         })
+    }
+
+    /// The same policy with the operator's resource ceilings.
+    pub fn with_ceilings(mut self, ceilings: ResourceCeilings) -> Self {
+        self.ceilings = ceilings;
+        self
+    }
+
+    /// The same policy with `docker.log_max_size` (checked by [`parse_log_max_size`]).
+    pub fn with_log_max_size(mut self, max_size: &str) -> Result<Self, String> {
+        self.log_max_size = parse_log_max_size(max_size)?;
+        Ok(self)
+    }
+
+    /// The log driver of every container the controller creates: json-file, rotated at
+    /// `docker.log_max_size`, [`LOG_MAX_FILES`] files kept.
+    pub fn log_config(&self) -> LogConfig {
+        let max_size = if self.log_max_size.is_empty() {
+            DEFAULT_LOG_MAX_SIZE
+        } else {
+            &self.log_max_size
+        };
+        LogConfig::bounded_json_file(max_size, LOG_MAX_FILES)
+    }
+
+    /// Whether an action's `resources:` stays within the operator's ceilings.
+    pub fn check_ceilings(&self, action_ref: &str, spec: &ContainerSpec) -> Result<(), LimitError> {
+        match &spec.resources {
+            Some(resources) => self.ceilings.check(action_ref, resources),
+            None => Ok(()),
+        }
     }
 
     /// Whether `image` matches the allow-list (`*` any run of characters, `?` one).
@@ -193,6 +386,28 @@ impl ExecutionPolicy {
             .and_then(Value::as_str)
             .map(str::to_string)
             .or_else(|| self.default_image.clone())
+    }
+
+    /// The submit-time check of resources and capabilities: the action's stored container
+    /// settings stay within the ceilings and add back only allowed capabilities. Settings that
+    /// do not parse are left to the controller, which names them.
+    pub fn check_action_limits(
+        &self,
+        action_ref: &str,
+        container: Option<&Value>,
+    ) -> Result<(), LimitError> {
+        let Some(spec) = container
+            .and_then(|container| serde_json::from_value::<ContainerSpec>(container.clone()).ok())
+        else {
+            return Ok(());
+        };
+        self.check_ceilings(action_ref, &spec)?;
+        let capabilities: Vec<String> = spec
+            .cap_add
+            .iter()
+            .filter_map(|capability| attune_pack::normalize_capability(capability).ok())
+            .collect();
+        self.check_capabilities(&capabilities)
     }
 
     /// The submit-time check: the action's image (or the default image) is allowed.
@@ -538,6 +753,213 @@ mod tests {
         }
     }
 
+    fn resources(memory: Option<&str>, cpus: Option<f64>, pids: Option<i64>) -> ResourceSpec {
+        ResourceSpec {
+            memory: memory.map(str::to_string),
+            cpus,
+            pids,
+        }
+    }
+
+    fn ceilings() -> ResourceCeilings {
+        ResourceCeilings::new("8Gi", Some(2.0), Some(4096)).unwrap()
+    }
+
+    #[test]
+    fn ceilings_allow_exactly_the_limit_and_refuse_one_over() {
+        let ceilings = ceilings();
+        for memory in [
+            "8Gi",
+            "8192Mi",
+            "8388608Ki",
+            "8589934592",
+            "8G",
+            "512Mi",
+            "6Mi",
+        ] {
+            assert!(
+                ceilings
+                    .check("heavy.job", &resources(Some(memory), None, None))
+                    .is_ok(),
+                "{memory} is within 8Gi"
+            );
+        }
+        for memory in ["8589934593", "8193Mi", "9G", "9Gi", "1Ti"] {
+            let error = ceilings
+                .check("heavy.job", &resources(Some(memory), None, None))
+                .unwrap_err();
+            assert!(error.is_policy(), "{error}");
+            assert_eq!(
+                error.to_string(),
+                format!("action heavy.job asks for {memory} memory; the operator's limit docker.max_memory is 8Gi")
+            );
+        }
+        assert!(ceilings
+            .check("heavy.job", &resources(None, None, Some(4096)))
+            .is_ok());
+        assert_eq!(
+            ceilings
+                .check("heavy.job", &resources(None, None, Some(4097)))
+                .unwrap_err()
+                .to_string(),
+            "action heavy.job asks for 4097 pids; the operator's limit docker.max_pids is 4096"
+        );
+        for cpus in [2.0, 1.999_999_999, 0.01, 2.000_000_000_1] {
+            assert!(
+                ceilings
+                    .check("heavy.job", &resources(None, Some(cpus), None))
+                    .is_ok(),
+                "{cpus} CPUs (the same NanoCpus as 2 or fewer)"
+            );
+        }
+        assert_eq!(
+            ceilings
+                .check("heavy.job", &resources(None, Some(2.01), None))
+                .unwrap_err()
+                .to_string(),
+            "action heavy.job asks for 2.01 cpus; the operator's limit docker.max_cpus is 2"
+        );
+        // Every resource at once: each within its ceiling.
+        assert!(ceilings
+            .check("heavy.job", &resources(Some("8Gi"), Some(2.0), Some(4096)))
+            .is_ok());
+        // Values that do not parse are named by container_limits, not refused as over a
+        // ceiling.
+        assert!(ceilings
+            .check("heavy.job", &resources(Some("lots"), Some(f64::NAN), None))
+            .is_ok());
+        // No ceilings: only the pack format's ranges.
+        assert!(ResourceCeilings::default()
+            .check(
+                "heavy.job",
+                &resources(Some("1Ti"), Some(1024.0), Some(32768))
+            )
+            .is_ok());
+        let unlimited_memory = ResourceCeilings::new("none", None, None).unwrap();
+        assert_eq!(unlimited_memory, ResourceCeilings::default());
+    }
+
+    #[test]
+    fn bad_ceilings_name_their_setting() {
+        for (max_memory, max_cpus, max_pids, setting) in [
+            ("8gi", None, None, "docker.max_memory"),
+            ("1Ki", None, None, "docker.max_memory"),
+            ("2Ti", None, None, "docker.max_memory"),
+            ("8Gi", Some(0.0), None, "docker.max_cpus"),
+            ("8Gi", Some(f64::NAN), None, "docker.max_cpus"),
+            ("8Gi", None, Some(8), "docker.max_pids"),
+            ("8Gi", None, Some(40_000), "docker.max_pids"),
+        ] {
+            let (named, reason) =
+                ResourceCeilings::new(max_memory, max_cpus, max_pids).unwrap_err();
+            assert_eq!(
+                named, setting,
+                "{max_memory} {max_cpus:?} {max_pids:?}: {reason}"
+            );
+        }
+        let ceilings = ceilings();
+        assert_eq!(ceilings.max_memory_bytes(), Some(8 << 30));
+        assert_eq!(ceilings.max_pids(), Some(4096));
+    }
+
+    #[test]
+    fn submit_time_limits_cover_ceilings_and_capabilities() {
+        let policy = ExecutionPolicy::new(&[], &["NET_BIND_SERVICE".into()], None)
+            .unwrap()
+            .with_ceilings(ceilings());
+        let refused = |container: Value| {
+            policy
+                .check_action_limits("limits.job", Some(&container))
+                .unwrap_err()
+        };
+        let memory = refused(json!({"image": "busybox:1.36", "resources": {"memory": "1Ti"}}));
+        assert!(matches!(
+            memory,
+            LimitError::OverCeiling {
+                resource: "memory",
+                ..
+            }
+        ));
+        assert!(
+            memory.to_string().contains("docker.max_memory is 8Gi"),
+            "{memory}"
+        );
+        let pids = refused(json!({"image": "busybox:1.36", "resources": {"pids": 32768}}));
+        assert!(matches!(
+            pids,
+            LimitError::OverCeiling {
+                resource: "pids",
+                ..
+            }
+        ));
+        let capability = refused(json!({"image": "busybox:1.36", "cap_add": ["CAP_NET_ADMIN"]}));
+        assert_eq!(
+            capability.to_string(),
+            "capability NET_ADMIN is not allowed (docker.allowed_capabilities: NET_BIND_SERVICE)"
+        );
+        for allowed in [
+            json!({"image": "busybox:1.36"}),
+            json!({"image": "busybox:1.36", "cap_add": ["CAP_NET_BIND_SERVICE"]}),
+            json!({"image": "busybox:1.36", "resources": {"memory": "8Gi", "cpus": 2, "pids": 4096}}),
+            // Not container settings at all: the controller names what is wrong.
+            json!({"resources": "lots"}),
+        ] {
+            assert!(
+                policy
+                    .check_action_limits("limits.job", Some(&allowed))
+                    .is_ok(),
+                "{allowed}"
+            );
+        }
+        assert!(policy.check_action_limits("limits.job", None).is_ok());
+        // Without a capability list, no capability may be added.
+        let strict = ExecutionPolicy::default();
+        assert!(strict
+            .check_action_limits(
+                "limits.job",
+                Some(&json!({"image": "busybox:1.36", "cap_add": ["NET_BIND_SERVICE"]}))
+            )
+            .is_err());
+    }
+
+    #[test]
+    fn log_bound_setting_and_driver() {
+        assert_eq!(parse_log_max_size("10m").as_deref(), Ok("10m"));
+        assert_eq!(parse_log_max_size(" 10M ").as_deref(), Ok("10m"));
+        assert_eq!(parse_log_max_size("1g").as_deref(), Ok("1g"));
+        assert_eq!(parse_log_max_size("1k").as_deref(), Ok("1k"));
+        assert_eq!(parse_log_max_size("1024").as_deref(), Ok("1024"));
+        assert!(parse_log_max_size("1023")
+            .unwrap_err()
+            .contains("below the minimum of 1k"));
+        for bad in [
+            "",
+            "10mb",
+            "1.5m",
+            "-1m",
+            "m",
+            "10t",
+            "99999999999999999999g",
+        ] {
+            assert!(parse_log_max_size(bad).is_err(), "{bad:?}");
+        }
+        let expected = |max_size: &str| LogConfig {
+            driver: "json-file".into(),
+            options: [
+                ("max-size".to_string(), max_size.to_string()),
+                ("max-file".to_string(), "2".to_string()),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        assert_eq!(ExecutionPolicy::default().log_config(), expected("10m"));
+        let policy = ExecutionPolicy::default().with_log_max_size("3M").unwrap();
+        assert_eq!(policy.log_config(), expected("3m"));
+        assert!(ExecutionPolicy::default()
+            .with_log_max_size("3 MB")
+            .is_err());
+    }
+
     mod properties {
         use super::super::*;
         use proptest::prelude::*;
@@ -641,6 +1063,42 @@ mod tests {
                         prop_assert!(shown.contains(&listed.join(", ")), "{}", shown);
                     }
                 }
+            }
+
+            /// Any memory ceiling and request in bytes or MiB: allowed exactly when the
+            /// request is at most the ceiling.
+            #[test]
+            fn memory_within_the_ceiling_is_allowed_and_above_refused(
+                ceiling_mib in 6u64..=(1 << 20),
+                asked_bytes in (6u64 << 20)..=(1u64 << 40),
+            ) {
+                let ceilings =
+                    ResourceCeilings::new(&format!("{ceiling_mib}Mi"), None, None).unwrap();
+                let ceiling_bytes = ceiling_mib << 20;
+                for asked in [asked_bytes, ceiling_bytes, ceiling_bytes + 1, ceiling_bytes - 1] {
+                    let spec = ResourceSpec { memory: Some(asked.to_string()), ..Default::default() };
+                    prop_assert_eq!(
+                        ceilings.check("a.b", &spec).is_ok(),
+                        asked <= ceiling_bytes,
+                        "{} bytes against {}Mi", asked, ceiling_mib
+                    );
+                }
+                let asked_mib = asked_bytes >> 20;
+                let spec = ResourceSpec { memory: Some(format!("{asked_mib}Mi")), ..Default::default() };
+                prop_assert_eq!(ceilings.check("a.b", &spec).is_ok(), asked_mib <= ceiling_mib);
+            }
+
+            /// Any pids ceiling and request: allowed exactly when at most the ceiling.
+            #[test]
+            fn pids_within_the_ceiling_are_allowed_and_above_refused(
+                ceiling in 16i64..=32768,
+                asked in 16i64..=32768,
+            ) {
+                let ceilings = ResourceCeilings::new("none", None, Some(ceiling)).unwrap();
+                let spec = ResourceSpec { pids: Some(asked), ..Default::default() };
+                prop_assert_eq!(ceilings.check("a.b", &spec).is_ok(), asked <= ceiling);
+                let at = ResourceSpec { pids: Some(ceiling), ..Default::default() };
+                prop_assert!(ceilings.check("a.b", &at).is_ok());
             }
 
             /// Listing an image, or its repository with `:*`, allows it.

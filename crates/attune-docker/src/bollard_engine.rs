@@ -19,7 +19,7 @@ use bollard::container::{
 };
 use bollard::errors::Error as BollardError;
 use bollard::image::CreateImageOptions;
-use bollard::models::{HostConfig, ResourcesUlimits};
+use bollard::models::{HostConfig, HostConfigLogConfig, ResourcesUlimits};
 use bollard::system::EventsOptions;
 use bollard::volume::{CreateVolumeOptions, RemoveVolumeOptions};
 use bollard::{Docker, API_DEFAULT_VERSION};
@@ -254,6 +254,13 @@ pub(crate) fn container_config(spec: &ContainerCreateSpec) -> Config<String> {
         readonly_rootfs: Some(spec.read_only_rootfs),
         tmpfs: (!spec.tmpfs.is_empty()).then(|| to_hash_map(&spec.tmpfs)),
         binds: non_empty(&spec.binds),
+        log_config: spec
+            .log_config
+            .as_ref()
+            .map(|log_config| HostConfigLogConfig {
+                typ: Some(log_config.driver.clone()),
+                config: Some(to_hash_map(&log_config.options)),
+            }),
         // We remove containers ourselves, after reading their exit state and logs.
         auto_remove: Some(false),
         ..Default::default()
@@ -765,6 +772,7 @@ mod tests {
             read_only_rootfs: true,
             tmpfs: BTreeMap::from([("/tmp".into(), "rw,size=16m".into())]),
             binds: vec!["attune-agent-0.1.0:/opt/attune:ro".into()],
+            log_config: Some(crate::LogConfig::bounded_json_file("10m", 2)),
         };
         let body = serde_json::to_value(container_config(&spec)).unwrap();
         let host = &body["HostConfig"];
@@ -801,6 +809,10 @@ mod tests {
             serde_json::json!(["attune-agent-0.1.0:/opt/attune:ro"])
         );
         assert_eq!(host["AutoRemove"], false);
+        assert_eq!(
+            host["LogConfig"],
+            serde_json::json!({"Type": "json-file", "Config": {"max-size": "10m", "max-file": "2"}})
+        );
     }
 
     #[test]
@@ -816,6 +828,7 @@ mod tests {
         assert!(body["HostConfig"].get("CapDrop").is_none());
         assert!(body["HostConfig"].get("Ulimits").is_none());
         assert!(body["HostConfig"].get("Memory").is_none());
+        assert!(body["HostConfig"].get("LogConfig").is_none());
     }
 
     #[test]

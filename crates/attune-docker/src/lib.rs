@@ -130,6 +130,33 @@ pub struct ContainerCreateSpec {
     pub tmpfs: BTreeMap<String, String>,
     /// `volume_name:/path:ro` style binds.
     pub binds: Vec<String>,
+    /// The log driver (`HostConfig.LogConfig`); `None` leaves the engine's default, which may
+    /// keep a container's output without bound.
+    pub log_config: Option<LogConfig>,
+}
+
+/// A container's log driver and its options (`HostConfig.LogConfig`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogConfig {
+    /// `json-file`, `local`, ...
+    pub driver: String,
+    /// Driver options, e.g. `max-size` and `max-file`.
+    pub options: BTreeMap<String, String>,
+}
+
+impl LogConfig {
+    /// The `json-file` driver rotating at `max_size` (`10m`, in the engine's syntax) and
+    /// keeping at most `max_files` files: what a container writes to its stdout or stderr (also
+    /// through `/proc/1/fd/1`) takes at most `max_size` × `max_files` of the engine's disk.
+    pub fn bounded_json_file(max_size: &str, max_files: u32) -> LogConfig {
+        LogConfig {
+            driver: "json-file".to_string(),
+            options: BTreeMap::from([
+                ("max-size".to_string(), max_size.to_string()),
+                ("max-file".to_string(), max_files.to_string()),
+            ]),
+        }
+    }
 }
 
 /// The state of one container as the engine reports it.
@@ -178,6 +205,10 @@ pub struct ContainerEvent {
     /// `exitCode` attribute of `die` events.
     pub exit_code: Option<i64>,
 }
+
+/// The stream of [`DockerOps::container_events`] (named, so that wrappers of an engine, in
+/// tests too, can write it without a futures crate of their own).
+pub type ContainerEventStream = BoxStream<'static, Result<ContainerEvent, DockerError>>;
 
 /// The Docker operations the controller uses.
 #[async_trait]
@@ -242,10 +273,7 @@ pub trait DockerOps: Send + Sync + 'static {
         path: &str,
     ) -> Result<Option<Vec<u8>>, DockerError>;
     /// Container events carrying every `key=value` label given, from now on.
-    fn container_events(
-        &self,
-        labels: &[(&str, &str)],
-    ) -> BoxStream<'static, Result<ContainerEvent, DockerError>>;
+    fn container_events(&self, labels: &[(&str, &str)]) -> ContainerEventStream;
 }
 
 /// The registry Docker Hub images come from: the key for unqualified names (`busybox:1.36`,

@@ -158,6 +158,7 @@ async fn hardened_container_runs_an_uploaded_script() {
         read_only_rootfs: false,
         tmpfs: BTreeMap::from([("/scratch".into(), "rw,size=1m".into())]),
         binds: vec![format!("{}:/data:ro", bind_dir.path().display())],
+        log_config: None,
     };
     let container_id = engine.create_container(&spec).await.expect("create");
 
