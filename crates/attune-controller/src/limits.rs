@@ -1099,6 +1099,8 @@ mod tests {
                 prop_assert_eq!(ceilings.check("a.b", &spec).is_ok(), asked <= ceiling);
                 let at = ResourceSpec { pids: Some(ceiling), ..Default::default() };
                 prop_assert!(ceilings.check("a.b", &at).is_ok());
+                let one_over = ResourceSpec { pids: Some(ceiling + 1), ..Default::default() };
+                prop_assert!(ceilings.check("a.b", &one_over).is_err());
             }
 
             /// Listing an image, or its repository with `:*`, allows it.

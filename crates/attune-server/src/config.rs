@@ -581,6 +581,98 @@ mod tests {
     }
 
     #[test]
+    fn resource_ceilings_and_log_bound_settings() {
+        let settings =
+            Settings::load_from_env(None, &SettingsOverrides::default(), environment(&[])).unwrap();
+        assert_eq!(settings.docker.max_memory, "8Gi");
+        assert_eq!(settings.docker.max_cpus, None, "the docker host's CPUs");
+        assert_eq!(settings.docker.max_pids, 4096);
+        assert_eq!(settings.docker.log_max_size, "10m");
+        let ceilings = settings.docker.resource_ceilings().unwrap();
+        assert_eq!(ceilings.max_memory_bytes(), Some(8 << 30));
+        assert_eq!(ceilings.max_pids(), Some(4096));
+        let log_config = settings.docker.execution_policy().log_config();
+        assert_eq!(log_config.driver, "json-file");
+        assert_eq!(log_config.options["max-size"], "10m");
+        assert_eq!(log_config.options["max-file"], "2");
+
+        let settings = Settings::load_from_env(
+            None,
+            &SettingsOverrides::default(),
+            environment(&[
+                ("ATTUNE__DOCKER__MAX_MEMORY", "1Gi"),
+                ("ATTUNE__DOCKER__MAX_CPUS", "1.5"),
+                ("ATTUNE__DOCKER__MAX_PIDS", "1024"),
+                ("ATTUNE__DOCKER__LOG_MAX_SIZE", "50M"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.docker.max_cpus, Some(1.5));
+        let policy = settings.docker.execution_policy();
+        assert_eq!(policy.log_config().options["max-size"], "50m");
+        let asks = |container: serde_json::Value| {
+            policy
+                .check_action_limits("heavy.job", Some(&container))
+                .map_err(|error| error.to_string())
+        };
+        assert_eq!(
+            asks(serde_json::json!({"image": "busybox:1.36", "resources": {"memory": "2Gi"}})),
+            Err("action heavy.job asks for 2Gi memory; the operator's limit docker.max_memory is 1Gi".to_string())
+        );
+        assert!(
+            asks(serde_json::json!({"image": "busybox:1.36", "resources": {"cpus": 2}})).is_err()
+        );
+        assert!(
+            asks(serde_json::json!({"image": "busybox:1.36", "resources": {"pids": 1025}}))
+                .is_err()
+        );
+        assert!(asks(serde_json::json!({"image": "busybox:1.36", "resources": {"memory": "1Gi", "cpus": 1.5, "pids": 1024}})).is_ok());
+    }
+
+    #[test]
+    fn bad_ceilings_and_log_bounds_are_named() {
+        for (pairs, named) in [
+            (
+                &[("ATTUNE__DOCKER__MAX_MEMORY", "8gi")][..],
+                "docker.max_memory",
+            ),
+            (&[("ATTUNE__DOCKER__MAX_CPUS", "0")][..], "docker.max_cpus"),
+            (&[("ATTUNE__DOCKER__MAX_PIDS", "8")][..], "docker.max_pids"),
+            (
+                &[("ATTUNE__DOCKER__LOG_MAX_SIZE", "10mb")][..],
+                "docker.log_max_size",
+            ),
+            (
+                &[("ATTUNE__DOCKER__LOG_MAX_SIZE", "100")][..],
+                "docker.log_max_size",
+            ),
+            (
+                &[("ATTUNE__DOCKER__MAX_PIDS", "256")][..],
+                "docker.pids_limit",
+            ),
+            (
+                &[("ATTUNE__DOCKER__MAX_MEMORY", "256Mi")][..],
+                "docker.default_memory",
+            ),
+        ] {
+            let error =
+                Settings::load_from_env(None, &SettingsOverrides::default(), environment(pairs))
+                    .unwrap_err();
+            assert!(error.to_string().contains(named), "{pairs:?}: {error}");
+        }
+        // A ceiling exactly at the defaults for actions that set nothing is fine.
+        assert!(Settings::load_from_env(
+            None,
+            &SettingsOverrides::default(),
+            environment(&[
+                ("ATTUNE__DOCKER__MAX_PIDS", "512"),
+                ("ATTUNE__DOCKER__MAX_MEMORY", "512Mi"),
+            ]),
+        )
+        .is_ok());
+    }
+
+    #[test]
     fn registry_auth_from_a_file_or_a_json_environment_variable() {
         let settings =
             Settings::load_from_env(None, &SettingsOverrides::default(), environment(&[])).unwrap();

@@ -1,0 +1,3 @@
+#!/bin/sh
+# Reports that it ran.
+echo '{"ok": true}'
