@@ -432,8 +432,12 @@ pub async fn run(
         })?;
     let publish_channel =
         mq::declare_events_queue(&connection, publish_channel, &config.events_queue).await?;
-    let (events, publisher) =
-        Publisher::start(publish_channel, config.events_queue.clone()).await?;
+    let (events, publisher) = Publisher::start(
+        publish_channel,
+        config.events_queue.clone(),
+        config.event_key,
+    )
+    .await?;
     let _ = events.send(AgentEvent::Register(AgentRegistration {
         agent_id: config.agent_id.clone(),
         protocol_version: PROTOCOL_VERSION,

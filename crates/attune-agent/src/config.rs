@@ -1,7 +1,7 @@
 //! Agent settings: command-line flags with environment fallback, parsed by hand.
 
 use crate::environment::{EnvironmentCache, DEFAULT_BUILD_TIMEOUT};
-use attune_protocol::queues;
+use attune_protocol::{queues, signing};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -45,6 +45,8 @@ options (each falls back to its environment variable):
   --json              with --detect-only: print a JSON array
   --version           print the agent and protocol versions
 
+ATTUNE_AGENT_SECRETS=stdin: read the broker URL and the event key as one JSON line on stdin
+  (how the controller starts agents: never in the environment).
 other environment: ATTUNE_AGENT_IMAGE, ATTUNE_AGENT_IMAGE_ID, ATTUNE_AGENT_WORKDIR,
   ATTUNE_AGENT_ENV_CACHE, ATTUNE_AGENT_ENV_BUILD_SECONDS, ATTUNE_WORKER_RUNTIMES,
   ATTUNE_AGENT_CONCURRENCY, ATTUNE_AGENT_HEARTBEAT_SECONDS, ATTUNE_AGENT_SHUTDOWN_SECONDS,
@@ -75,6 +77,12 @@ pub struct AgentConfig {
     pub connect_timeout: Duration,
     /// Queue every event is published to.
     pub events_queue: String,
+    /// Whether the broker URL and the event key come on stdin ([`attune_protocol::signing`]):
+    /// `ATTUNE_AGENT_SECRETS=stdin`, as the controller starts its agents.
+    pub secrets_on_stdin: bool,
+    /// The key this agent signs its events with, once read from stdin; without one (an agent
+    /// started by hand) events go unsigned, and a controller drops them.
+    pub event_key: Option<attune_protocol::signing::Key>,
 }
 
 /// What the command line asks for.
@@ -111,6 +119,8 @@ pub enum ConfigError {
         value: String,
         minimum: u64,
     },
+    #[error("invalid ATTUNE_AGENT_SECRETS={0:?}: the only source is stdin")]
+    InvalidSecrets(String),
 }
 
 /// Parses the arguments (without the program name), looking up missing settings with `env`.
@@ -157,13 +167,25 @@ where
     }
 
     let non_empty = |value: Option<String>| value.filter(|value| !value.trim().is_empty());
-    let message_queue_url = non_empty(message_queue_url)
+    let secrets_on_stdin = match non_empty(env(signing::ENV_AGENT_SECRETS)).as_deref() {
+        None => false,
+        Some("stdin") => true,
+        Some(other) => return Err(ConfigError::InvalidSecrets(other.to_string())),
+    };
+    let message_queue_url = match non_empty(message_queue_url)
         .or_else(|| non_empty(env(queues::ENV_MESSAGE_QUEUE_URL)))
-        .ok_or(ConfigError::Missing {
-            what: "broker url",
-            flag: "--mq-url",
-            env: queues::ENV_MESSAGE_QUEUE_URL,
-        })?;
+    {
+        Some(url) => url,
+        // Read from stdin before the agent connects (see `read_secrets`).
+        None if secrets_on_stdin => String::new(),
+        None => {
+            return Err(ConfigError::Missing {
+                what: "broker url",
+                flag: "--mq-url",
+                env: queues::ENV_MESSAGE_QUEUE_URL,
+            })
+        }
+    };
     let agent_id = non_empty(agent_id)
         .or_else(|| non_empty(env(queues::ENV_AGENT_ID)))
         .ok_or(ConfigError::Missing {
@@ -232,6 +254,8 @@ where
         shutdown_deadline: Duration::from_secs(shutdown_seconds),
         connect_timeout: Duration::from_secs(connect_seconds),
         events_queue,
+        secrets_on_stdin,
+        event_key: None,
     })))
 }
 

@@ -3,7 +3,7 @@
 
 use crate::config::{parse_invocation, Invocation, USAGE};
 use crate::detect::{format_detected, parse_runtime_list, Detector, SearchPath};
-use crate::{agent, hints, mq};
+use crate::{agent, hints, mq, secrets};
 use attune_protocol::{queues, PROTOCOL_VERSION};
 use std::process::ExitCode;
 
@@ -12,7 +12,7 @@ const USAGE_ERROR: u8 = 2;
 
 /// Runs the binary with these arguments (without the program name) and the process environment.
 pub fn main_with_arguments(arguments: impl IntoIterator<Item = String>) -> ExitCode {
-    let invocation = match parse_invocation(arguments, |name| std::env::var(name).ok()) {
+    let mut invocation = match parse_invocation(arguments, |name| std::env::var(name).ok()) {
         Ok(invocation) => invocation,
         Err(error) => {
             eprintln!("attune-agent: {error}");
@@ -31,7 +31,24 @@ pub fn main_with_arguments(arguments: impl IntoIterator<Item = String>) -> ExitC
             print!("{USAGE}");
             return ExitCode::SUCCESS;
         }
-        Invocation::Run(ref config) => {
+        Invocation::Run(ref mut config) => {
+            // Whatever the agent runs later must not be able to read its memory.
+            if let Err(error) = secrets::become_undumpable() {
+                eprintln!("attune-agent: make the agent non-dumpable: {error}");
+                return ExitCode::FAILURE;
+            }
+            if config.secrets_on_stdin {
+                match secrets::read_from_stdin() {
+                    Ok((url, key)) => {
+                        config.message_queue_url = url;
+                        config.event_key = Some(key);
+                    }
+                    Err(error) => {
+                        eprintln!("attune-agent: {error}");
+                        return ExitCode::from(USAGE_ERROR);
+                    }
+                }
+            }
             if let Err(error) = mq::agent_uri(&config.message_queue_url) {
                 eprintln!("attune-agent: {error}");
                 return ExitCode::from(USAGE_ERROR);

@@ -7,7 +7,7 @@
 //! to end), [`environment`] (pack venvs and node_modules, built once and reused), [`delivery`]
 //! (parameters), [`output`] (capture and live logs), [`process`] (process groups),
 //! [`exit_reason`] (what exit codes 126 and 127 mean), [`detect`] and [`hints`] (interpreters in
-//! the image).
+//! the image), [`secrets`] (broker URL and event key from stdin, out of the actions' reach).
 
 pub mod agent;
 pub mod config;
@@ -21,6 +21,7 @@ pub mod mq;
 pub mod output;
 pub mod process;
 pub mod runner;
+pub mod secrets;
 
 /// Where the runner and the service loop send events; the publisher (or a test) receives them.
 pub type EventSender = tokio::sync::mpsc::UnboundedSender<attune_protocol::AgentEvent>;

@@ -1,7 +1,7 @@
 //! RabbitMQ wiring: connecting with retries, queue declarations, the job consumer and the
 //! event publisher (default exchange, persistent JSON messages, publisher confirms).
 
-use attune_protocol::{queues, AgentEvent};
+use attune_protocol::{queues, signing, AgentEvent};
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     QueueDeclareOptions,
@@ -226,16 +226,18 @@ pub struct Publisher {
 
 impl Publisher {
     /// Enables confirms on `channel` and starts publishing what arrives on the returned sender.
+    /// With `event_key`, every event carries its signature ([`signing::SIGNATURE_HEADER`]).
     pub async fn start(
         channel: Channel,
         queue: String,
+        event_key: Option<signing::Key>,
     ) -> Result<(crate::EventSender, Publisher), MqError> {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(broker_error("enable publisher confirms"))?;
         let (sender, receiver) = mpsc::unbounded_channel();
-        let task = tokio::spawn(publish_events(channel, queue, receiver));
+        let task = tokio::spawn(publish_events(channel, queue, event_key, receiver));
         Ok((sender, Publisher { task }))
     }
 
@@ -248,6 +250,7 @@ impl Publisher {
 async fn publish_events(
     channel: Channel,
     queue: String,
+    event_key: Option<signing::Key>,
     mut receiver: mpsc::UnboundedReceiver<AgentEvent>,
 ) {
     while let Some(event) = receiver.recv().await {
@@ -258,7 +261,8 @@ async fn publish_events(
                 continue;
             }
         };
-        if let Err(error) = publish_confirmed(&channel, &queue, &payload).await {
+        let signature = event_key.map(|key| signing::sign(&key, &payload));
+        if let Err(error) = publish_signed(&channel, &queue, &payload, signature.as_deref()).await {
             eprintln!(
                 "attune-agent: publish {} event to {queue}: {error}; dropped",
                 event.event_type()
@@ -273,11 +277,29 @@ pub async fn publish_confirmed(
     queue: &str,
     payload: &[u8],
 ) -> Result<(), String> {
+    publish_signed(channel, queue, payload, None).await
+}
+
+/// [`publish_confirmed`] with the event's signature in [`signing::SIGNATURE_HEADER`].
+pub async fn publish_signed(
+    channel: &Channel,
+    queue: &str,
+    payload: &[u8],
+    signature: Option<&str>,
+) -> Result<(), String> {
     let mut last_error = String::new();
     for attempt in 1..=PUBLISH_ATTEMPTS {
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
             .with_content_type("application/json".into());
+        if let Some(signature) = signature {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                signing::SIGNATURE_HEADER.into(),
+                AMQPValue::LongString(signature.into()),
+            );
+            properties = properties.with_headers(headers);
+        }
         let published = channel
             .basic_publish(
                 "".into(),

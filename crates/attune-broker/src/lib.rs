@@ -92,6 +92,7 @@ pub struct Broker {
     publish_patience: Duration,
     closed: AtomicBool,
     closing: tokio::sync::Notify,
+    keys: Option<EventKeys>,
 }
 
 /// One connection with its confirm-mode publishing channel.
@@ -165,6 +166,7 @@ pub struct EventCounters {
     unknown: AtomicU64,
     malformed: AtomicU64,
     held: AtomicU64,
+    unauthenticated: AtomicU64,
 }
 
 /// A snapshot of [`EventCounters`].
@@ -182,6 +184,8 @@ pub struct EventCounts {
     pub malformed: u64,
     /// Times an event was held and tried again because the database was unreachable.
     pub held: u64,
+    /// Events dropped because their signature is missing or not their agent's.
+    pub unauthenticated: u64,
 }
 
 impl EventCounters {
@@ -198,6 +202,7 @@ impl EventCounters {
             unknown: self.unknown.load(Ordering::Relaxed),
             malformed: self.malformed.load(Ordering::Relaxed),
             held: self.held.load(Ordering::Relaxed),
+            unauthenticated: self.unauthenticated.load(Ordering::Relaxed),
         }
     }
 }
@@ -207,7 +212,13 @@ pub struct EventConsumer {
     pub consumer: Consumer,
     pub mode: EventsQueueMode,
     pub counters: Arc<EventCounters>,
+    /// When set, only events signed with their agent's key are applied
+    /// ([`attune_protocol::signing`]).
+    pub keys: Option<EventKeys>,
 }
+
+/// The event key of an agent, by its id.
+pub type EventKeys = Arc<dyn Fn(&str) -> attune_protocol::signing::Key + Send + Sync>;
 
 /// The AMQP encoding of the events queue's arguments (the agent encodes them the same way).
 pub fn events_queue_field_table(events_queue: &str) -> FieldTable {
@@ -370,6 +381,7 @@ impl Broker {
             publish_patience: DEFAULT_PUBLISH_PATIENCE,
             closed: AtomicBool::new(false),
             closing: tokio::sync::Notify::new(),
+            keys: None,
         };
         broker
             .session_within(tokio::time::Instant::now() + patience)
@@ -380,6 +392,13 @@ impl Broker {
     /// How long a command waits for a lost broker to come back before it fails.
     pub fn with_publish_patience(mut self, patience: Duration) -> Broker {
         self.publish_patience = patience;
+        self
+    }
+
+    /// Applies only events signed with the key `keys` gives for the agent each names; the
+    /// rest are dropped and counted ([`EventCounts::unauthenticated`]).
+    pub fn with_event_keys(mut self, keys: EventKeys) -> Broker {
+        self.keys = Some(keys);
         self
     }
 
@@ -586,6 +605,7 @@ impl Broker {
             consumer,
             mode: events_mode,
             counters: Arc::clone(&self.counters),
+            keys: self.keys.clone(),
         })
     }
 
@@ -878,6 +898,7 @@ where
         mut consumer,
         mode,
         counters,
+        keys,
     } = events;
     while let Some(delivery) = consumer.next().await {
         let delivery = match delivery {
@@ -892,6 +913,16 @@ where
             delivery.properties.headers().as_ref(),
             delivery.redelivered,
         );
+        if let Some(keys) = &keys {
+            if let Err(claimed) = authenticate(keys, &delivery) {
+                let count = EventCounters::bump(&counters.unauthenticated);
+                tracing::warn!(agent_id = ?claimed, bytes = delivery.data.len(), unauthenticated_events = count, "agent event without its agent's signature: dropped");
+                if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+                    tracing::error!(%error, "ack agent event");
+                }
+                continue;
+            }
+        }
         let event = match AgentEvent::decode(&delivery.data) {
             IncomingEvent::Known(event) => event,
             IncomingEvent::Unknown {
@@ -964,6 +995,37 @@ where
         }
     }
     tracing::warn!("agent events consumer ended");
+}
+
+/// Checks a delivery's signature against the key of the agent its body names; the claimed
+/// agent (if any) when it does not hold.
+fn authenticate(
+    keys: &EventKeys,
+    delivery: &lapin::message::Delivery,
+) -> Result<(), Option<String>> {
+    let claimed = AgentEvent::claimed_agent_id(&delivery.data);
+    let signature = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| {
+            headers
+                .inner()
+                .get(attune_protocol::signing::SIGNATURE_HEADER)
+        })
+        .and_then(|value| match value {
+            AMQPValue::LongString(text) => Some(text.to_string()),
+            AMQPValue::ShortString(text) => Some(text.to_string()),
+            _ => None,
+        });
+    match (&claimed, signature) {
+        (Some(agent_id), Some(signature))
+            if attune_protocol::signing::verify(&keys(agent_id), &delivery.data, &signature) =>
+        {
+            Ok(())
+        }
+        _ => Err(claimed),
+    }
 }
 
 /// The URL without its password, for messages.

@@ -15,6 +15,7 @@ use attune_broker::{ApplyError, EventDelivery};
 use attune_protocol::api::ExecutionStatus;
 use attune_protocol::{AgentEvent, ExecutionId, FailureKind, JobOutcome, JobReport};
 use attune_store::{Store, StoreError, TransitionFields};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Why an event was not applied; [`ApplyError::is_transient`] when the database did not answer.
@@ -154,6 +155,41 @@ async fn reject(
     }
 }
 
+/// Events refused because their agent is not the one the execution is placed on, since start.
+static FOREIGN_EVENTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many events were refused for coming from an agent their execution is not placed on.
+pub fn foreign_events() -> u64 {
+    FOREIGN_EVENTS.load(Ordering::Relaxed)
+}
+
+/// Counts and logs an event about an execution from an agent it is not placed on (dropped).
+fn foreign_event(execution_id: ExecutionId, agent_id: &str, event_type: &str) {
+    let count = FOREIGN_EVENTS.fetch_add(1, Ordering::Relaxed) + 1;
+    tracing::warn!(execution_id, %agent_id, event_type, foreign_events = count, "event from an agent the execution is not placed on: dropped");
+}
+
+/// Whether the execution is placed on `agent_id` (or gone); counts and logs it when not.
+async fn placed_on(
+    store: &Store,
+    execution_id: ExecutionId,
+    agent_id: &str,
+) -> Result<bool, StoreError> {
+    match store.get_execution(execution_id).await {
+        Ok(row)
+            if row
+                .agent_id
+                .as_deref()
+                .is_some_and(|placed| placed != agent_id) =>
+        {
+            foreign_event(execution_id, agent_id, "running");
+            Ok(false)
+        }
+        Ok(_) | Err(StoreError::NotFound(_)) => Ok(true),
+        Err(error) => Err(error),
+    }
+}
+
 /// Applies one decoded event.
 async fn apply_known(
     store: &Store,
@@ -173,7 +209,8 @@ async fn apply_known(
             ..
         } => {
             let fields = TransitionFields {
-                agent_id: Some(agent_id),
+                agent_id: Some(agent_id.clone()),
+                from_agent: Some(agent_id.clone()),
                 lease: Some(lease),
                 ..Default::default()
             };
@@ -183,17 +220,24 @@ async fn apply_known(
                 .is_some()
             {
                 tracing::info!(execution_id, "execution running");
+            } else if !placed_on(store, execution_id, &agent_id).await? {
+                return Ok(());
             }
             signals.running(execution_id);
         }
         AgentEvent::Log {
+            agent_id,
             execution_id,
             seq,
             stream,
             data,
-            ..
         } => {
-            store.append_log(execution_id, seq, stream, &data).await?;
+            if !store
+                .append_log(execution_id, &agent_id, seq, stream, &data)
+                .await?
+            {
+                foreign_event(execution_id, &agent_id, "log");
+            }
         }
         AgentEvent::Finished(report) => {
             let execution_id = report.execution_id;
@@ -231,12 +275,15 @@ async fn apply_report(
     // redelivered behind this one), record that step first so the state machine holds.
     let running = TransitionFields {
         agent_id: Some(report.agent_id.clone()),
+        from_agent: Some(report.agent_id.clone()),
         ..Default::default()
     };
     store
         .transition(execution_id, ExecutionStatus::Running, running)
         .await?;
+    let agent_id = report.agent_id.clone();
     let fields = TransitionFields {
+        from_agent: Some(report.agent_id.clone()),
         agent_id: Some(report.agent_id),
         exit_code: report.exit_code,
         signal: report.signal,
@@ -257,6 +304,11 @@ async fn apply_report(
         }
         None => match store.get_execution(execution_id).await {
             // Already terminal (a redelivery, or the controller ended it first): keep what is stored.
+            Ok(current) if !current.status().is_terminal() => {
+                // Not terminal, so the write was refused for its agent: another agent's word.
+                foreign_event(execution_id, &agent_id, "finished");
+                Ok(None)
+            }
             Ok(current) => {
                 tracing::debug!(execution_id, status = %current.status, "report for an execution that already ended");
                 Ok(Some(current.status()))

@@ -31,8 +31,7 @@ use attune_protocol::api::{ContainerSpec, ExecutionStatus, Isolation, PoolSpec};
 use attune_protocol::queues::{
     AGENT_PATH_IN_CONTAINER, ENVIRONMENTS_DIR_IN_CONTAINER, ENV_AGENT_CONCURRENCY,
     ENV_AGENT_ENV_CACHE, ENV_AGENT_EVENTS_QUEUE, ENV_AGENT_ID, ENV_AGENT_IMAGE, ENV_AGENT_IMAGE_ID,
-    ENV_AGENT_MODE, ENV_AGENT_WORKDIR, ENV_MESSAGE_QUEUE_URL, PACKS_DIR_IN_CONTAINER,
-    WORK_AREA_IN_CONTAINER,
+    ENV_AGENT_MODE, ENV_AGENT_WORKDIR, PACKS_DIR_IN_CONTAINER, WORK_AREA_IN_CONTAINER,
 };
 use attune_protocol::FailureKind;
 use attune_protocol::{AgentCommand, AgentMode, Job, Runtime, PROTOCOL_VERSION};
@@ -154,6 +153,8 @@ pub struct ControllerSettings {
     pub lease: Duration,
     /// Credentials for pulls, by registry host.
     pub registry_auth: RegistryAuth,
+    /// The secret every agent's event key derives from ([`crate::identity`]).
+    pub agent_secret: crate::identity::AgentSecret,
 }
 
 impl Default for ControllerSettings {
@@ -180,6 +181,7 @@ impl Default for ControllerSettings {
             timeout_slack: Duration::from_secs(5),
             lease: Duration::from_secs(20),
             registry_auth: RegistryAuth::default(),
+            agent_secret: crate::identity::AgentSecret::random(),
         }
     }
 }
@@ -572,7 +574,15 @@ impl Controller {
             return Err(canceled_before_start());
         }
         let registration = self.signals.await_registration(&agent_id);
-        if let Err(error) = self.docker.start_container(&container_id).await {
+        let secrets = self
+            .settings
+            .agent_secret
+            .stdin_line(&self.settings.agent_mq_url, &agent_id);
+        if let Err(error) = self
+            .docker
+            .start_container_with_input(&container_id, &secrets)
+            .await
+        {
             if let Some(volume) = &plan.agent_volume {
                 if error.start_failure() == StartFailure::MissingPath {
                     // The volume lost the agent behind our back: check it again next time.
@@ -1212,8 +1222,10 @@ impl Controller {
                     format!("container settings: {error}"),
                 )
             })?;
+        // The broker URL and the agent's event key come on its stdin, never in the environment
+        // (the action can read `/proc/1/environ`).
         let mut env = vec![
-            format!("{ENV_MESSAGE_QUEUE_URL}={}", self.settings.agent_mq_url),
+            format!("{}=stdin", attune_protocol::signing::ENV_AGENT_SECRETS),
             format!("{ENV_AGENT_ID}={agent_id}"),
             format!("{ENV_AGENT_MODE}={mode}"),
             format!("{ENV_AGENT_IMAGE}={}", container_spec.image),
@@ -1259,6 +1271,7 @@ impl Controller {
             tmpfs,
             binds: Vec::new(),
             log_config: Some(self.settings.policy.log_config()),
+            open_stdin: true,
         })
     }
 }

@@ -9,11 +9,13 @@
 //! events), [`signals`] (in-process wakeups of supervisors), [`supervision`] (the deadlines of one
 //! execution as a state machine), [`events`] (agents' reports into
 //! the database), [`scheduler`] (claims work, reconciles at start and periodically),
-//! [`membership`] (registration, heartbeats, take-over of lost controllers, cancels).
+//! [`membership`] (registration, heartbeats, take-over of lost controllers, cancels),
+//! [`identity`] (each agent's event key, handed over on its stdin).
 
 pub mod delivery;
 pub mod events;
 pub mod execution;
+pub mod identity;
 pub mod images;
 pub mod lifecycle;
 pub mod limits;

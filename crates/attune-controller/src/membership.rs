@@ -114,6 +114,8 @@ impl Membership {
                 "unknown": events.unknown,
                 "malformed": events.malformed,
                 "held": events.held,
+                "unauthenticated": events.unauthenticated,
+                "from_another_agent": crate::events::foreign_events(),
             },
         });
         (

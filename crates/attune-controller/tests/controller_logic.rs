@@ -99,6 +99,7 @@ fn settings(agent_start_timeout: Duration) -> ControllerSettings {
         timeout_slack: Duration::from_millis(500),
         lease: Duration::from_secs(30),
         registry_auth: Default::default(),
+        agent_secret: attune_controller::identity::AgentSecret::from_bytes(vec![9; 32]),
     }
 }
 

@@ -13,9 +13,9 @@ use crate::{
 use async_trait::async_trait;
 use bollard::auth::DockerCredentials;
 use bollard::container::{
-    Config, CreateContainerOptions, DownloadFromContainerOptions, InspectContainerOptions,
-    KillContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
-    StartContainerOptions, UploadToContainerOptions, WaitContainerOptions,
+    AttachContainerOptions, Config, CreateContainerOptions, DownloadFromContainerOptions,
+    InspectContainerOptions, KillContainerOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, StartContainerOptions, UploadToContainerOptions, WaitContainerOptions,
 };
 use bollard::errors::Error as BollardError;
 use bollard::image::CreateImageOptions;
@@ -274,8 +274,9 @@ pub(crate) fn container_config(spec: &ContainerCreateSpec) -> Config<String> {
         user: spec.user.clone(),
         working_dir: spec.working_dir.clone(),
         tty: Some(false),
-        open_stdin: Some(false),
-        attach_stdin: Some(false),
+        open_stdin: Some(spec.open_stdin),
+        stdin_once: Some(spec.open_stdin),
+        attach_stdin: Some(spec.open_stdin),
         host_config: Some(host_config),
         ..Default::default()
     }
@@ -456,6 +457,33 @@ impl DockerOps for BollardEngine {
             .start_container(container_id, None::<StartContainerOptions<String>>)
             .await
             .map_err(|error| map_error(&format!("start container {container_id}"), error))
+    }
+
+    async fn start_container_with_input(
+        &self,
+        container_id: &str,
+        input: &[u8],
+    ) -> Result<(), DockerError> {
+        use tokio::io::AsyncWriteExt;
+        let operation = format!("write the stdin of container {container_id}");
+        let options = AttachContainerOptions::<String> {
+            stdin: Some(true),
+            stream: Some(true),
+            ..Default::default()
+        };
+        // Attached before it starts, so nothing the agent reads is missed.
+        let mut attached = self
+            .docker
+            .attach_container(container_id, Some(options))
+            .await
+            .map_err(|error| map_error(&operation, error))?;
+        self.start_container(container_id).await?;
+        // The container runs by now: its agent fails on its own when no secrets arrive.
+        let io = |error: std::io::Error| DockerError::Unavailable(format!("{operation}: {error}"));
+        attached.input.write_all(input).await.map_err(io)?;
+        attached.input.flush().await.map_err(io)?;
+        attached.input.shutdown().await.map_err(io)?;
+        Ok(())
     }
 
     async fn inspect_container(
@@ -773,6 +801,7 @@ mod tests {
             tmpfs: BTreeMap::from([("/tmp".into(), "rw,size=16m".into())]),
             binds: vec!["attune-agent-0.1.0:/opt/attune:ro".into()],
             log_config: Some(crate::LogConfig::bounded_json_file("10m", 2)),
+            open_stdin: false,
         };
         let body = serde_json::to_value(container_config(&spec)).unwrap();
         let host = &body["HostConfig"];

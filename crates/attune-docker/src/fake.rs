@@ -70,6 +70,8 @@ pub enum DockerCall {
         entries: Vec<(String, u32, u64)>,
     },
     Start(String),
+    /// Started with these bytes on its stdin.
+    StartWithInput(String, Vec<u8>),
     InspectContainer(String),
     Wait(String),
     Kill(String, String),
@@ -97,6 +99,8 @@ pub struct FakeContainer {
     pub files: BTreeMap<String, UploadedEntry>,
     pub created_unix: i64,
     pub created: String,
+    /// What was written to its stdin at start.
+    pub stdin: Vec<u8>,
 }
 
 /// A named volume as the fake keeps it.
@@ -704,6 +708,7 @@ impl DockerOps for RecordingDocker {
                 oom_killed: false,
                 files: BTreeMap::new(),
                 created_unix: now.timestamp(),
+                stdin: Vec::new(),
                 created: now.to_rfc3339(),
             },
         );
@@ -810,6 +815,42 @@ impl DockerOps for RecordingDocker {
             state.emit_lifecycle("start", &id);
         }
         self.state_changed.notify_waiters();
+        Ok(())
+    }
+
+    async fn start_container_with_input(
+        &self,
+        container_id: &str,
+        input: &[u8],
+    ) -> Result<(), DockerError> {
+        let operation = format!("write the stdin of container {container_id}");
+        {
+            let state = self.lock();
+            let id = state
+                .resolve(container_id)
+                .ok_or_else(|| Self::no_such_container(&operation, container_id))?;
+            if !state
+                .containers
+                .get(&id)
+                .is_some_and(|container| container.spec.open_stdin)
+            {
+                return Err(DockerError::Rejected {
+                    operation,
+                    reason: "the container was not created with an open stdin".to_string(),
+                });
+            }
+        }
+        self.lock().calls.push(DockerCall::StartWithInput(
+            container_id.to_string(),
+            input.to_vec(),
+        ));
+        self.start_container(container_id).await?;
+        let mut state = self.lock();
+        if let Some(id) = state.resolve(container_id) {
+            if let Some(container) = state.containers.get_mut(&id) {
+                container.stdin = input.to_vec();
+            }
+        }
         Ok(())
     }
 

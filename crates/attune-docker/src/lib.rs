@@ -133,6 +133,9 @@ pub struct ContainerCreateSpec {
     /// The log driver (`HostConfig.LogConfig`); `None` leaves the engine's default, which may
     /// keep a container's output without bound.
     pub log_config: Option<LogConfig>,
+    /// Keep the container's stdin open for one writer ([`DockerOps::start_container_with_input`]):
+    /// how an agent gets its secrets without them being in its environment.
+    pub open_stdin: bool,
 }
 
 /// A container's log driver and its options (`HostConfig.LogConfig`).
@@ -236,6 +239,13 @@ pub trait DockerOps: Send + Sync + 'static {
         tar: Vec<u8>,
     ) -> Result<(), DockerError>;
     async fn start_container(&self, container_id: &str) -> Result<(), DockerError>;
+    /// Starts a container created with `open_stdin`, writes `input` to its stdin and closes it
+    /// (attach, start, write, close): the bytes reach the container's first process only.
+    async fn start_container_with_input(
+        &self,
+        container_id: &str,
+        input: &[u8],
+    ) -> Result<(), DockerError>;
     /// `Ok(None)` when the container does not exist.
     async fn inspect_container(
         &self,

@@ -170,6 +170,18 @@ impl DockerOps for RetryingDocker {
             .await
     }
 
+    /// Not retried: once the container started, doing it again would start nothing and write
+    /// the input to no one.
+    async fn start_container_with_input(
+        &self,
+        container_id: &str,
+        input: &[u8],
+    ) -> Result<(), DockerError> {
+        self.inner
+            .start_container_with_input(container_id, input)
+            .await
+    }
+
     async fn inspect_container(
         &self,
         container_id: &str,

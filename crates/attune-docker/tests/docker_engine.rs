@@ -159,6 +159,7 @@ async fn hardened_container_runs_an_uploaded_script() {
         tmpfs: BTreeMap::from([("/scratch".into(), "rw,size=1m".into())]),
         binds: vec![format!("{}:/data:ro", bind_dir.path().display())],
         log_config: None,
+        open_stdin: false,
     };
     let container_id = engine.create_container(&spec).await.expect("create");
 

@@ -153,6 +153,30 @@ impl AgentEvent {
         }
     }
 
+    /// The agent that sent the event (as the event says; its signature proves it).
+    pub fn agent_id(&self) -> &str {
+        match self {
+            AgentEvent::Register(registration) => &registration.agent_id,
+            AgentEvent::Finished(report) => &report.agent_id,
+            AgentEvent::Running { agent_id, .. }
+            | AgentEvent::Log { agent_id, .. }
+            | AgentEvent::Heartbeat { agent_id, .. }
+            | AgentEvent::Deregister { agent_id, .. } => agent_id,
+        }
+    }
+
+    /// The `agent_id` field of any event body, however broken the rest (to check the
+    /// signature of a message this build cannot read).
+    pub fn claimed_agent_id(bytes: &[u8]) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Claimed {
+            agent_id: String,
+        }
+        serde_json::from_slice::<Claimed>(bytes)
+            .ok()
+            .map(|claimed| claimed.agent_id)
+    }
+
     /// Reads one message of an events queue, telling a newer agent's event (a `type` this
     /// build does not know) from a message that is broken.
     pub fn decode(bytes: &[u8]) -> IncomingEvent {

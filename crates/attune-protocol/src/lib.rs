@@ -1,6 +1,7 @@
 //! Every wire type shared by the Attune server, the in-container agent and the CLI.
 //!
-//! This crate depends on serde only. Messages between the controller and agents carry
+//! This crate depends on serde (and on hmac and sha2 for [`signing`], the one definition of how
+//! agents sign their events). Messages between the controller and agents carry
 //! [`PROTOCOL_VERSION`]; agents in warm pools or baked into old images lag behind the server, so
 //! every message type ignores unknown fields and new fields are added with `#[serde(default)]`.
 
@@ -9,6 +10,7 @@ pub mod api;
 pub mod output;
 pub mod queues;
 pub mod runtime;
+pub mod signing;
 
 pub use agent::*;
 pub use runtime::*;

@@ -8,6 +8,7 @@
 use crate::config::Settings;
 use attune_api::{Admission, AppState};
 use attune_broker::{AgentChannel, Broker, BrokerError};
+use attune_controller::identity::AgentSecret;
 use attune_controller::limits::ExecutionPolicy;
 use attune_controller::membership::{
     follow_cancels, store_pool_snapshots, Membership, MembershipSettings,
@@ -247,6 +248,17 @@ async fn start_controller(
     let controller_id = settings.executor.controller_id.clone();
     let agent = AgentBinary::load(&settings.docker.agent_binary)?;
     tracing::info!(path = %settings.docker.agent_binary.display(), sha256 = %agent.sha256, architecture = %agent.architecture, "agent binary loaded");
+    // The secret every agent's event key derives from: this controller's first start stores
+    // one, later starts (and adoptions) use it.
+    let agent_secret = AgentSecret::from_bytes(
+        store
+            .controller_agent_secret(&controller_id, AgentSecret::random().as_bytes())
+            .await?,
+    );
+    let event_keys: attune_broker::EventKeys = {
+        let agent_secret = agent_secret.clone();
+        Arc::new(move |agent_id: &str| agent_secret.event_key(agent_id))
+    };
     let broker = Arc::new(
         Broker::connect(
             &settings.message_queue.url,
@@ -256,7 +268,8 @@ async fn start_controller(
         .await?
         .with_publish_patience(Duration::from_secs(
             settings.message_queue.publish_patience_seconds,
-        )),
+        ))
+        .with_event_keys(event_keys),
     );
     let engine = BollardEngine::connect(settings.docker.host.as_deref()).await?;
     let engine_is_local = attune_controller::delivery::engine_is_local(engine.docker_host());
@@ -283,7 +296,8 @@ async fn start_controller(
     let signals = ExecutionSignals::default();
     let wakeup = SchedulerWakeup::default();
     let agents: Arc<dyn AgentChannel> = broker.clone();
-    let controller_settings = controller_settings(settings, engine_is_local, host_cpus);
+    let controller_settings =
+        controller_settings(settings, engine_is_local, host_cpus, agent_secret);
     let lease = controller_settings.lease;
     let architecture = agent.architecture.clone();
     let controller = Controller::new(
@@ -407,6 +421,7 @@ fn controller_settings(
     settings: &Settings,
     engine_is_local: bool,
     host_cpus: Option<f64>,
+    agent_secret: AgentSecret,
 ) -> ControllerSettings {
     ControllerSettings {
         controller_id: settings.executor.controller_id.clone(),
@@ -429,6 +444,7 @@ fn controller_settings(
         timeout_slack: Duration::from_secs(5),
         lease: Duration::from_secs(settings.executor.lease_seconds),
         registry_auth: settings.docker.registry_auth.clone(),
+        agent_secret,
     }
 }
 

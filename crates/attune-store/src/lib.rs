@@ -231,6 +231,9 @@ pub struct TransitionFields {
     pub fence: Option<Fence>,
     /// Renews the agent's lease: it expires this long after the write.
     pub lease: Option<Duration>,
+    /// The write comes from this agent: it applies only to an execution placed on it (or on
+    /// no agent yet), so an agent cannot speak for another agent's execution.
+    pub from_agent: Option<String>,
 }
 
 /// A controller's claim on an execution: its id and the epoch it claimed (or adopted) with.
@@ -850,6 +853,29 @@ impl Store {
         .await?)
     }
 
+    /// The controller's secret for agents' event keys: `candidate` is stored if it has none
+    /// yet (its first start), and the stored one is returned either way.
+    pub async fn controller_agent_secret(
+        &self,
+        controller_id: &str,
+        candidate: &[u8],
+    ) -> Result<Vec<u8>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "WITH inserted AS (
+                 INSERT INTO controller_secrets (controller_id, agent_secret) VALUES ($1, $2)
+                 ON CONFLICT (controller_id) DO NOTHING
+                 RETURNING agent_secret)
+             SELECT agent_secret FROM inserted
+             UNION ALL
+             SELECT agent_secret FROM controller_secrets WHERE controller_id = $1
+             LIMIT 1",
+        )
+        .bind(controller_id)
+        .bind(candidate)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// A controller's heartbeat with its current checks and details.
     pub async fn controller_heartbeat(
         &self,
@@ -1003,28 +1029,36 @@ impl Store {
 
     /// Stores a live log chunk (output text; the bytes it stands for are stored); a repeated
     /// chunk (redelivery) is ignored.
+    /// Stores a log chunk from `agent_id`, only for an execution placed on that agent; returns
+    /// whether the execution is placed there (a redelivered chunk is kept once).
     pub async fn append_log(
         &self,
         execution_id: i64,
+        agent_id: &str,
         seq: u64,
         stream: OutputStream,
         data: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let stream = match stream {
             OutputStream::Stdout => "stdout",
             OutputStream::Stderr => "stderr",
         };
-        sqlx::query(
-            "INSERT INTO execution_logs (execution_id, seq, stream, data) VALUES ($1, $2, $3, $4)
-             ON CONFLICT DO NOTHING",
+        let placed: Option<bool> = sqlx::query_scalar(
+            "WITH placed AS (SELECT id FROM executions WHERE id = $1 AND agent_id = $5),
+                  stored AS (
+                      INSERT INTO execution_logs (execution_id, seq, stream, data)
+                      SELECT $1, $2, $3, $4 FROM placed
+                      ON CONFLICT DO NOTHING)
+             SELECT true FROM placed",
         )
         .bind(execution_id)
         .bind(seq as i64)
         .bind(stream)
         .bind(text_to_bytes(data))
-        .execute(&self.pool)
+        .bind(agent_id)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(())
+        Ok(placed.is_some())
     }
 
     /// Log chunks with `seq` above `after_seq`, in order.
@@ -1156,6 +1190,7 @@ where
              lease_expires_at = COALESCE(now() + make_interval(secs => $19), lease_expires_at)
          WHERE id = $1 AND status = ANY($3)
            AND ($17::text IS NULL OR (controller_id = $17 AND lease_epoch = $18))
+           AND ($20::text IS NULL OR agent_id IS NULL OR agent_id = $20)
          RETURNING {EXECUTION_COLUMNS}"
     ))
     .bind(execution_id)
@@ -1178,6 +1213,7 @@ where
     .bind(fence_controller)
     .bind(fence_epoch)
     .bind(fields.lease.map(|lease| lease.as_secs_f64()))
+    .bind(fields.from_agent)
     .fetch_optional(executor)
     .await?;
     Ok(row)

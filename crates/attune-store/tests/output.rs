@@ -14,6 +14,9 @@ async fn store_with_hello() -> (TestDatabase, Store) {
     store_with_pack("examples/packs/hello", 4).await
 }
 
+/// The agent the test's execution runs on.
+const AGENT: &str = "agent-a";
+
 async fn running_execution(store: &Store) -> i64 {
     let action = store.get_action("hello.greet").await.unwrap();
     let execution = store
@@ -26,7 +29,10 @@ async fn running_execution(store: &Store) -> i64 {
         .transition(
             execution.id,
             ExecutionStatus::Running,
-            TransitionFields::default(),
+            TransitionFields {
+                agent_id: Some(AGENT.to_string()),
+                ..TransitionFields::default()
+            },
         )
         .await
         .unwrap()
@@ -51,13 +57,22 @@ async fn reports_and_chunks_with_any_bytes_are_stored_and_read_back_exactly() {
     let text = bytes_to_text(&bytes);
 
     store
-        .append_log(execution_id, 0, OutputStream::Stdout, &text)
+        .append_log(execution_id, AGENT, 0, OutputStream::Stdout, &text)
         .await
         .expect("a chunk with NUL and invalid UTF-8 is stored");
     store
-        .append_log(execution_id, 1, OutputStream::Stderr, "plain\n")
+        .append_log(execution_id, AGENT, 1, OutputStream::Stderr, "plain\n")
         .await
         .unwrap();
+    // Another agent cannot add to this execution's output.
+    let placed = store
+        .append_log(execution_id, "agent-b", 2, OutputStream::Stdout, "forged\n")
+        .await
+        .unwrap();
+    assert!(
+        !placed,
+        "a chunk from an agent the execution is not placed on"
+    );
     let chunks = store.logs_after(execution_id, None, 10).await.unwrap();
     assert_eq!(chunks.len(), 2);
     assert_eq!(text_to_bytes(&chunks[0].data), bytes, "the exact bytes");

@@ -363,8 +363,12 @@ impl Controller {
                         format!("declare queue of agent {agent_id}: {error}"),
                     )
                 })?;
+            let secrets = self
+                .settings
+                .agent_secret
+                .stdin_line(&self.settings.agent_mq_url, &agent_id);
             self.docker
-                .start_container(&container_id)
+                .start_container_with_input(&container_id, &secrets)
                 .await
                 .map_err(|error| {
                     super::classify_start_error(&template.container_spec.image, &self.agent, error)

@@ -1,0 +1,3 @@
+#!/bin/sh
+sleep "$ATTUNE_ACTION_SECONDS"
+echo "the real result"
