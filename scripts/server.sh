@@ -18,6 +18,9 @@ case "${1:-start}" in
     # The first start on an empty database writes its admin token here (mode 0600).
     : "${ATTUNE__SERVER__ADMIN_TOKEN_FILE:=$run_dir/admin-token}"
     export ATTUNE__SERVER__ADMIN_TOKEN_FILE
+    # Secret parameters are sealed with this keyring (written with one key when missing).
+    : "${ATTUNE__SERVER__SECRETS_KEY_FILE:=$run_dir/secrets-key}"
+    export ATTUNE__SERVER__SECRETS_KEY_FILE
     nohup "${ATTUNE_SERVER_BIN:-target/debug/attune-server}" --bind 127.0.0.1:8080 >"$run_dir/server.log" 2>&1 &
     echo $! >"$pid_file"
     for _ in $(seq 1 100); do

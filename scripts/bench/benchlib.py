@@ -179,6 +179,7 @@ class BenchServer:
             "ATTUNE__EXECUTOR__CONTROLLER_ID": self.controller_id,
             "ATTUNE__DOCKER__NETWORK": "host",
             "ATTUNE__SERVER__ADMIN_TOKEN_FILE": self.token_path,
+            "ATTUNE__SERVER__SECRETS_KEY_FILE": os.path.join(self.log_dir, "secrets-key"),
         })
         docker_host = self.docker_host or os.environ.get("DOCKER_HOST")
         if docker_host:

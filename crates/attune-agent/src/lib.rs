@@ -5,7 +5,7 @@
 //! Modules, from the outside in: [`entry`] (what the binary does), [`config`] (flags and
 //! environment), [`agent`] (the service loop), [`mq`] (broker wiring), [`runner`] (one job end
 //! to end), [`environment`] (pack venvs and node_modules, built once and reused), [`delivery`]
-//! (parameters), [`output`] (capture and live logs), [`process`] (process groups),
+//! (parameters), [`output`] (capture and live logs), [`mask`] (secret values out of the output), [`process`] (process groups),
 //! [`exit_reason`] (what exit codes 126 and 127 mean), [`detect`] and [`hints`] (interpreters in
 //! the image), [`secrets`] (broker URL and event key from stdin, out of the actions' reach).
 
@@ -17,6 +17,7 @@ pub mod entry;
 pub mod environment;
 pub mod exit_reason;
 pub mod hints;
+pub mod mask;
 pub mod mq;
 pub mod output;
 pub mod process;

@@ -81,8 +81,16 @@ pub async fn connect(url: &str, agent_id: &str, timeout: Duration) -> Result<Con
     let deadline = Instant::now() + timeout;
     let mut delay = Duration::from_millis(100);
     loop {
+        // Reconnects like the controller does (100 ms doubling to 2 s), for as long as the
+        // agent lives: a broker outage must not end a job whose report is still to be sent.
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("attune-agent {agent_id}").into())
+            .configure_backoff(|backoff| {
+                backoff
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(2))
+                    .with_max_times(100_000)
+            })
             .enable_auto_recover();
         let remaining = deadline.saturating_duration_since(Instant::now());
         let message =

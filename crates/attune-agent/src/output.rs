@@ -6,6 +6,7 @@
 //! is read and dropped, so the process never blocks on a full pipe. Chunks and reports carry the
 //! bytes as output text (`attune_protocol::output`): NUL, escapes and invalid UTF-8 survive.
 
+use crate::mask::Masker;
 use crate::EventSender;
 use attune_protocol::output::bytes_into_text;
 use attune_protocol::{AgentEvent, ExecutionId, OutputStream};
@@ -36,6 +37,8 @@ pub struct CaptureSettings {
     /// Send live chunks; when false, output is only kept for the report.
     pub stream_logs: bool,
     pub events: EventSender,
+    /// Secret parameter values, masked in both streams before they are kept or sent.
+    pub secrets: Vec<Vec<u8>>,
 }
 
 /// Everything kept from both streams.
@@ -79,20 +82,31 @@ struct StreamState {
     kept: Vec<u8>,
     truncated: bool,
     pending: Vec<u8>,
+    masker: Masker,
 }
 
 impl StreamState {
-    fn new(stream: OutputStream) -> Self {
+    fn new(stream: OutputStream, secrets: Vec<Vec<u8>>) -> Self {
         Self {
             stream,
             kept: Vec::new(),
             truncated: false,
             pending: Vec::new(),
+            masker: Masker::new(secrets),
         }
     }
 
+    /// Takes bytes as read (`at_end`: the stream closed), masking secrets first.
+    fn read(&mut self, data: &[u8], at_end: bool, limit_bytes: u64, stream_logs: bool) {
+        let mut masked = self.masker.push(data);
+        if at_end {
+            masked.extend(self.masker.finish());
+        }
+        self.accept(&masked, limit_bytes, stream_logs);
+    }
+
     fn accept(&mut self, data: &[u8], limit_bytes: u64, stream_logs: bool) {
-        if self.truncated {
+        if self.truncated || data.is_empty() {
             return;
         }
         let room = usize::try_from(limit_bytes)
@@ -155,7 +169,14 @@ impl Collector {
 
     fn accept(&mut self, stream: OutputStream, data: &[u8]) {
         let (limit_bytes, stream_logs) = (self.settings.limit_bytes, self.settings.stream_logs);
-        self.state(stream).accept(data, limit_bytes, stream_logs);
+        self.state(stream)
+            .read(data, false, limit_bytes, stream_logs);
+    }
+
+    /// The stream ended: what its masker held back.
+    fn close(&mut self, stream: OutputStream) {
+        let (limit_bytes, stream_logs) = (self.settings.limit_bytes, self.settings.stream_logs);
+        self.state(stream).read(&[], true, limit_bytes, stream_logs);
     }
 
     fn has_pending(&self) -> bool {
@@ -236,9 +257,9 @@ where
     Err: AsyncRead + Unpin,
 {
     let mut collector = Collector {
+        stdout: StreamState::new(OutputStream::Stdout, settings.secrets.clone()),
+        stderr: StreamState::new(OutputStream::Stderr, settings.secrets.clone()),
         settings,
-        stdout: StreamState::new(OutputStream::Stdout),
-        stderr: StreamState::new(OutputStream::Stderr),
         next_seq: 0,
     };
     let mut stdout_buffer = vec![0_u8; READ_BUFFER_BYTES];
@@ -271,6 +292,8 @@ where
             flush_at = None;
         }
     }
+    collector.close(OutputStream::Stdout);
+    collector.close(OutputStream::Stderr);
     collector.flush(true);
     collector.into_output()
 }
@@ -290,9 +313,37 @@ mod tests {
                 limit_bytes,
                 stream_logs: true,
                 events,
+                secrets: Vec::new(),
             },
             receiver,
         )
+    }
+
+    #[tokio::test]
+    async fn a_secret_split_across_writes_is_masked_in_chunks_and_kept_output() {
+        let (mut settings, mut receiver) = settings(1024);
+        settings.secrets = vec![b"hunter2-secret".to_vec()];
+        let (mut out_writer, out_reader) = tokio::io::duplex(64);
+        let (err_writer, err_reader) = tokio::io::duplex(64);
+        drop(err_writer);
+        let capture = start_capture(out_reader, err_reader, settings);
+        out_writer.write_all(b"password: hunter2").await.unwrap();
+        out_writer.flush().await.unwrap();
+        tokio::task::yield_now().await;
+        out_writer
+            .write_all(b"-secret and hunter2\n")
+            .await
+            .unwrap();
+        drop(out_writer);
+        let output = capture.finish(Duration::from_secs(5)).await;
+        assert_eq!(output.stdout, b"password: ******** and hunter2\n");
+        let mut sent = String::new();
+        while let Ok(event) = receiver.try_recv() {
+            if let AgentEvent::Log { data, .. } = event {
+                sent.push_str(&data);
+            }
+        }
+        assert_eq!(sent, "password: ******** and hunter2\n");
     }
 
     fn chunks(

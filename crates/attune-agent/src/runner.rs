@@ -389,6 +389,7 @@ async fn execute(
                 limit_bytes: job.output_limit_bytes,
                 stream_logs: job.stream_logs,
                 events: events.clone(),
+                secrets: crate::mask::secret_texts(&job.parameters, &job.secret_parameters),
             },
         )),
         _ => None,

@@ -439,7 +439,7 @@ fn action_view(action: &ActionRow) -> ActionView {
         description: action.description.clone(),
         runner_type: action.runner_type.clone(),
         entry_point: action.entry_point.clone(),
-        parameters: action.parameters_schema.clone(),
+        parameters: attune_pack::redact_secret_defaults(&action.parameters_schema),
         parameter_delivery: action.parameter_delivery,
         parameter_format: action.parameter_format,
         timeout: action.timeout_seconds.max(0) as u64,

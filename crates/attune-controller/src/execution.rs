@@ -269,6 +269,12 @@ impl Controller {
         &self.settings
     }
 
+    /// Whether supervisors cannot hear agents now: their events are held or stalled (the
+    /// database), or the broker connection is being opened again. Silence then is not theirs.
+    fn cannot_hear_agents(&self) -> bool {
+        self.signals.events_stalled() || !self.agents.is_connected()
+    }
+
     /// Whether this controller can launch executions now: its broker connection is up (while
     /// it is lost, requested executions wait in the database instead of being claimed).
     pub fn can_launch(&self) -> bool {
@@ -923,7 +929,7 @@ impl Controller {
                     let Some(expired) = machine.expired(Instant::now()) else {
                         continue;
                     };
-                    if self.signals.events_stalled() {
+                    if self.cannot_hear_agents() {
                         // The agent's word may be waiting in the broker: look again later.
                         machine.hold(Instant::now(), EVENTS_HELD_RECHECK);
                         continue;
@@ -1000,7 +1006,7 @@ impl Controller {
                     .is_ok_and(|waited| waited.is_ok());
             // While agents' events are held (the database does not answer), the report may be
             // waiting in the broker: no inference until they flow again and it had its grace.
-            if reported || !self.signals.events_stalled() {
+            if reported || !self.cannot_hear_agents() {
                 break reported;
             }
             wait = self.settings.report_grace.max(EVENTS_HELD_RECHECK);
@@ -1161,6 +1167,10 @@ impl Controller {
         action: &ActionRow,
         container_spec: &ContainerSpec,
     ) -> Result<Job, ExecutionFailure> {
+        // The only place secrets are opened: for the agent's job.
+        let parameters = self.store.open_parameters(execution).map_err(|error| {
+            ExecutionFailure::failed(FailureKind::ParameterDelivery, error.to_string())
+        })?;
         Ok(Job {
             protocol_version: PROTOCOL_VERSION,
             execution_id: execution.id,
@@ -1169,7 +1179,7 @@ impl Controller {
             runtime: action.runtime,
             pack_dir: format!("{PACKS_DIR_IN_CONTAINER}/{}", action.pack_ref),
             entry_point: action.entry_point_path.clone(),
-            parameters: execution.parameters_map(),
+            parameters,
             secret_parameters: execution.secret_parameters.clone(),
             parameter_delivery: action.parameter_delivery,
             parameter_format: action.parameter_format,

@@ -478,8 +478,12 @@ impl DockerOps for BollardEngine {
             .await
             .map_err(|error| map_error(&operation, error))?;
         self.start_container(container_id).await?;
-        // The container runs by now: its agent fails on its own when no secrets arrive.
-        let io = |error: std::io::Error| DockerError::Unavailable(format!("{operation}: {error}"));
+        // The container runs by now, so this is never retried (its agent fails on its own
+        // when no secrets arrive): a refusal, not a transient error.
+        let io = |error: std::io::Error| DockerError::Rejected {
+            operation: operation.clone(),
+            reason: format!("the container started but its stdin could not be written: {error}"),
+        };
         attached.input.write_all(input).await.map_err(io)?;
         attached.input.flush().await.map_err(io)?;
         attached.input.shutdown().await.map_err(io)?;

@@ -170,15 +170,17 @@ impl DockerOps for RetryingDocker {
             .await
     }
 
-    /// Not retried: once the container started, doing it again would start nothing and write
-    /// the input to no one.
+    /// Retried like a start: a transient error comes from the attach or the start, before the
+    /// container runs (an error writing its stdin once it runs is a refusal, never retried).
     async fn start_container_with_input(
         &self,
         container_id: &str,
         input: &[u8],
     ) -> Result<(), DockerError> {
-        self.inner
-            .start_container_with_input(container_id, input)
+        (|| self.inner.start_container_with_input(container_id, input))
+            .retry(self.policy.backoff())
+            .when(DockerError::is_transient)
+            .notify(log_retry("start container"))
             .await
     }
 

@@ -32,8 +32,8 @@ pub use model::{
     DEFAULT_MAX_UNPACKED_BYTES, DEFAULT_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS,
 };
 pub use parameters::{
-    redact_secrets, secret_parameter_names, validate_parameters, ParameterError, ParameterFailure,
-    ParameterValidator, REDACTED,
+    redact_secret_defaults, redact_secrets, secret_parameter_names, validate_parameters,
+    ParameterError, ParameterFailure, ParameterValidator, REDACTED,
 };
 pub use pool::{MAX_IDLE_TIMEOUT_SECONDS, MAX_POOL_SIZE, MIN_IDLE_TIMEOUT_SECONDS};
 pub use resources::{

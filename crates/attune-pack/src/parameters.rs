@@ -306,6 +306,27 @@ pub fn secret_parameter_names(schema: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A schema to show: the `default` (and `examples`) of every property marked secret replaced
+/// by [`REDACTED`], so reading an action never tells its secret default.
+pub fn redact_secret_defaults(schema: &Value) -> Value {
+    let mut shown = schema.clone();
+    if let Some(properties) = shown.get_mut("properties").and_then(Value::as_object_mut) {
+        for property in properties.values_mut() {
+            if property.get("secret") != Some(&Value::Bool(true)) {
+                continue;
+            }
+            if let Some(property) = property.as_object_mut() {
+                for key in ["default", "examples", "const"] {
+                    if property.contains_key(key) {
+                        property.insert(key.to_string(), Value::String(REDACTED.to_string()));
+                    }
+                }
+            }
+        }
+    }
+    shown
+}
+
 /// Replaces the values of the secret parameters with [`REDACTED`].
 pub fn redact_secrets(
     parameters: &Map<String, Value>,

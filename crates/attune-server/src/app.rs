@@ -64,6 +64,8 @@ pub enum ServerError {
     Http(#[from] std::io::Error),
     #[error(transparent)]
     AdminToken(#[from] attune_api::auth::BootstrapError),
+    #[error(transparent)]
+    Keyring(#[from] attune_store::secrets::KeyringError),
 }
 
 /// Which parts of the server a process runs (`--roles api,controller`; default both).
@@ -127,7 +129,12 @@ pub async fn run_roles(
     listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let store = Store::connect(&settings.database.url, settings.database.max_connections).await?;
+    let keyring =
+        attune_store::secrets::Keyring::load_or_create(&settings.server.secrets_key_file)?;
+    tracing::info!(path = %settings.server.secrets_key_file.display(), keyring = ?keyring, "secrets keyring loaded");
+    let store = Store::connect(&settings.database.url, settings.database.max_connections)
+        .await?
+        .with_keyring(Arc::new(keyring));
     if roles.api {
         attune_api::auth::bootstrap_admin_token(&store, &settings.server.admin_token_file).await?;
     }

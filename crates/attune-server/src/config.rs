@@ -29,6 +29,10 @@ pub struct ServerSettings {
     /// Where the first start on a database without API tokens writes its admin token (mode
     /// 0600). Later starts leave it alone.
     pub admin_token_file: std::path::PathBuf,
+    /// The keyring secret parameters are sealed with (AES-256-GCM): lines `<id>:<64 hex>`,
+    /// the first one current; written with one random key (mode 0600) when missing. Every
+    /// server of a deployment needs the same file.
+    pub secrets_key_file: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -209,6 +213,7 @@ max_pack_bytes = 16777216
 max_json_bytes = 2097152
 idempotency_key_ttl_seconds = 86400
 admin_token_file = "attune-admin-token"
+secrets_key_file = "attune-secrets-key"
 
 [database]
 url = "postgres://postgres:postgres@127.0.0.1:5432/attune"

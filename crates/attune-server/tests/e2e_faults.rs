@@ -262,6 +262,10 @@ impl ServerCommand {
             .env_remove("ATTUNE_CONFIG")
             .env("ATTUNE__DATABASE__URL", &self.database_url)
             .env("ATTUNE__SERVER__ADMIN_TOKEN_FILE", &self.admin_token_file)
+            .env(
+                "ATTUNE__SERVER__SECRETS_KEY_FILE",
+                format!("{}.secrets-key", self.admin_token_file.display()),
+            )
             .env("ATTUNE__DATABASE__MAX_CONNECTIONS", "8")
             .env("ATTUNE__MESSAGE_QUEUE__URL", &environment.message_queue_url)
             .env("ATTUNE__MESSAGE_QUEUE__EVENTS_QUEUE", &self.events_queue)

@@ -18,6 +18,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::FromRow;
 use std::time::Duration;
 
+pub mod secrets;
 pub mod status_feed;
 #[cfg(feature = "test-database")]
 pub mod testing;
@@ -67,6 +68,8 @@ impl StoreError {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
+    /// Seals secret parameters as executions are written; `None` writes them as given.
+    keyring: Option<std::sync::Arc<secrets::Keyring>>,
 }
 
 /// A pack row without its archive.
@@ -434,14 +437,20 @@ impl Store {
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await?;
-        let store = Store { pool };
+        let store = Store {
+            pool,
+            keyring: None,
+        };
         store.migrate().await?;
         Ok(store)
     }
 
     /// Wraps an existing pool (tests) and migrates.
     pub async fn from_pool(pool: PgPool) -> Result<Store, StoreError> {
-        let store = Store { pool };
+        let store = Store {
+            pool,
+            keyring: None,
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -449,6 +458,33 @@ impl Store {
     async fn migrate(&self) -> Result<(), StoreError> {
         sqlx::migrate!("../../migrations").run(&self.pool).await?;
         Ok(())
+    }
+
+    /// Seals secret parameters with `keyring` as executions are written, and opens them for
+    /// [`Store::open_parameters`].
+    pub fn with_keyring(mut self, keyring: std::sync::Arc<secrets::Keyring>) -> Store {
+        self.keyring = Some(keyring);
+        self
+    }
+
+    /// An execution's parameters with its secrets opened (for the agent's job only).
+    pub fn open_parameters(
+        &self,
+        execution: &ExecutionRow,
+    ) -> Result<Map<String, Value>, secrets::KeyringError> {
+        let parameters = execution.parameters_map();
+        match &self.keyring {
+            Some(keyring) => keyring.open_parameters(&parameters, &execution.secret_parameters),
+            None => Ok(parameters),
+        }
+    }
+
+    /// `parameters` as stored: secrets sealed when there is a keyring.
+    fn sealed(&self, action: &ActionRow, parameters: &Map<String, Value>) -> Value {
+        Value::Object(match &self.keyring {
+            Some(keyring) => keyring.seal_parameters(parameters, &action.secret_parameters),
+            None => parameters.clone(),
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -617,7 +653,7 @@ impl Store {
         ))
         .bind(&action.action_ref)
         .bind(action.id)
-        .bind(Value::Object(parameters.clone()))
+        .bind(self.sealed(action, parameters))
         .bind(&action.secret_parameters)
         .fetch_one(&self.pool)
         .await?)
@@ -1435,7 +1471,7 @@ impl Store {
         ))
         .bind(&action.action_ref)
         .bind(action.id)
-        .bind(Value::Object(parameters.clone()))
+        .bind(self.sealed(action, parameters))
         .bind(&action.secret_parameters)
         .fetch_one(&mut *transaction)
         .await?;

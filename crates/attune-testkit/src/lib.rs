@@ -227,6 +227,7 @@ impl TestServer {
         let environment = TestEnvironment::from_env();
         let database_url = database.url.clone();
         let token_file = admin_token_file(&database).display().to_string();
+        let secrets_key_file = format!("{token_file}.secrets-key");
         let mut variables: HashMap<String, String> = [
             ("ATTUNE__DATABASE__URL", database_url.as_str()),
             ("ATTUNE__DATABASE__MAX_CONNECTIONS", "8"),
@@ -238,6 +239,10 @@ impl TestServer {
             ("ATTUNE__EXECUTOR__CONTROLLER_ID", controller_id.as_str()),
             ("ATTUNE__DOCKER__NETWORK", "host"),
             ("ATTUNE__SERVER__ADMIN_TOKEN_FILE", token_file.as_str()),
+            (
+                "ATTUNE__SERVER__SECRETS_KEY_FILE",
+                secrets_key_file.as_str(),
+            ),
         ]
         .into_iter()
         .map(|(key, value)| (key.to_string(), value.to_string()))
@@ -330,6 +335,10 @@ impl TestServer {
         if last {
             self.database.drop_database().await?;
             let _ = std::fs::remove_file(admin_token_file(&self.database));
+            let _ = std::fs::remove_file(format!(
+                "{}.secrets-key",
+                admin_token_file(&self.database).display()
+            ));
         }
         // This server's identity is retired for good (a restart keeps it and never gets here).
         self.owns_queues = false;
