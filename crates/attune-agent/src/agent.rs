@@ -3,7 +3,7 @@
 use crate::config::{AgentConfig, Mode};
 use crate::detect::{Detector, RuntimeName};
 use crate::mq::{self, MqError, Publisher};
-use crate::runner::{early_report, run_job, RunnerContext, StopRequest};
+use crate::runner::{early_report, run_job_then_sweep, RunnerContext, StopRequest};
 use crate::EventSender;
 use attune_protocol::{
     AgentCommand, AgentEvent, AgentRegistration, ExecutionId, FailureKind, Job, JobOutcome,
@@ -289,8 +289,11 @@ impl Agent {
         self.jobs_taken += 1;
         let context = Arc::clone(&self.context);
         let events = self.events.clone();
+        // Alone in its container, one job at a time: what a job leaves running is killed
+        // before its report goes out (so before the next job can arrive).
+        let sweep = self.config.sweep_processes && self.config.concurrency == 1;
         let handle = self.tasks.spawn(async move {
-            run_job(&context, &job, &events, stop_receiver).await;
+            run_job_then_sweep(&context, &job, &events, stop_receiver, sweep).await;
             job.execution_id
         });
         self.task_executions.insert(handle.id(), execution_id);

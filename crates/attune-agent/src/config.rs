@@ -83,6 +83,9 @@ pub struct AgentConfig {
     /// The key this agent signs its events with, once read from stdin; without one (an agent
     /// started by hand) events go unsigned, and a controller drops them.
     pub event_key: Option<attune_protocol::signing::Key>,
+    /// Kill every other process of the container between two jobs (a warm container's agent,
+    /// `ATTUNE_AGENT_SWEEP_PROCESSES=1`).
+    pub sweep_processes: bool,
 }
 
 /// What the command line asks for.
@@ -256,6 +259,8 @@ where
         events_queue,
         secrets_on_stdin,
         event_key: None,
+        sweep_processes: mode == Mode::Worker
+            && non_empty(env(queues::ENV_AGENT_SWEEP_PROCESSES)).as_deref() == Some("1"),
     })))
 }
 

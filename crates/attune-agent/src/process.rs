@@ -180,3 +180,42 @@ mod tests {
         assert!(!group_has_live_members(i32::MAX - 1));
     }
 }
+
+/// Kills (SIGKILL) every process this agent can see except PID 1 (the container's init) and
+/// itself, and reaps what it can; returns how many it signalled. Only for an agent alone in its
+/// container between two jobs ([`attune_protocol::queues::ENV_AGENT_SWEEP_PROCESSES`]): a job's
+/// process that left its group (`setsid`) must not outlive the job.
+pub fn kill_every_other_process() -> usize {
+    let own = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut signalled = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid <= 1 || pid == own {
+            continue;
+        }
+        let Ok(pid) = i32::try_from(pid) else {
+            continue;
+        };
+        // SAFETY: kill has no memory-safety preconditions.
+        if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+            signalled += 1;
+        }
+    }
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes only into `status`; WNOHANG keeps it from blocking.
+        if unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } <= 0 {
+            break;
+        }
+    }
+    signalled
+}

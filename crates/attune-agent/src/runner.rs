@@ -82,9 +82,55 @@ pub async fn run_job(
     events: &EventSender,
     stop: StopReceiver,
 ) -> JobReport {
+    run_job_then_sweep(context, job, events, stop, false).await
+}
+
+/// [`run_job`]; with `sweep`, every other process of the container but its init is killed
+/// before the report is sent (an agent alone in a warm container, one job at a time).
+pub async fn run_job_then_sweep(
+    context: &RunnerContext,
+    job: &Job,
+    events: &EventSender,
+    stop: StopReceiver,
+    sweep: bool,
+) -> JobReport {
     let report = execute(context, job, events, stop).await;
+    if sweep {
+        let killed = crate::process::kill_every_other_process();
+        if killed > 0 {
+            eprintln!(
+                "attune-agent: execution {} left {killed} processes running; killed before the next job",
+                job.execution_id
+            );
+        }
+        clear_work_area(&context.workdir_base, &context.environments.root);
+    }
     let _ = events.send(AgentEvent::Finished(report.clone()));
     report
+}
+
+/// Empties the work area (HOME and TMPDIR of the jobs) but for the environments cache, so the
+/// next job in this container finds nothing the last one left there.
+fn clear_work_area(work_area: &std::path::Path, environments: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(work_area) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if environments.starts_with(&path) {
+            continue;
+        }
+        let removed = match entry.file_type() {
+            Ok(kind) if kind.is_dir() => std::fs::remove_dir_all(&path),
+            _ => std::fs::remove_file(&path),
+        };
+        if let Err(error) = removed {
+            eprintln!(
+                "attune-agent: clear {} before the next job: {error}",
+                path.display()
+            );
+        }
+    }
 }
 
 /// A report for a job that ends before or without its process.

@@ -246,8 +246,11 @@ async fn apply_known(
             }
         }
         AgentEvent::Heartbeat { agent_id, running } => {
-            store.renew_leases(&running, lease).await?;
-            for execution_id in running {
+            let renewed = store.renew_leases(&agent_id, &running, lease).await?;
+            if renewed.len() < running.len() {
+                tracing::debug!(%agent_id, listed = running.len(), renewed = renewed.len(), "heartbeat lists executions not running on this agent");
+            }
+            for execution_id in renewed {
                 signals.heartbeat(execution_id);
             }
             store.touch_agent(&agent_id, false).await?

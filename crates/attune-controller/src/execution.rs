@@ -929,8 +929,9 @@ impl Controller {
                     let Some(expired) = machine.expired(Instant::now()) else {
                         continue;
                     };
-                    if self.cannot_hear_agents() {
-                        // The agent's word may be waiting in the broker: look again later.
+                    if self.cannot_hear_agents() || self.store.ping().await.is_err() {
+                        // The agent's word may be waiting in the broker (or could not be stored
+                        // because the database does not answer): look again later.
                         machine.hold(Instant::now(), EVENTS_HELD_RECHECK);
                         continue;
                     }
@@ -1243,8 +1244,13 @@ impl Controller {
             format!("{ENV_AGENT_IMAGE_ID}={}", image.id),
         ];
         if mode == AgentMode::Worker {
-            // A warm container serves one execution at a time.
+            // A warm container serves one execution at a time, and nothing one leaves running
+            // survives into the next.
             env.push(format!("{ENV_AGENT_CONCURRENCY}=1"));
+            env.push(format!(
+                "{}=1",
+                attune_protocol::queues::ENV_AGENT_SWEEP_PROCESSES
+            ));
         }
         // A work area any user can write, whatever the image's /tmp, passwd and root
         // filesystem look like (a numeric USER without a home, a root-only /tmp, read-only).

@@ -84,6 +84,11 @@ pub const ENV_AGENT_IMAGE: &str = "ATTUNE_AGENT_IMAGE";
 pub const ENV_WORKER_RUNTIMES: &str = "ATTUNE_WORKER_RUNTIMES";
 /// Environment variable naming the directory where the agent creates work directories.
 pub const ENV_AGENT_WORKDIR: &str = "ATTUNE_AGENT_WORKDIR";
+/// Environment variable (`1`) telling a worker agent that its container is its own: between
+/// two jobs it kills every process but the container's init and itself, so nothing a job left
+/// running (a `setsid` child) survives into the next. The controller sets it for warm
+/// containers; an agent on a shared host never gets it.
+pub const ENV_AGENT_SWEEP_PROCESSES: &str = "ATTUNE_AGENT_SWEEP_PROCESSES";
 
 /// Environment variable naming the directory where the agent keeps lazily built pack
 /// environments (venvs, node_modules), shared between containers of one host.

@@ -802,21 +802,24 @@ impl Store {
     /// Renews the lease of running executions whose agent sent a heartbeat.
     pub async fn renew_leases(
         &self,
+        agent_id: &str,
         execution_ids: &[i64],
         lease: Duration,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<i64>, StoreError> {
         if execution_ids.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        sqlx::query(
+        // Only the executions placed on this agent: an agent cannot keep another's alive.
+        Ok(sqlx::query_scalar(
             "UPDATE executions SET lease_expires_at = now() + make_interval(secs => $2)
-             WHERE id = ANY($1) AND status = 'running'",
+             WHERE id = ANY($1) AND status = 'running' AND agent_id = $3
+             RETURNING id",
         )
         .bind(execution_ids)
         .bind(lease.as_secs_f64())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .bind(agent_id)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// The database's clock (deadlines are computed from stored timestamps against it).

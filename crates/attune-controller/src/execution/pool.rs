@@ -56,12 +56,16 @@ impl PoolKey {
     }
 }
 
-/// The resource class of a container spec: its limits, written out.
+/// The class of a container spec: everything about the container that matters to whoever
+/// runs in it — its limits, read-only root, user, working directory, added capabilities and
+/// environment (as a digest: values may be private). A warm container serves only actions of
+/// the same class, so an action never inherits another's user, capabilities or environment.
 pub fn resource_class(spec: &ContainerSpec) -> String {
-    match &spec.resources {
+    use sha2::{Digest, Sha256};
+    let limits = match &spec.resources {
         None => "default".to_string(),
         Some(resources) => format!(
-            "memory={},cpus={},pids={},read_only={}",
+            "memory={},cpus={},pids={}",
             resources.memory.as_deref().unwrap_or("-"),
             resources
                 .cpus
@@ -71,9 +75,37 @@ pub fn resource_class(spec: &ContainerSpec) -> String {
                 .pids
                 .map(|pids| pids.to_string())
                 .unwrap_or_else(|| "-".into()),
-            spec.read_only
         ),
+    };
+    let mut cap_add: Vec<String> = spec
+        .cap_add
+        .iter()
+        .map(|cap| cap.to_ascii_uppercase())
+        .collect();
+    cap_add.sort();
+    cap_add.dedup();
+    let mut environment = Sha256::new();
+    for (name, value) in &spec.env {
+        environment.update(name.as_bytes());
+        environment.update(b"=");
+        environment.update(value.as_bytes());
+        environment.update(b"\0");
     }
+    let environment: String = environment.finalize()[..6]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    format!(
+        "{limits},read_only={},user={},workdir={},cap_add={},env={environment}",
+        spec.read_only,
+        spec.user.as_deref().unwrap_or("-"),
+        spec.workdir.as_deref().unwrap_or("-"),
+        if cap_add.is_empty() {
+            "-".to_string()
+        } else {
+            cap_add.join("+")
+        },
+    )
 }
 
 #[derive(Debug, Clone)]
@@ -656,4 +688,69 @@ impl Controller {
 /// Labels that mark a container as a pool member (for reconcile).
 pub fn is_pool_container(labels: &BTreeMap<String, String>) -> bool {
     labels.contains_key(LABEL_POOL) && labels.contains_key(LABEL_AGENT_ID)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ContainerSpec {
+        serde_json::from_value(serde_json::json!({"image": "busybox:1.36"})).unwrap()
+    }
+
+    #[test]
+    fn a_warm_container_is_shared_only_by_actions_with_identical_container_settings() {
+        let base = spec();
+        assert_eq!(resource_class(&base), resource_class(&spec()));
+        let variants: Vec<ContainerSpec> = vec![
+            ContainerSpec {
+                user: Some("1000".into()),
+                ..spec()
+            },
+            ContainerSpec {
+                workdir: Some("/srv".into()),
+                ..spec()
+            },
+            ContainerSpec {
+                read_only: true,
+                ..spec()
+            },
+            ContainerSpec {
+                cap_add: vec!["NET_BIND_SERVICE".into()],
+                ..spec()
+            },
+            ContainerSpec {
+                env: [("MODE".to_string(), "a".to_string())].into(),
+                ..spec()
+            },
+            ContainerSpec {
+                env: [("MODE".to_string(), "b".to_string())].into(),
+                ..spec()
+            },
+            serde_json::from_value(
+                serde_json::json!({"image": "busybox:1.36", "resources": {"memory": "64Mi"}}),
+            )
+            .unwrap(),
+        ];
+        let mut classes: Vec<String> = variants.iter().map(resource_class).collect();
+        classes.push(resource_class(&base));
+        let distinct: std::collections::BTreeSet<&String> = classes.iter().collect();
+        assert_eq!(distinct.len(), classes.len(), "{classes:#?}");
+        // The environment is in the class only as a digest.
+        let secret_env = ContainerSpec {
+            env: [("TOKEN".to_string(), "hunter2".to_string())].into(),
+            ..spec()
+        };
+        assert!(!resource_class(&secret_env).contains("hunter2"));
+        // Capability order and case do not matter.
+        let one = ContainerSpec {
+            cap_add: vec!["chown".into(), "NET_RAW".into()],
+            ..spec()
+        };
+        let other = ContainerSpec {
+            cap_add: vec!["NET_RAW".into(), "CHOWN".into()],
+            ..spec()
+        };
+        assert_eq!(resource_class(&one), resource_class(&other));
+    }
 }
