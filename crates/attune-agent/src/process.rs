@@ -147,40 +147,6 @@ pub async fn clean_up_group(process_group: i32, grace: Duration) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stat_lines_parse_even_with_odd_command_names() {
-        assert_eq!(
-            parse_stat_state_and_group("1234 (sleep) S 1200 1234 1200 0 -1 4194560"),
-            Some(('S', 1234))
-        );
-        assert_eq!(
-            parse_stat_state_and_group("99 (a) b (c)) Z 1 42 42 0"),
-            Some(('Z', 42))
-        );
-        assert_eq!(parse_stat_state_and_group("garbage"), None);
-    }
-
-    #[test]
-    fn agent_variables_are_not_inherited() {
-        assert!(is_agent_variable("ATTUNE_AGENT_MQ_URL"));
-        assert!(is_agent_variable("ATTUNE_WORKER_RUNTIMES"));
-        assert!(!is_agent_variable("ATTUNE_EXECUTION_ID"));
-        assert!(!is_agent_variable("PATH"));
-    }
-
-    #[test]
-    fn groups_that_do_not_exist_are_not_alive() {
-        assert!(!signal_group(0, 0));
-        assert!(!signal_group(1, 0));
-        // pid_max is at most 2^22; this group cannot exist.
-        assert!(!group_has_live_members(i32::MAX - 1));
-    }
-}
-
 /// Kills (SIGKILL) every process this agent can see except PID 1 (the container's init) and
 /// itself, and reaps what it can; returns how many it signalled. Only for an agent alone in its
 /// container between two jobs ([`attune_protocol::queues::ENV_AGENT_SWEEP_PROCESSES`]): a job's
@@ -218,4 +184,38 @@ pub fn kill_every_other_process() -> usize {
         }
     }
     signalled
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_parse_even_with_odd_command_names() {
+        assert_eq!(
+            parse_stat_state_and_group("1234 (sleep) S 1200 1234 1200 0 -1 4194560"),
+            Some(('S', 1234))
+        );
+        assert_eq!(
+            parse_stat_state_and_group("99 (a) b (c)) Z 1 42 42 0"),
+            Some(('Z', 42))
+        );
+        assert_eq!(parse_stat_state_and_group("garbage"), None);
+    }
+
+    #[test]
+    fn agent_variables_are_not_inherited() {
+        assert!(is_agent_variable("ATTUNE_AGENT_MQ_URL"));
+        assert!(is_agent_variable("ATTUNE_WORKER_RUNTIMES"));
+        assert!(!is_agent_variable("ATTUNE_EXECUTION_ID"));
+        assert!(!is_agent_variable("PATH"));
+    }
+
+    #[test]
+    fn groups_that_do_not_exist_are_not_alive() {
+        assert!(!signal_group(0, 0));
+        assert!(!signal_group(1, 0));
+        // pid_max is at most 2^22; this group cannot exist.
+        assert!(!group_has_live_members(i32::MAX - 1));
+    }
 }
