@@ -486,14 +486,15 @@ pub fn wildcard_match(pattern: &str, text: &str) -> bool {
     // Where the last `*` was, and how much of the text it has swallowed so far.
     let mut last_star: Option<(usize, usize)> = None;
     while text_index < text.len() {
-        if pattern_index < pattern.len()
+        // A `*` of the pattern is always a wildcard, even where the text holds a `*` too.
+        if pattern_index < pattern.len() && pattern[pattern_index] == '*' {
+            last_star = Some((pattern_index, text_index));
+            pattern_index += 1;
+        } else if pattern_index < pattern.len()
             && (pattern[pattern_index] == '?' || pattern[pattern_index] == text[text_index])
         {
             pattern_index += 1;
             text_index += 1;
-        } else if pattern_index < pattern.len() && pattern[pattern_index] == '*' {
-            last_star = Some((pattern_index, text_index));
-            pattern_index += 1;
         } else if let Some((star, swallowed_until)) = last_star {
             pattern_index = star + 1;
             text_index = swallowed_until + 1;
@@ -1022,8 +1023,37 @@ mod tests {
             }
         }
 
+        #[test]
+        fn a_star_in_the_text_is_just_a_character() {
+            assert!(wildcard_match("*a", "*ba"));
+            assert!(wildcard_match("a*", "a*"));
+            assert!(!wildcard_match("a?", "a"));
+        }
+
+        /// Any text, wildcard characters included (a `*` in the text is just a character).
+        fn any_text() -> impl Strategy<Value = String> {
+            prop::collection::vec(
+                prop_oneof![
+                    4 => prop::sample::select(vec!['a', 'b', ':', '/', '.', '1']),
+                    2 => Just('*'),
+                    1 => Just('?'),
+                ],
+                0..12,
+            )
+            .prop_map(|characters| characters.into_iter().collect())
+        }
+
         proptest! {
             #![proptest_config(config())]
+
+            #[test]
+            fn wildcard_match_agrees_with_the_plain_matcher_on_any_text(pattern in pattern(), text in any_text()) {
+                prop_assert_eq!(
+                    wildcard_match(&pattern, &text),
+                    matches(&pattern, &text),
+                    "pattern {:?} text {:?}", pattern, text
+                );
+            }
 
             #[test]
             fn wildcard_match_agrees_with_the_plain_matcher(pattern in pattern(), text in image()) {
