@@ -702,7 +702,7 @@ impl Controller {
         }
         plan.upload = (!archive.is_empty()).then(|| archive.finish());
         if needs_environment(action, &pack_entries) {
-            let content = environments_volume_content();
+            let content = environments_volume_content(&action.pack_ref);
             match self.filler.ensure(&content, helper_image).await {
                 Ok(()) => {
                     plan.binds.push(format!(
@@ -1416,7 +1416,8 @@ impl DeliveryPlan {
     }
 }
 
-/// The shared volume of lazily built pack environments.
+/// The prefix of each pack's volume of lazily built environments (`attune-envs-<pack>`): one
+/// volume per pack, so no pack can pre-build or alter another pack's environments.
 pub const ENVIRONMENTS_VOLUME: &str = "attune-envs";
 /// Its world-writable (sticky) cache directory, so images with any USER can build there.
 const ENVIRONMENTS_CACHE_DIR: &str = "cache";
@@ -1431,12 +1432,28 @@ fn needs_environment(action: &ActionRow, entries: &[PackEntry]) -> bool {
     entries.iter().any(|entry| entry.path == dependency_file)
 }
 
-fn environments_volume_content() -> VolumeContent {
+/// The volume of `pack_ref`'s environments.
+pub fn environments_volume(pack_ref: &str) -> String {
+    let name: String = pack_ref
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{ENVIRONMENTS_VOLUME}-{name}")
+}
+
+fn environments_volume_content(pack_ref: &str) -> VolumeContent {
     VolumeContent {
-        volume: ENVIRONMENTS_VOLUME.to_string(),
+        volume: environments_volume(pack_ref),
         labels: [
             (LABEL_MANAGED, "true".to_string()),
             (LABEL_ROLE, "environments".to_string()),
+            (LABEL_PACK, pack_ref.to_string()),
         ]
         .into_iter()
         .map(|(key, value)| (key.to_string(), value))

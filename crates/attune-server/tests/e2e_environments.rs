@@ -1,7 +1,9 @@
 //! Lazy pack environments through the whole system: a python pack with requirements.txt runs in
 //! fresh containers of `attune-test/python-venv`; the first execution builds the venv in the
-//! shared `attune-envs` volume, the next reuses it untouched, and a changed dependency file gets
-//! an environment of its own. Needs `scripts/build-images.sh python-venv` (`make test` builds it).
+//! pack's own `attune-envs-<pack>` volume, the next reuses it untouched, and a changed dependency
+//! file gets an environment of its own. Another pack's containers mount only that pack's volume:
+//! they see nothing of the first pack's environments and cannot alter them. Needs
+//! `scripts/build-images.sh python-venv` (`make test` builds it).
 
 use attune_testkit::{TestClient, TestServer};
 use serde_json::json;
@@ -88,5 +90,74 @@ async fn python_requirements_build_once_per_dependency_digest_and_are_reused() {
         prefix.as_str(),
         "a new environment"
     );
+
+    // Another pack: its own volume, where nothing of envpack's environments is.
+    let other = tempfile::tempdir().unwrap();
+    write_other_pack(other.path(), &unique);
+    client.register_dir(other.path()).await;
+    let looked = client.run_succeeded("otherpack.look", json!({})).await;
+    let found = looked.result.unwrap()["found"].clone();
+    let found: Vec<String> = serde_json::from_value(found).unwrap();
+    assert!(
+        !found.is_empty(),
+        "the other pack built its own environment"
+    );
+    for path in &found {
+        assert!(
+            !path.starts_with(&prefix),
+            "another pack sees envpack's environment {path}"
+        );
+    }
+    let changed_prefix = changed_result["prefix"].as_str().unwrap();
+    assert!(
+        !found.iter().any(|path| path.starts_with(changed_prefix)),
+        "{found:?}"
+    );
+    let volumes = std::process::Command::new("docker")
+        .args([
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            "label=attune.role=environments",
+        ])
+        .output()
+        .unwrap();
+    let volumes = String::from_utf8_lossy(&volumes.stdout);
+    assert!(
+        volumes.contains("attune-envs-envpack") && volumes.contains("attune-envs-otherpack"),
+        "one environments volume per pack: {volumes}"
+    );
     server.stop().await.unwrap();
+}
+
+/// A second python pack whose action lists everything it can see of the environments.
+fn write_other_pack(dir: &Path, unique: &str) {
+    std::fs::create_dir_all(dir.join("actions")).unwrap();
+    std::fs::create_dir_all(dir.join("vendor")).unwrap();
+    std::fs::write(dir.join("pack.yaml"), "ref: otherpack\nversion: 1.0.0\n").unwrap();
+    std::fs::write(
+        dir.join("actions/look.yaml"),
+        format!(
+            "ref: otherpack.look\nrunner_type: python\nentry_point: look.py\ncontainer: {IMAGE}\ntimeout: 120\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("actions/look.py"),
+        "import json, os\nfound = []\nfor root, dirs, files in os.walk('/opt/attune/envs'):\n    found += [os.path.join(root, name) for name in dirs + files]\nprint(json.dumps({'found': found}))\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("requirements.txt"),
+        format!("# other {unique}\n./vendor/{WHEEL}\n"),
+    )
+    .unwrap();
+    let made = std::process::Command::new("python3")
+        .args(["-c", MAKE_WHEEL])
+        .arg(dir.join("vendor").join(WHEEL))
+        .arg("other")
+        .status()
+        .expect("run python3 to build the test wheel");
+    assert!(made.success());
 }
