@@ -588,6 +588,23 @@ async fn a_pull_with_credentials_from_a_refusing_loopback_registry_fails_fast_an
         !log.contains(PASSWORD) && !error.contains(PASSWORD),
         "the password never appears in the log or the reason"
     );
+    // Every request above carried the admin token, with debug logging on: it is never logged,
+    // nor the agent's event key, nor the broker URL's password.
+    let token = std::fs::read_to_string(&command.admin_token_file).expect("the admin token");
+    let token = token.trim();
+    assert!(log.contains("attune-server listening"), "the log was read");
+    assert!(
+        !log.contains(token),
+        "the API token appears in the debug log"
+    );
+    assert!(
+        !log.contains("event_key"),
+        "an agent's event key appears in the debug log"
+    );
+    assert!(
+        !log.contains("guest:guest@"),
+        "the broker password appears in the debug log"
+    );
     assert_no_containers_left(&command.controller_id);
     database.drop_database().await.expect("drop test database");
     attune_testkit::delete_events_queues(&command.events_queue)
