@@ -425,6 +425,9 @@ impl Broker {
                 Ok(session) => break session,
                 Err(error) => error,
             };
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(BrokerError::Closed);
+            }
             if tokio::time::Instant::now() + delay >= deadline {
                 return Err(error);
             }
