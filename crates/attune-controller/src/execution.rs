@@ -57,6 +57,31 @@ const EVENTS_HELD_RECHECK: Duration = Duration::from_secs(1);
 /// How long storing an execution's end is retried while the database does not answer (it is
 /// then left to the take-over of this controller, or to its next start's reconcile).
 const FINISH_PATIENCE: Duration = Duration::from_secs(600);
+
+/// Runs a store operation again (backoff 200 ms doubling to 5 s) while the database does not
+/// answer, up to [`FINISH_PATIENCE`]: an outage delays an execution, it does not fail it.
+async fn while_database_away<T, F, Fut>(
+    execution_id: i64,
+    what: &str,
+    operation: F,
+) -> Result<T, attune_store::StoreError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, attune_store::StoreError>>,
+{
+    let give_up = Instant::now() + FINISH_PATIENCE;
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match operation().await {
+            Err(error) if error.is_unreachable() && Instant::now() + pause < give_up => {
+                tracing::warn!(execution_id, %error, operation = what, retry_in_ms = pause.as_millis() as u64, "the database does not answer; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            outcome => return outcome,
+        }
+    }
+}
 /// How long `auto` delivery copies the agent after a volume operation failed.
 const VOLUME_RETRY_AFTER: Duration = Duration::from_secs(300);
 
@@ -275,6 +300,13 @@ impl Controller {
         self.signals.events_stalled() || !self.agents.is_connected()
     }
 
+    /// Whether the database answers a ping within a second (one that takes longer was away,
+    /// and what agents said meanwhile is still being applied).
+    async fn database_answers_at_once(&self) -> bool {
+        let asked = Instant::now();
+        self.store.ping().await.is_ok() && asked.elapsed() < crate::signals::EVENTS_STALL_AFTER
+    }
+
     /// Whether this controller can launch executions now: its broker connection is up (while
     /// it is lost, requested executions wait in the database instead of being claimed).
     pub fn can_launch(&self) -> bool {
@@ -400,22 +432,11 @@ impl Controller {
         let execution_id = execution.id;
         let mut fields = TransitionFields::error(failure.kind, failure.reason.clone());
         fields.fence = Fence::of(execution);
-        let give_up = Instant::now() + FINISH_PATIENCE;
-        let mut pause = Duration::from_millis(200);
-        let stored = loop {
-            match self
-                .store
+        let stored = while_database_away(execution_id, "store the end of the execution", || {
+            self.store
                 .finish(execution_id, failure.status, fields.clone(), true)
-                .await
-            {
-                Err(error) if error.is_unreachable() && Instant::now() + pause < give_up => {
-                    tracing::warn!(execution_id, %error, retry_in_ms = pause.as_millis() as u64, "the database does not answer; storing the end of the execution again later");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                }
-                outcome => break outcome,
-            }
-        };
+        })
+        .await;
         match stored {
             Ok(Some((_, retry_id))) => {
                 if let Some(retry_id) = retry_id {
@@ -452,11 +473,12 @@ impl Controller {
                 ),
             )
         })?;
-        match self
-            .store
-            .set_placement(execution_id, &fence, image, container_id, agent_id)
-            .await
-        {
+        let placed = while_database_away(execution_id, "record the container", || {
+            self.store
+                .set_placement(execution_id, &fence, image, container_id, agent_id)
+        })
+        .await;
+        match placed {
             Ok(true) => Ok(()),
             Ok(false) => Err(ExecutionFailure::failed(
                 FailureKind::ControllerLost,
@@ -498,7 +520,11 @@ impl Controller {
             )
         };
         let action = match execution.action_id {
-            Some(action_id) => match self.store.get_action_by_id(action_id).await {
+            Some(action_id) => match while_database_away(execution_id, "read the action", || {
+                self.store.get_action_by_id(action_id)
+            })
+            .await
+            {
                 Ok(action) => action,
                 Err(attune_store::StoreError::NotFound(_)) => return Err(missing()),
                 Err(error) => {
@@ -661,13 +687,13 @@ impl Controller {
                 Err(error) => self.volume_delivery_failed(&error),
             }
         }
-        let pack_archive = self
-            .store
-            .pack_archive(action.pack_id)
-            .await
-            .map_err(|error| {
-                injection_failed(format!("read files of pack {}: {error}", action.pack_ref))
-            })?;
+        let pack_archive = while_database_away(0, "read the pack's files", || {
+            self.store.pack_archive(action.pack_id)
+        })
+        .await
+        .map_err(|error| {
+            injection_failed(format!("read files of pack {}: {error}", action.pack_ref))
+        })?;
         let pack_entries = pack_entries(&action.pack_ref, &pack_archive)?;
         let pack_dir = format!("{PACKS_DIR_IN_CONTAINER}/{}", action.pack_ref);
         let mut archive = InjectionArchive::new();
@@ -929,7 +955,7 @@ impl Controller {
                     let Some(expired) = machine.expired(Instant::now()) else {
                         continue;
                     };
-                    if self.cannot_hear_agents() || self.store.ping().await.is_err() {
+                    if self.cannot_hear_agents() || !self.database_answers_at_once().await {
                         // The agent's word may be waiting in the broker (or could not be stored
                         // because the database does not answer): look again later.
                         machine.hold(Instant::now(), EVENTS_HELD_RECHECK);

@@ -37,7 +37,13 @@ pub struct ExecutionSignals {
     /// Since when the event being applied now has been in flight (a statement waiting for an
     /// unreachable database takes as long as the pool's acquire timeout to fail).
     applying_since: Arc<Mutex<Option<Instant>>>,
+    /// When events last flowed again after a stall: the backlog (heartbeats, reports waiting in
+    /// the broker) takes a moment to be applied, so the stall counts a little longer.
+    stall_ended_at: Arc<Mutex<Option<Instant>>>,
 }
+
+/// How long after a stall ends supervisors still treat agents' events as stalled.
+pub const STALL_RECOVERY: Duration = Duration::from_secs(5);
 
 /// How long one event may take to apply before supervisors treat agents' events as stalled.
 pub const EVENTS_STALL_AFTER: Duration = Duration::from_secs(1);
@@ -47,7 +53,10 @@ pub struct Applying<'signals>(&'signals ExecutionSignals);
 
 impl Drop for Applying<'_> {
     fn drop(&mut self) {
-        *self.0.applying_since.lock().expect("applying lock") = None;
+        let since = self.0.applying_since.lock().expect("applying lock").take();
+        if since.is_some_and(|since| since.elapsed() >= EVENTS_STALL_AFTER) {
+            self.0.stall_ended();
+        }
     }
 }
 
@@ -72,6 +81,9 @@ impl ExecutionSignals {
     /// Records whether agents' events are held (the database does not answer) or flow again.
     pub fn set_events_held(&self, held: bool) {
         let was = self.events_held.swap(held, Ordering::SeqCst);
+        if was && !held {
+            self.stall_ended();
+        }
         if was != held {
             if held {
                 tracing::warn!("agent events held while the database does not answer; supervision deadlines wait");
@@ -87,10 +99,21 @@ impl ExecutionSignals {
         Applying(self)
     }
 
+    fn stall_ended(&self) {
+        *self.stall_ended_at.lock().expect("stall lock") = Some(Instant::now());
+    }
+
     /// Whether supervisors cannot hear agents now: their events are held (the database does
-    /// not answer), or the event being applied has been in flight for [`EVENTS_STALL_AFTER`].
+    /// not answer), the event being applied has been in flight for [`EVENTS_STALL_AFTER`], or
+    /// such a stall ended less than [`STALL_RECOVERY`] ago (its backlog is being applied).
     pub fn events_stalled(&self) -> bool {
-        self.events_held.load(Ordering::SeqCst)
+        let recovering = self
+            .stall_ended_at
+            .lock()
+            .expect("stall lock")
+            .is_some_and(|ended| ended.elapsed() < STALL_RECOVERY);
+        recovering
+            || self.events_held.load(Ordering::SeqCst)
             || self
                 .applying_since
                 .lock()
@@ -199,6 +222,14 @@ mod tests {
         drop(applying);
         assert!(signals.events_stalled(), "held between two tries");
         signals.set_events_held(false);
+        assert!(
+            signals.events_stalled(),
+            "its backlog is still being applied"
+        );
+        tokio::time::advance(STALL_RECOVERY).await;
+        assert!(!signals.events_stalled());
+        // A quick apply ends no stall.
+        drop(signals.applying());
         assert!(!signals.events_stalled());
     }
 
