@@ -415,13 +415,21 @@ impl TestServer {
 }
 
 impl Drop for TestServer {
-    /// Stops the server and deletes its queues when a test ends without
-    /// [`TestServer::stop`] (a failed assertion, an early return), so no queue is left behind.
+    /// Stops the server, removes its containers and deletes its queues when a test ends
+    /// without [`TestServer::stop`] (a failed assertion, an early return), so no container or
+    /// queue is left behind.
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if self.owns_queues {
+            // Retired for good by a test that ended early: nothing of it may keep running and
+            // create containers after the test's own clean-up, so it ends here, and what it
+            // left on its engine is removed.
+            if let Some(task) = self.task.take() {
+                task.abort();
+                self.engine.remove_containers_of(&self.controller_id);
+            }
             let events_queue = self.events_queue.clone();
             // On a thread with a runtime of its own: a drop may happen inside or outside one.
             let deleting = std::thread::spawn(move || {
