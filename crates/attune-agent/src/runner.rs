@@ -372,10 +372,6 @@ async fn execute(
         _ => {}
     }
     command
-        // An agent started by hand may have its broker URL in its environment: never the
-        // action's.
-        .env_remove(attune_protocol::queues::ENV_MESSAGE_QUEUE_URL)
-        .env_remove(attune_protocol::signing::ENV_AGENT_SECRETS)
         .envs(prepared.env.iter().map(|(name, value)| (name, value)))
         .env(ENV_EXECUTION_ID, job.execution_id.to_string())
         .env(ENV_ACTION_REF, &job.action_ref)

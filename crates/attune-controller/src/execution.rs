@@ -61,7 +61,6 @@ const FINISH_PATIENCE: Duration = Duration::from_secs(600);
 /// Runs a store operation again (backoff 200 ms doubling to 5 s) while the database does not
 /// answer, up to [`FINISH_PATIENCE`]: an outage delays an execution, it does not fail it.
 async fn while_database_away<T, F, Fut>(
-    execution_id: i64,
     what: &str,
     operation: F,
 ) -> Result<T, attune_store::StoreError>
@@ -74,7 +73,7 @@ where
     loop {
         match operation().await {
             Err(error) if error.is_unreachable() && Instant::now() + pause < give_up => {
-                tracing::warn!(execution_id, %error, operation = what, retry_in_ms = pause.as_millis() as u64, "the database does not answer; trying again");
+                tracing::warn!(%error, operation = what, retry_in_ms = pause.as_millis() as u64, "the database does not answer; trying again");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
@@ -432,10 +431,13 @@ impl Controller {
         let execution_id = execution.id;
         let mut fields = TransitionFields::error(failure.kind, failure.reason.clone());
         fields.fence = Fence::of(execution);
-        let stored = while_database_away(execution_id, "store the end of the execution", || {
-            self.store
-                .finish(execution_id, failure.status, fields.clone(), true)
-        })
+        let stored = while_database_away(
+            &format!("store the end of execution {execution_id}"),
+            || {
+                self.store
+                    .finish(execution_id, failure.status, fields.clone(), true)
+            },
+        )
         .await;
         match stored {
             Ok(Some((_, retry_id))) => {
@@ -473,10 +475,13 @@ impl Controller {
                 ),
             )
         })?;
-        let placed = while_database_away(execution_id, "record the container", || {
-            self.store
-                .set_placement(execution_id, &fence, image, container_id, agent_id)
-        })
+        let placed = while_database_away(
+            &format!("record the container of execution {execution_id}"),
+            || {
+                self.store
+                    .set_placement(execution_id, &fence, image, container_id, agent_id)
+            },
+        )
         .await;
         match placed {
             Ok(true) => Ok(()),
@@ -520,9 +525,10 @@ impl Controller {
             )
         };
         let action = match execution.action_id {
-            Some(action_id) => match while_database_away(execution_id, "read the action", || {
-                self.store.get_action_by_id(action_id)
-            })
+            Some(action_id) => match while_database_away(
+                &format!("read the action of execution {execution_id}"),
+                || self.store.get_action_by_id(action_id),
+            )
             .await
             {
                 Ok(action) => action,
@@ -687,9 +693,10 @@ impl Controller {
                 Err(error) => self.volume_delivery_failed(&error),
             }
         }
-        let pack_archive = while_database_away(0, "read the pack's files", || {
-            self.store.pack_archive(action.pack_id)
-        })
+        let pack_archive = while_database_away(
+            &format!("read the files of pack {}", action.pack_ref),
+            || self.store.pack_archive(action.pack_id),
+        )
         .await
         .map_err(|error| {
             injection_failed(format!("read files of pack {}: {error}", action.pack_ref))

@@ -12,7 +12,7 @@
 use attune_protocol::api::ExecutionStatus;
 use attune_protocol::signing::{agent_event_key, sign, SIGNATURE_HEADER};
 use attune_protocol::{AgentEvent, JobOutcome, JobReport, OutputStream};
-use attune_testkit::{TestClient, TestServer};
+use attune_testkit::{psql, TestClient, TestServer};
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -21,15 +21,6 @@ use std::path::PathBuf;
 
 fn identity_pack() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/packs/identity")
-}
-
-fn psql(url: &str, query: &str) -> String {
-    let output = std::process::Command::new("psql")
-        .args([url, "-qtAX", "-v", "ON_ERROR_STOP=1", "-c", query])
-        .output()
-        .expect("run psql");
-    assert!(output.status.success(), "psql {query}: {output:?}");
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
 fn forged_report(execution_id: i64, agent_id: &str) -> AgentEvent {
@@ -117,7 +108,9 @@ async fn reports_from_anyone_but_the_placed_agent_are_dropped_and_the_real_resul
             "SELECT encode(agent_secret, 'hex') FROM controller_secrets WHERE controller_id = '{}'",
             server.controller_id
         ),
-    );
+    )
+    .trim()
+    .to_string();
     let secret = attune_protocol::signing::from_hex(&secret_hex).expect("the controller's secret");
     let other = "exec-999999-0123456789";
     let other_key = agent_event_key(&secret, other);

@@ -5,7 +5,7 @@
 //! the same database none.
 
 use attune_protocol::api::{ErrorBody, Role};
-use attune_testkit::{admin_token_file, TestClient, TestServer};
+use attune_testkit::{admin_token_file, psql, TestClient, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
@@ -278,14 +278,4 @@ async fn the_first_start_writes_one_admin_token_private_and_the_database_keeps_o
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-/// Runs one query with psql and returns its unaligned output.
-fn psql(url: &str, query: &str) -> String {
-    let output = std::process::Command::new("psql")
-        .args([url, "-qtAX", "-v", "ON_ERROR_STOP=1", "-c", query])
-        .output()
-        .expect("run psql");
-    assert!(output.status.success(), "psql {query}: {output:?}");
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }

@@ -4,7 +4,7 @@
 //! the result, and in the database itself; an action's view never shows a secret's default.
 
 use attune_protocol::api::ExecutionStatus;
-use attune_testkit::{TestClient, TestServer};
+use attune_testkit::{psql, TestClient, TestServer};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 
@@ -13,15 +13,6 @@ const FALLBACK: &str = "default-s3cret-fallback";
 
 fn secrets_pack() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/packs/secrets")
-}
-
-fn psql(url: &str, query: &str) -> String {
-    let output = std::process::Command::new("psql")
-        .args([url, "-qtAX", "-v", "ON_ERROR_STOP=1", "-c", query])
-        .output()
-        .expect("run psql");
-    assert!(output.status.success(), "psql {query}: {output:?}");
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -687,6 +687,17 @@ impl TestClient {
     }
 }
 
+/// Runs one query with `psql` against a test database and returns its unaligned output (for
+/// tests that look at what is stored, as an operator with the database would).
+pub fn psql(url: &str, query: &str) -> String {
+    let output = std::process::Command::new("psql")
+        .args([url, "-qtAX", "-v", "ON_ERROR_STOP=1", "-c", query])
+        .output()
+        .expect("run psql");
+    assert!(output.status.success(), "psql {query}: {output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// Where the servers of a test database keep its first admin token (`server.admin_token_file`):
 /// the first server on the database writes it, the others (sharing it, restarted, or a server
 /// process the test starts with this setting) find it there.
