@@ -38,8 +38,9 @@ services="$(dirname "$0")/services.sh"
 bash "$services" postgres start
 su postgres -c "psql -tAc \"ALTER USER postgres PASSWORD 'postgres'\"" >/dev/null
 log "postgresql 15 up"
+bash "$(dirname "$0")/rabbitmq-config.sh"
 bash "$services" rabbitmq start
-log "rabbitmq up"
+log "rabbitmq up (amqp 5672, amqps 5671, management 127.0.0.1:15672)"
 
 # Rust target for the static agent.
 if ! rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-musl; then

@@ -45,3 +45,16 @@ if [ -n "$leaked" ]; then
   exit 1
 fi
 echo "[test] no container made by the tests is left behind (on either engine)"
+
+# Broker leftovers of the tests: agent accounts of test controllers (attune-agent.test-...),
+# and test queues and exchanges (attune.test.*, attune.controller.test-*).
+management() { curl -sf -u guest:guest "http://127.0.0.1:15672/api/$1"; }
+left_users=$(management 'users?columns=name' | grep -o '"name":"attune-agent\.test-[^"]*"' || true)
+left_queues=$(management 'queues?columns=name' | grep -oE '"name":"attune\.(test\.|controller\.test-)[^"]*"' || true)
+left_exchanges=$(management 'exchanges?columns=name' | grep -oE '"name":"attune\.(test\.|controller\.test-)[^"]*"' || true)
+if [ -n "$left_users$left_queues$left_exchanges" ]; then
+  echo "[test] FAIL: the tests left broker accounts, queues or exchanges:" >&2
+  printf '%s\n' $left_users $left_queues $left_exchanges | head -50 >&2
+  exit 1
+fi
+echo "[test] no broker account, queue or exchange made by the tests is left behind"

@@ -414,6 +414,7 @@ pub async fn run(
     let detection = async { detector.detect(selection.as_deref(), probe_versions).await };
     let connecting = mq::connect(
         &config.message_queue_url,
+        config.message_queue_ca_pem.as_deref(),
         &config.agent_id,
         config.connect_timeout,
     );
@@ -433,8 +434,8 @@ pub async fn run(
             operation: "open publish channel".to_string(),
             source,
         })?;
-    let publish_channel =
-        mq::declare_events_queue(&connection, publish_channel, &config.events_queue).await?;
+    // The events exchange and queue are the controller's (an agent's broker account may not
+    // declare them); the agent only publishes to the exchange.
     let (events, publisher) = Publisher::start(
         publish_channel,
         config.events_queue.clone(),

@@ -8,6 +8,9 @@ use std::time::Duration;
 /// Environment variable: how many jobs a worker runs at once (default 4).
 pub const ENV_CONCURRENCY: &str = attune_protocol::queues::ENV_AGENT_CONCURRENCY;
 /// Environment variable: seconds between heartbeats while jobs run (default 5).
+/// A PEM file of CA certificates trusted for an `amqps://` broker URL (an agent started by
+/// hand; the controller sends its agents the CA with their secrets).
+pub const ENV_MQ_CA_FILE: &str = "ATTUNE_AGENT_MQ_CA_FILE";
 pub const ENV_HEARTBEAT_SECONDS: &str = "ATTUNE_AGENT_HEARTBEAT_SECONDS";
 /// Environment variable: deadline for running jobs when the agent gets SIGTERM (default 20).
 pub const ENV_SHUTDOWN_SECONDS: &str = "ATTUNE_AGENT_SHUTDOWN_SECONDS";
@@ -80,6 +83,9 @@ pub struct AgentConfig {
     /// Whether the broker URL and the event key come on stdin ([`attune_protocol::signing`]):
     /// `ATTUNE_AGENT_SECRETS=stdin`, as the controller starts its agents.
     pub secrets_on_stdin: bool,
+    /// CA certificates (PEM) trusted for an `amqps://` broker URL besides the bundled public
+    /// roots: from stdin, or the file `ATTUNE_AGENT_MQ_CA_FILE` names.
+    pub message_queue_ca_pem: Option<String>,
     /// The key this agent signs its events with, once read from stdin; without one (an agent
     /// started by hand) events go unsigned, and a controller drops them.
     pub event_key: Option<attune_protocol::signing::Key>,
@@ -124,6 +130,8 @@ pub enum ConfigError {
     },
     #[error("invalid ATTUNE_AGENT_SECRETS={0:?}: the only source is stdin")]
     InvalidSecrets(String),
+    #[error("read {ENV_MQ_CA_FILE}={path}: {reason}")]
+    CaFile { path: String, reason: String },
 }
 
 /// Parses the arguments (without the program name), looking up missing settings with `env`.
@@ -244,6 +252,17 @@ where
     };
     let events_queue = non_empty(env(queues::ENV_AGENT_EVENTS_QUEUE))
         .unwrap_or_else(|| queues::AGENT_EVENTS_QUEUE.to_string());
+    let message_queue_ca_pem = match non_empty(env(ENV_MQ_CA_FILE)) {
+        Some(path) => {
+            Some(
+                std::fs::read_to_string(&path).map_err(|error| ConfigError::CaFile {
+                    path,
+                    reason: error.to_string(),
+                })?,
+            )
+        }
+        None => None,
+    };
 
     Ok(Invocation::Run(Box::new(AgentConfig {
         message_queue_url,
@@ -259,6 +278,7 @@ where
         events_queue,
         secrets_on_stdin,
         event_key: None,
+        message_queue_ca_pem,
         sweep_processes: mode == Mode::Worker
             && non_empty(env(queues::ENV_AGENT_SWEEP_PROCESSES)).as_deref() == Some("1"),
     })))

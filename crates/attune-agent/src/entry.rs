@@ -39,9 +39,10 @@ pub fn main_with_arguments(arguments: impl IntoIterator<Item = String>) -> ExitC
             }
             if config.secrets_on_stdin {
                 match secrets::read_from_stdin() {
-                    Ok((url, key)) => {
-                        config.message_queue_url = url;
-                        config.event_key = Some(key);
+                    Ok(received) => {
+                        config.message_queue_url = received.mq_url;
+                        config.message_queue_ca_pem = received.mq_ca_pem;
+                        config.event_key = Some(received.event_key);
                     }
                     Err(error) => {
                         eprintln!("attune-agent: {error}");

@@ -1,5 +1,7 @@
-//! RabbitMQ wiring: connecting with retries, queue declarations, the job consumer and the
-//! event publisher (default exchange, persistent JSON messages, publisher confirms).
+//! RabbitMQ wiring: connecting with retries (plain or TLS), the job queue's declaration, the
+//! job consumer and the event publisher (the controller's events exchange, persistent JSON
+//! messages, publisher confirms). The agent declares nothing but its own job queue: with its
+//! own broker account it may not.
 
 use attune_protocol::{queues, signing, AgentEvent};
 use lapin::options::{
@@ -75,9 +77,21 @@ pub fn agent_uri(url: &str) -> Result<AMQPUri, MqError> {
     Ok(uri)
 }
 
-/// Connects, retrying with backoff (100 ms doubling to 2 s) until `timeout` has passed.
-pub async fn connect(url: &str, agent_id: &str, timeout: Duration) -> Result<Connection, MqError> {
+/// Connects, retrying with backoff (100 ms doubling to 2 s) until `timeout` has passed. An
+/// `amqps://` URL is checked against the bundled public roots and the CA certificates in
+/// `ca_pem`.
+pub async fn connect(
+    url: &str,
+    ca_pem: Option<&str>,
+    agent_id: &str,
+    timeout: Duration,
+) -> Result<Connection, MqError> {
     let uri = agent_uri(url)?;
+    let runtime = lapin::runtime::default_runtime().map_err(|error| MqError::Connect {
+        url: redact_url(url),
+        message: error.to_string(),
+        seconds: 0,
+    })?;
     let deadline = Instant::now() + timeout;
     let mut delay = Duration::from_millis(100);
     loop {
@@ -93,14 +107,17 @@ pub async fn connect(url: &str, agent_id: &str, timeout: Duration) -> Result<Con
             })
             .enable_auto_recover();
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let message =
-            match tokio::time::timeout(remaining, Connection::connect_uri(uri.clone(), properties))
-                .await
-            {
-                Ok(Ok(connection)) => return Ok(connection),
-                Ok(Err(error)) => error.to_string(),
-                Err(_) => "timed out".to_string(),
-            };
+        let tls = lapin::tcp::OwnedTLSConfig {
+            identity: None,
+            cert_chain: ca_pem.map(str::to_string),
+        };
+        let connecting =
+            Connection::connect_uri_with_config(uri.clone(), properties, tls, runtime.clone());
+        let message = match tokio::time::timeout(remaining, connecting).await {
+            Ok(Ok(connection)) => return Ok(connection),
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => "timed out".to_string(),
+        };
         if Instant::now() + delay >= deadline {
             return Err(MqError::Connect {
                 url: redact_url(url),
@@ -157,30 +174,6 @@ pub async fn declare_queue(
             source: refusal,
         }),
     }
-}
-
-/// Declares the events queue with the arguments the controller declares it with (a quorum
-/// queue with a delivery limit and a dead-letter queue; see [`declare_queue`]).
-pub async fn declare_events_queue(
-    connection: &Connection,
-    channel: Channel,
-    queue: &str,
-) -> Result<Channel, MqError> {
-    declare_queue(connection, channel, queue, events_queue_arguments(queue)).await
-}
-
-/// The AMQP encoding of [`queues::events_queue_arguments`], the same as the controller's (a
-/// text as a long string, an integer as a signed 64-bit integer), so either may declare first.
-pub fn events_queue_arguments(queue: &str) -> FieldTable {
-    let mut arguments = FieldTable::default();
-    for (name, value) in queues::events_queue_arguments(queue) {
-        let value = match value {
-            queues::QueueArgument::Text(text) => AMQPValue::LongString(text.into()),
-            queues::QueueArgument::Integer(number) => AMQPValue::LongLongInt(number),
-        };
-        arguments.insert(name.into(), value);
-    }
-    arguments
 }
 
 /// Arguments of an agent's job queue; whoever declares it first must use the same ones.
@@ -279,16 +272,9 @@ async fn publish_events(
     }
 }
 
-/// Publishes one message and waits for the broker's confirm, retrying after recovery.
-pub async fn publish_confirmed(
-    channel: &Channel,
-    queue: &str,
-    payload: &[u8],
-) -> Result<(), String> {
-    publish_signed(channel, queue, payload, None).await
-}
-
-/// [`publish_confirmed`] with the event's signature in [`signing::SIGNATURE_HEADER`].
+/// Publishes one event to the events exchange of `queue` ([`queues::events_exchange`]) and
+/// waits for the broker's confirm, retrying after recovery; with `signature`, the event carries
+/// it in [`signing::SIGNATURE_HEADER`].
 pub async fn publish_signed(
     channel: &Channel,
     queue: &str,
@@ -310,7 +296,7 @@ pub async fn publish_signed(
         }
         let published = channel
             .basic_publish(
-                "".into(),
+                queues::events_exchange(queue).as_str().into(),
                 queue.into(),
                 BasicPublishOptions::default(),
                 payload,
@@ -366,32 +352,6 @@ mod tests {
                 .to_string()
                 .starts_with("invalid broker url http://guest:***@host/: "),
             "{error}"
-        );
-    }
-
-    #[test]
-    fn the_events_queue_is_declared_as_the_controller_declares_it() {
-        let arguments = events_queue_arguments("attune.controller.c1.events");
-        let arguments = arguments.inner();
-        assert_eq!(
-            arguments.get("x-queue-type"),
-            Some(&AMQPValue::LongString("quorum".into()))
-        );
-        assert_eq!(
-            arguments.get("x-delivery-limit"),
-            Some(&AMQPValue::LongLongInt(i64::from(
-                queues::EVENTS_DELIVERY_LIMIT
-            )))
-        );
-        assert_eq!(
-            arguments.get("x-dead-letter-exchange"),
-            Some(&AMQPValue::LongString("".into()))
-        );
-        assert_eq!(
-            arguments.get("x-dead-letter-routing-key"),
-            Some(&AMQPValue::LongString(
-                "attune.controller.c1.events.dead".into()
-            ))
         );
     }
 

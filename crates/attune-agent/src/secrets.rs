@@ -1,4 +1,4 @@
-//! The agent's secrets (broker URL and event key), read once from stdin and then out of reach
+//! The agent's secrets (broker URL, its CA, and event key), read once from stdin and then out of reach
 //! of the actions it runs: they are never in its environment, and the agent makes itself
 //! non-dumpable, so a process of the action (same user, or root without CAP_SYS_PTRACE) can
 //! open neither `/proc/<agent>/environ` nor `/proc/<agent>/mem`.
@@ -19,9 +19,20 @@ pub enum SecretsError {
     Invalid(String),
 }
 
-/// Reads one JSON line of [`AgentSecrets`] from stdin (within 30 s): the broker URL and the
-/// event key.
-pub fn read_from_stdin() -> Result<(String, attune_protocol::signing::Key), SecretsError> {
+/// What the controller's line gives the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The broker URL, with the agent's own account.
+    pub mq_url: String,
+    /// CA certificates (PEM) for an `amqps://` URL.
+    pub mq_ca_pem: Option<String>,
+    /// The key it signs its events with.
+    pub event_key: attune_protocol::signing::Key,
+}
+
+/// Reads one JSON line of [`AgentSecrets`] from stdin (within 30 s): the broker URL (and its
+/// CA), and the event key.
+pub fn read_from_stdin() -> Result<Received, SecretsError> {
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();
@@ -41,7 +52,7 @@ pub fn read_from_stdin() -> Result<(String, attune_protocol::signing::Key), Secr
     parse(&line)
 }
 
-fn parse(line: &str) -> Result<(String, attune_protocol::signing::Key), SecretsError> {
+fn parse(line: &str) -> Result<Received, SecretsError> {
     if line.trim().is_empty() {
         return Err(SecretsError::Read(
             "stdin was closed before the secrets came".into(),
@@ -60,7 +71,11 @@ fn parse(line: &str) -> Result<(String, attune_protocol::signing::Key), SecretsE
     if secrets.mq_url.trim().is_empty() {
         return Err(SecretsError::Invalid("mq_url is empty".into()));
     }
-    Ok((secrets.mq_url, key))
+    Ok(Received {
+        mq_url: secrets.mq_url,
+        mq_ca_pem: secrets.mq_ca_pem,
+        event_key: key,
+    })
 }
 
 /// Makes this process non-dumpable: its `/proc/<pid>/environ`, `mem` and `fd` become
@@ -84,9 +99,17 @@ mod tests {
         let key = "ab".repeat(32);
         let line =
             format!(r#"{{"mq_url": "amqp://agent:pw@127.0.0.1/%2f", "event_key": "{key}"}}"#);
-        let (url, parsed) = parse(&line).unwrap();
-        assert_eq!(url, "amqp://agent:pw@127.0.0.1/%2f");
-        assert_eq!(parsed, [0xab; 32]);
+        let received = parse(&line).unwrap();
+        assert_eq!(received.mq_url, "amqp://agent:pw@127.0.0.1/%2f");
+        assert_eq!(received.event_key, [0xab; 32]);
+        assert_eq!(received.mq_ca_pem, None);
+        let with_ca = format!(
+            r#"{{"mq_url": "amqps://a:b@h/%2f", "event_key": "{key}", "mq_ca_pem": "-----BEGIN CERTIFICATE-----"}}"#
+        );
+        assert_eq!(
+            parse(&with_ca).unwrap().mq_ca_pem.as_deref(),
+            Some("-----BEGIN CERTIFICATE-----")
+        );
         let error = parse(r#"{"mq_url": "amqp://agent:pw@x", "event_key": "12"}"#)
             .unwrap_err()
             .to_string();

@@ -19,6 +19,8 @@
 //! (applying an event twice is harmless). [`Broker::is_connected`] is false meanwhile, which
 //! the controller's heartbeat turns into "not ready".
 
+pub mod accounts;
+
 use async_trait::async_trait;
 use attune_protocol::queues::{
     agent_job_queue, dead_letter_queue, events_queue_arguments, QueueArgument,
@@ -27,7 +29,8 @@ use attune_protocol::{AgentCommand, AgentEvent, ExecutionId, IncomingEvent};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
@@ -55,6 +58,8 @@ pub enum BrokerError {
     NotConfirmed { operation: String },
     #[error("the message queue connection is closed (the server is stopping)")]
     Closed,
+    #[error("{operation}: {reason}")]
+    Management { operation: String, reason: String },
 }
 
 /// What the controller needs from the broker.
@@ -65,8 +70,19 @@ pub trait AgentChannel: Send + Sync + 'static {
     /// Publishes a command to an agent's queue and waits for the broker's confirm.
     async fn send_command(&self, agent_id: &str, command: &AgentCommand)
         -> Result<(), BrokerError>;
-    /// Deletes an agent's job queue once the agent is gone.
-    async fn delete_agent_queue(&self, agent_id: &str) -> Result<(), BrokerError>;
+    /// The AMQP URL (with credentials) an agent about to start connects with: with per-agent
+    /// accounts, a new account of its own ([`accounts`]); otherwise the agents' shared URL.
+    async fn agent_url(&self, agent_id: &str) -> Result<String, BrokerError>;
+    /// Deletes an agent's job queue and its broker account once the agent is gone.
+    async fn forget_agent(&self, agent_id: &str) -> Result<(), BrokerError>;
+    /// Deletes this controller's broker accounts whose agent is not in `in_use` and was not
+    /// made by this process (see [`accounts::AgentAccounts::sweep`]); returns how many.
+    async fn sweep_agent_accounts(
+        &self,
+        _in_use: &std::collections::HashSet<String>,
+    ) -> Result<usize, BrokerError> {
+        Ok(0)
+    }
     /// Whether the connection to the broker is up (for the controller's health checks).
     fn is_connected(&self) -> bool;
     /// What the events consumer did so far (for health details); zero when not known.
@@ -93,6 +109,18 @@ pub struct Broker {
     closed: AtomicBool,
     closing: tokio::sync::Notify,
     keys: Option<EventKeys>,
+    access: AgentAccess,
+    /// CA certificates (PEM) trusted for `amqps://`, besides the bundled public roots.
+    tls_ca: Option<String>,
+}
+
+/// How agents log in to the broker.
+pub enum AgentAccess {
+    /// Every agent uses this URL (one shared account): only for brokers without the
+    /// management plugin, and said so at start.
+    Shared(String),
+    /// Each agent gets an account of its own.
+    PerAgent(Box<accounts::AgentAccounts>),
 }
 
 /// One connection with its confirm-mode publishing channel.
@@ -260,10 +288,51 @@ fn durable() -> QueueDeclareOptions {
     }
 }
 
+/// Declares the events queue ([`declare_events_queue`]) and the events exchange agents publish
+/// to ([`attune_protocol::queues::events_exchange`]): a durable fanout exchange bound to the
+/// events queue alone.
+async fn declare_events_queues(
+    connection: &Connection,
+    events_queue: &str,
+) -> Result<EventsQueueMode, BrokerError> {
+    let mode = declare_events_queue(connection, events_queue).await?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(amqp("open setup channel"))?;
+    let exchange = attune_protocol::queues::events_exchange(events_queue);
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            lapin::ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp(format!("declare exchange {exchange}")))?;
+    channel
+        .queue_bind(
+            events_queue.into(),
+            exchange.as_str().into(),
+            events_queue.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp(format!(
+            "bind queue {events_queue} to exchange {exchange}"
+        )))?;
+    let _ = channel.close(200, "declared".into()).await;
+    Ok(mode)
+}
+
 /// Declares the events queue as a quorum queue with its dead-letter queue. An events queue an
 /// older server declared otherwise (a classic queue, other limits) is replaced when it is
 /// empty, and otherwise used as it is ([`EventsQueueMode::Legacy`]).
-async fn declare_events_queues(
+async fn declare_events_queue(
     connection: &Connection,
     events_queue: &str,
 ) -> Result<EventsQueueMode, BrokerError> {
@@ -370,7 +439,19 @@ impl Broker {
         events_queue: &str,
         patience: Duration,
     ) -> Result<Broker, BrokerError> {
+        Broker::connect_with_ca(url, events_queue, patience, None).await
+    }
+
+    /// [`Broker::connect`] trusting the CA certificates in `ca_pem` (PEM) for an `amqps://`
+    /// URL, besides the bundled public roots.
+    pub async fn connect_with_ca(
+        url: &str,
+        events_queue: &str,
+        patience: Duration,
+        ca_pem: Option<String>,
+    ) -> Result<Broker, BrokerError> {
         let broker = Broker {
+            tls_ca: ca_pem,
             url: url.to_string(),
             events_queue: events_queue.to_string(),
             session: tokio::sync::Mutex::new(None),
@@ -382,6 +463,7 @@ impl Broker {
             closed: AtomicBool::new(false),
             closing: tokio::sync::Notify::new(),
             keys: None,
+            access: AgentAccess::Shared(url.to_string()),
         };
         broker
             .session_within(tokio::time::Instant::now() + patience)
@@ -392,6 +474,12 @@ impl Broker {
     /// How long a command waits for a lost broker to come back before it fails.
     pub fn with_publish_patience(mut self, patience: Duration) -> Broker {
         self.publish_patience = patience;
+        self
+    }
+
+    /// How agents log in (the default: the server's own URL, shared).
+    pub fn with_agent_access(mut self, access: AgentAccess) -> Broker {
+        self.access = access;
         self
     }
 
@@ -453,7 +541,15 @@ impl Broker {
         // Named after its events queue, so an operator (or a test) can tell it apart.
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("attune-controller {}", self.events_queue).into());
-        let connection = Connection::connect(&self.url, properties)
+        let tls = lapin::tcp::OwnedTLSConfig {
+            identity: None,
+            cert_chain: self.tls_ca.clone(),
+        };
+        let runtime = lapin::runtime::default_runtime().map_err(|error| BrokerError::Connect {
+            url: redact_url(&self.url),
+            reason: error.to_string(),
+        })?;
+        let connection = Connection::connect_with_config(&self.url, properties, tls, runtime)
             .await
             .map_err(|error| BrokerError::Connect {
                 url: redact_url(&self.url),
@@ -508,10 +604,21 @@ impl Broker {
         }
     }
 
-    /// Deletes this connection's events queue and its dead-letter queue: for a controller
-    /// that is retired for good (a test server whose database is dropped), never at an ordinary
-    /// stop — reports wait there for the controller's next start.
+    /// Deletes this connection's events queue, its exchange and its dead-letter queue: for a
+    /// controller that is retired for good (a test server whose database is dropped), never at
+    /// an ordinary stop — reports wait there for the controller's next start.
     pub async fn delete_events_queues(&self) -> Result<(), BrokerError> {
+        let exchange = attune_protocol::queues::events_exchange(&self.events_queue);
+        self.on_publish_channel("delete exchange", |channel| {
+            let exchange = exchange.clone();
+            async move {
+                channel
+                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                    .await
+                    .map_err(amqp(format!("delete exchange {exchange}")))
+            }
+        })
+        .await?;
         for queue in [
             self.events_queue.clone(),
             attune_protocol::queues::dead_letter_queue(&self.events_queue),
@@ -755,19 +862,41 @@ impl AgentChannel for Broker {
         .await
     }
 
-    async fn delete_agent_queue(&self, agent_id: &str) -> Result<(), BrokerError> {
+    async fn agent_url(&self, agent_id: &str) -> Result<String, BrokerError> {
+        match &self.access {
+            AgentAccess::Shared(url) => Ok(url.clone()),
+            AgentAccess::PerAgent(accounts) => accounts.issue(agent_id).await,
+        }
+    }
+
+    async fn forget_agent(&self, agent_id: &str) -> Result<(), BrokerError> {
         let queue = agent_job_queue(agent_id);
-        self.on_publish_channel("delete agent queue", |channel| {
-            let queue = queue.clone();
-            async move {
-                channel
-                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                    .await
-                    .map_err(amqp(format!("delete queue {queue}")))?;
-                Ok(())
-            }
-        })
-        .await
+        let deleted = self
+            .on_publish_channel("delete agent queue", |channel| {
+                let queue = queue.clone();
+                async move {
+                    channel
+                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                        .await
+                        .map_err(amqp(format!("delete queue {queue}")))?;
+                    Ok(())
+                }
+            })
+            .await;
+        if let AgentAccess::PerAgent(accounts) = &self.access {
+            accounts.revoke(agent_id).await?;
+        }
+        deleted
+    }
+
+    async fn sweep_agent_accounts(
+        &self,
+        in_use: &std::collections::HashSet<String>,
+    ) -> Result<usize, BrokerError> {
+        match &self.access {
+            AgentAccess::Shared(_) => Ok(0),
+            AgentAccess::PerAgent(accounts) => accounts.sweep(in_use).await,
+        }
     }
 }
 

@@ -145,8 +145,8 @@ pub struct ControllerSettings {
     pub controller_id: String,
     /// Network mode for containers (`host` here).
     pub network: Option<String>,
-    /// AMQP URL handed to agents.
-    pub agent_mq_url: String,
+    /// CA certificates (PEM) agents trust for an `amqps://` broker, sent with their secrets.
+    pub agent_mq_ca_pem: Option<String>,
     /// Queue agents report to.
     pub events_queue: String,
     pub remove_containers: bool,
@@ -187,8 +187,8 @@ impl Default for ControllerSettings {
         ControllerSettings {
             controller_id: "attune-controller".to_string(),
             network: Some("host".to_string()),
-            agent_mq_url: "amqp://guest:guest@127.0.0.1:5672/%2f".to_string(),
             events_queue: attune_protocol::queues::AGENT_EVENTS_QUEUE.to_string(),
+            agent_mq_ca_pem: None,
             remove_containers: true,
             default_image: None,
             pids_limit: 512,
@@ -287,6 +287,11 @@ impl Controller {
             volume_paused_until: Arc::default(),
             images: Arc::new(images),
         }
+    }
+
+    /// The controller's channel to its agents.
+    pub fn agents(&self) -> &Arc<dyn AgentChannel> {
+        &self.agents
     }
 
     pub fn settings(&self) -> &ControllerSettings {
@@ -506,8 +511,8 @@ impl Controller {
                 tracing::error!(execution_id, container_id = %placement.container_id, %error, "remove container");
             }
         }
-        if let Err(error) = self.agents.delete_agent_queue(&placement.agent_id).await {
-            tracing::debug!(execution_id, %error, "delete agent queue");
+        if let Err(error) = self.agents.forget_agent(&placement.agent_id).await {
+            tracing::warn!(execution_id, agent_id = %placement.agent_id, %error, "delete agent's queue and broker account");
         }
     }
 
@@ -572,13 +577,33 @@ impl Controller {
         let mut spec = self.create_spec(&role, &agent_id, &container_spec, &image)?;
         plan.apply_to(&mut spec);
         let container_name = spec.name.clone();
-        let container_id = self.docker.create_container(&spec).await.map_err(|error| {
-            ExecutionFailure::docker(&format!("create container {container_name}"), error)
-        })?;
+        // The agent's broker account is made while the engine creates the container.
+        let (created, agent_url) = tokio::join!(
+            self.docker.create_container(&spec),
+            self.agents.agent_url(&agent_id)
+        );
+        let container_id = match created {
+            Ok(container_id) => container_id,
+            Err(error) => {
+                if let Err(error) = self.agents.forget_agent(&agent_id).await {
+                    tracing::warn!(execution_id, %agent_id, %error, "remove broker account of an agent that never started");
+                }
+                return Err(ExecutionFailure::docker(
+                    &format!("create container {container_name}"),
+                    error,
+                ));
+            }
+        };
         *placement_slot = Some(Placement {
             container_id: container_id.clone(),
             agent_id: agent_id.clone(),
         });
+        let agent_url = agent_url.map_err(|error| {
+            ExecutionFailure::failed(
+                FailureKind::MessageQueue,
+                format!("make the broker account of agent {agent_id}: {error}"),
+            )
+        })?;
         tracing::info!(execution_id, %container_id, image = %container_spec.image, agent_delivery = plan.agent_delivery(), "container created");
         self.record_placement(execution, &container_spec.image, &container_id, &agent_id)
             .await?;
@@ -612,10 +637,11 @@ impl Controller {
             return Err(canceled_before_start());
         }
         let registration = self.signals.await_registration(&agent_id);
-        let secrets = self
-            .settings
-            .agent_secret
-            .stdin_line(&self.settings.agent_mq_url, &agent_id);
+        let secrets = self.settings.agent_secret.stdin_line(
+            &agent_url,
+            self.settings.agent_mq_ca_pem.as_deref(),
+            &agent_id,
+        );
         if let Err(error) = self
             .docker
             .start_container_with_input(&container_id, &secrets)

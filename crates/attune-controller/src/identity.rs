@@ -47,11 +47,13 @@ impl AgentSecret {
         agent_event_key(&self.0, agent_id)
     }
 
-    /// The line written on the stdin of `agent_id`'s container: its broker URL and event key.
-    pub fn stdin_line(&self, mq_url: &str, agent_id: &str) -> Vec<u8> {
+    /// The line written on the stdin of `agent_id`'s container: its broker URL (with its own
+    /// account), the broker's CA when there is one, and its event key.
+    pub fn stdin_line(&self, mq_url: &str, mq_ca_pem: Option<&str>, agent_id: &str) -> Vec<u8> {
         let secrets = AgentSecrets {
             mq_url: mq_url.to_string(),
             event_key: to_hex(&self.event_key(agent_id)),
+            mq_ca_pem: mq_ca_pem.map(str::to_string),
         };
         let mut line = serde_json::to_vec(&secrets).expect("secrets always serialize");
         line.push(b'\n');
@@ -68,7 +70,7 @@ mod tests {
         let secret = AgentSecret::from_bytes(vec![7; 32]);
         assert_ne!(secret.event_key("a"), secret.event_key("b"));
         assert_eq!(format!("{secret:?}"), "AgentSecret(***)");
-        let line = secret.stdin_line("amqp://u:p@127.0.0.1/%2f", "a");
+        let line = secret.stdin_line("amqp://u:p@127.0.0.1/%2f", None, "a");
         assert_eq!(line.last(), Some(&b'\n'));
         let parsed: AgentSecrets = serde_json::from_slice(&line).unwrap();
         assert_eq!(parsed.event_key, to_hex(&secret.event_key("a")));

@@ -217,6 +217,11 @@ pub async fn reconcile_at_start(
                     tracing::error!(container_id = %container.id, %error, "remove orphaned container");
                 } else {
                     report.removed += 1;
+                    if let Some(agent_id) = container.labels.get(LABEL_AGENT_ID) {
+                        if let Err(error) = controller.agents().forget_agent(agent_id).await {
+                            tracing::warn!(%agent_id, %error, "delete the queue and broker account of an orphaned container's agent");
+                        }
+                    }
                 }
             }
         }
@@ -258,6 +263,10 @@ async fn fail_orphaned(store: &Store, execution: &ExecutionRow) {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SweepReport {
     pub removed: usize,
+    /// Agent ids of the containers that stay (their broker accounts are in use).
+    pub agents_in_use: HashSet<String>,
+    /// Agent ids of the containers removed (their queues and accounts go too).
+    pub agents_removed: Vec<String>,
     /// Containers to remove that are still inside the creation grace period.
     pub too_young: usize,
 }
@@ -293,18 +302,32 @@ pub async fn sweep_containers(
             .and_then(|id| id.parse::<i64>().ok());
         if crate::execution::pool::is_pool_container(&container.labels) {
             if known_warm.contains(&container.id) {
+                report
+                    .agents_in_use
+                    .extend(container.labels.get(LABEL_AGENT_ID).cloned());
                 continue;
             }
         } else if execution_id.is_some_and(|id| live.contains(&id)) {
+            report
+                .agents_in_use
+                .extend(container.labels.get(LABEL_AGENT_ID).cloned());
             continue;
         }
         if now - container.created_unix < grace.as_secs() as i64 {
             report.too_young += 1;
+            report
+                .agents_in_use
+                .extend(container.labels.get(LABEL_AGENT_ID).cloned());
             continue;
         }
         tracing::info!(container_id = %container.id, execution_id, "removing container whose execution ended or is unknown");
         match docker.remove_container(&container.id).await {
-            Ok(()) => report.removed += 1,
+            Ok(()) => {
+                report.removed += 1;
+                report
+                    .agents_removed
+                    .extend(container.labels.get(LABEL_AGENT_ID).cloned());
+            }
             Err(error) => {
                 tracing::error!(container_id = %container.id, %error, "remove stale container")
             }
@@ -338,8 +361,32 @@ pub async fn run_periodic_reconcile(
             .map(|view| view.container_id)
             .collect();
         match sweep_containers(&store, &docker, controller_id, &known_warm, grace).await {
-            Ok(report) if report.removed > 0 => tracing::info!(?report, "periodic reconcile"),
-            Ok(report) => tracing::debug!(?report, "periodic reconcile"),
+            Ok(report) => {
+                if report.removed > 0 {
+                    tracing::info!(
+                        removed = report.removed,
+                        too_young = report.too_young,
+                        "periodic reconcile"
+                    );
+                }
+                for agent_id in &report.agents_removed {
+                    if let Err(error) = controller.agents().forget_agent(agent_id).await {
+                        tracing::warn!(%agent_id, %error, "delete the queue and broker account of a removed container's agent");
+                    }
+                }
+                // Accounts of agents whose container is gone (made by an earlier run).
+                match controller
+                    .agents()
+                    .sweep_agent_accounts(&report.agents_in_use)
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(removed) => {
+                        tracing::info!(removed, "broker accounts of gone agents removed")
+                    }
+                    Err(error) => tracing::warn!(%error, "sweep broker accounts"),
+                }
+            }
             Err(error) => tracing::warn!(%error, "periodic reconcile"),
         }
     }

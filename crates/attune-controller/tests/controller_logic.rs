@@ -34,6 +34,8 @@ use tokio_util::sync::CancellationToken;
 struct ScriptedAgents {
     commands: Arc<Mutex<Vec<(String, AgentCommand)>>>,
     jobs: mpsc::UnboundedSender<(String, Job)>,
+    /// Agents whose broker account was made and not yet removed.
+    accounts: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 #[async_trait]
@@ -61,7 +63,15 @@ impl AgentChannel for ScriptedAgents {
         Ok(())
     }
 
-    async fn delete_agent_queue(&self, _agent_id: &str) -> Result<(), BrokerError> {
+    async fn agent_url(&self, agent_id: &str) -> Result<String, BrokerError> {
+        self.accounts.lock().unwrap().insert(agent_id.to_string());
+        Ok(format!(
+            "amqp://attune-agent.test.{agent_id}:pw@127.0.0.1:5672/%2f"
+        ))
+    }
+
+    async fn forget_agent(&self, agent_id: &str) -> Result<(), BrokerError> {
+        self.accounts.lock().unwrap().remove(agent_id);
         Ok(())
     }
 }
@@ -81,8 +91,8 @@ fn settings(agent_start_timeout: Duration) -> ControllerSettings {
     ControllerSettings {
         controller_id: "controller-under-test".into(),
         network: Some("host".into()),
-        agent_mq_url: "amqp://127.0.0.1:5672/%2f".into(),
         events_queue: "attune.agent.events".into(),
+        agent_mq_ca_pem: None,
         remove_containers: true,
         default_image: None,
         pids_limit: 512,
@@ -147,6 +157,7 @@ impl Harness {
         let agents = ScriptedAgents {
             commands: Arc::default(),
             jobs: sender,
+            accounts: Arc::default(),
         };
         let controller = Controller::new(
             store.clone(),

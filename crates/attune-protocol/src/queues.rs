@@ -19,6 +19,15 @@ pub fn controller_events_queue(controller_id: &str) -> String {
     format!("attune.controller.{controller_id}.events")
 }
 
+/// The exchange agents publish their events to: a durable fanout exchange named like the
+/// events queue and bound to it alone, declared by the controller that consumes the queue.
+/// Agents publish nowhere else, so an agent's broker account needs write permission on this
+/// one exchange only (publishing through the default exchange would need `amq.default`, which
+/// reaches every queue).
+pub fn events_exchange(events_queue: &str) -> String {
+    events_queue.to_string()
+}
+
 /// Type of every events queue (`x-queue-type`): a quorum queue, which counts deliveries.
 pub const EVENTS_QUEUE_TYPE: &str = "quorum";
 

@@ -27,6 +27,10 @@ pub struct AgentSecrets {
     pub mq_url: String,
     /// The agent's event key, hex.
     pub event_key: String,
+    /// CA certificates (PEM) the agent trusts for an `amqps://` URL, besides the bundled
+    /// public roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mq_ca_pem: Option<String>,
 }
 
 /// A 32-byte key.

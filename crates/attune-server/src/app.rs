@@ -5,9 +5,10 @@
 //! `api` role serves HTTP from the database alone. Every background task is aborted when
 //! [`run`] is dropped, so an aborted server (a simulated crash) leaves nothing running behind.
 
-use crate::config::Settings;
+use crate::config::{AgentCredentials, MessageQueueSettings, Settings};
 use attune_api::{Admission, AppState};
-use attune_broker::{AgentChannel, Broker, BrokerError};
+use attune_broker::accounts::AgentAccounts;
+use attune_broker::{AgentAccess, AgentChannel, Broker, BrokerError};
 use attune_controller::identity::AgentSecret;
 use attune_controller::limits::ExecutionPolicy;
 use attune_controller::membership::{
@@ -66,6 +67,8 @@ pub enum ServerError {
     AdminToken(#[from] attune_api::auth::BootstrapError),
     #[error(transparent)]
     Keyring(#[from] attune_store::secrets::KeyringError),
+    #[error("{0}")]
+    BrokerSettings(String),
 }
 
 /// Which parts of the server a process runs (`--roles api,controller`; default both).
@@ -266,17 +269,20 @@ async fn start_controller(
         let agent_secret = agent_secret.clone();
         Arc::new(move |agent_id: &str| agent_secret.event_key(agent_id))
     };
+    let broker_ca = broker_ca(&settings.message_queue)?;
     let broker = Arc::new(
-        Broker::connect(
+        Broker::connect_with_ca(
             &settings.message_queue.url,
             &settings.message_queue.events_queue,
             Duration::from_secs(30),
+            broker_ca.clone(),
         )
         .await?
         .with_publish_patience(Duration::from_secs(
             settings.message_queue.publish_patience_seconds,
         ))
-        .with_event_keys(event_keys),
+        .with_event_keys(event_keys)
+        .with_agent_access(agent_access(settings)?),
     );
     let engine = BollardEngine::connect(settings.docker.host.as_deref()).await?;
     let engine_is_local = attune_controller::delivery::engine_is_local(engine.docker_host());
@@ -303,8 +309,13 @@ async fn start_controller(
     let signals = ExecutionSignals::default();
     let wakeup = SchedulerWakeup::default();
     let agents: Arc<dyn AgentChannel> = broker.clone();
-    let controller_settings =
-        controller_settings(settings, engine_is_local, host_cpus, agent_secret);
+    let controller_settings = controller_settings(
+        settings,
+        engine_is_local,
+        host_cpus,
+        agent_secret,
+        broker_ca,
+    );
     let lease = controller_settings.lease;
     let architecture = agent.architecture.clone();
     let controller = Controller::new(
@@ -424,16 +435,61 @@ async fn start_controller(
     })
 }
 
+/// The broker's CA certificates (`message_queue.tls_ca_file`), for the server and its agents.
+fn broker_ca(settings: &MessageQueueSettings) -> Result<Option<String>, ServerError> {
+    if settings.tls_ca_file.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let file = settings.tls_ca_file.display();
+    let pem = std::fs::read_to_string(&settings.tls_ca_file).map_err(|error| {
+        ServerError::BrokerSettings(format!("read message_queue.tls_ca_file {file}: {error}"))
+    })?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(ServerError::BrokerSettings(format!(
+            "message_queue.tls_ca_file {file} holds no PEM certificate"
+        )));
+    }
+    Ok(Some(pem))
+}
+
+/// How agents log in to the broker (`message_queue.agent_credentials`).
+fn agent_access(settings: &Settings) -> Result<AgentAccess, ServerError> {
+    let queue = &settings.message_queue;
+    match queue.agent_credentials {
+        AgentCredentials::Shared => {
+            tracing::warn!(
+                "message_queue.agent_credentials = shared: every agent logs in with the same \
+                 broker account, so an action that obtains it can read or send any agent's \
+                 messages; use per-agent (the default) with a broker that has the management plugin"
+            );
+            Ok(AgentAccess::Shared(queue.url_for_agents().to_string()))
+        }
+        AgentCredentials::PerAgent => Ok(AgentAccess::PerAgent(Box::new(
+            AgentAccounts::new(
+                &queue.management_url,
+                &queue.url,
+                queue.url_for_agents(),
+                &settings.executor.controller_id,
+                &queue.events_queue,
+            )
+            .map_err(|error| {
+                ServerError::BrokerSettings(format!("set up per-agent broker accounts: {error}"))
+            })?,
+        ))),
+    }
+}
+
 fn controller_settings(
     settings: &Settings,
     engine_is_local: bool,
     host_cpus: Option<f64>,
     agent_secret: AgentSecret,
+    agent_mq_ca_pem: Option<String>,
 ) -> ControllerSettings {
     ControllerSettings {
         controller_id: settings.executor.controller_id.clone(),
         network: Some(settings.docker.network.clone()).filter(|network| !network.is_empty()),
-        agent_mq_url: settings.message_queue.url_for_agents().to_string(),
+        agent_mq_ca_pem,
         events_queue: settings.message_queue.events_queue.clone(),
         remove_containers: settings.docker.remove_containers,
         default_image: settings.docker.default_image.clone(),

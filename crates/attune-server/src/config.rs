@@ -55,6 +55,27 @@ pub struct MessageQueueSettings {
     /// its execution fails (the server reconnects with backoff meanwhile; no new executions
     /// are claimed while the broker is unreachable).
     pub publish_patience_seconds: u64,
+    /// How agents log in: `per-agent` (the default: each agent gets a broker account of its
+    /// own that reaches only its job queue and this controller's events exchange, made
+    /// through the management API) or `shared` (every agent uses `agent_url`'s account; only
+    /// for a broker without the management plugin — any agent can then read or forge any
+    /// other's messages, and the server says so at start).
+    pub agent_credentials: AgentCredentials,
+    /// RabbitMQ's management API (per-agent accounts are made there), logged in to as the
+    /// user of `url`, which needs the `administrator` tag.
+    pub management_url: String,
+    /// A PEM file of the CA certificates that sign the broker's certificate, for `amqps://`
+    /// URLs (the server's and, sent with their secrets, the agents'); empty uses the bundled
+    /// public roots (webpki-roots).
+    pub tls_ca_file: PathBuf,
+}
+
+/// How agents log in to the broker (`message_queue.agent_credentials`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentCredentials {
+    PerAgent,
+    Shared,
 }
 
 impl MessageQueueSettings {
@@ -223,6 +244,9 @@ max_connections = 16
 url = "amqp://guest:guest@127.0.0.1:5672/%2f"
 events_queue = ""
 publish_patience_seconds = 60
+agent_credentials = "per-agent"
+management_url = "http://127.0.0.1:15672"
+tls_ca_file = ""
 
 [docker]
 network = "host"

@@ -779,10 +779,18 @@ impl Drop for ContainerGuard {
     }
 }
 
-/// Deletes a retired test server's events queue and its dead-letter queue from the shared
-/// broker (a production controller keeps them: reports wait there across restarts).
+/// Deletes a retired test server's events queue, exchange and dead-letter queue, and the
+/// broker accounts of its agents, from the shared broker (a production controller keeps its
+/// queues: reports wait there across restarts). The controller id is read from the events
+/// queue's name (`attune.controller.<id>.events`).
 pub async fn delete_events_queues(events_queue: &str) -> Result<(), String> {
     let environment = TestEnvironment::from_env();
+    if let Some(controller_id) = events_queue
+        .strip_prefix("attune.controller.")
+        .and_then(|rest| rest.strip_suffix(".events"))
+    {
+        delete_agent_accounts(&environment.message_queue_url, controller_id, events_queue).await?;
+    }
     let broker = attune_broker::Broker::connect(
         &environment.message_queue_url,
         events_queue,
@@ -797,3 +805,30 @@ pub async fn delete_events_queues(events_queue: &str) -> Result<(), String> {
     broker.close().await;
     deleted
 }
+
+/// Deletes every broker account of `controller_id`'s agents (a server that was killed or
+/// aborted could not).
+pub async fn delete_agent_accounts(
+    message_queue_url: &str,
+    controller_id: &str,
+    events_queue: &str,
+) -> Result<(), String> {
+    let accounts = attune_broker::accounts::AgentAccounts::new(
+        MANAGEMENT_URL,
+        message_queue_url,
+        message_queue_url,
+        controller_id,
+        events_queue,
+    )
+    .map_err(|error| error.to_string())?;
+    for agent_id in accounts.listed().await.map_err(|error| error.to_string())? {
+        accounts
+            .revoke(&agent_id)
+            .await
+            .map_err(|error| error.to_string())?;
+    }
+    Ok(())
+}
+
+/// The shared broker's management API (scripts/rabbitmq-config.sh turns it on).
+pub const MANAGEMENT_URL: &str = "http://127.0.0.1:15672";

@@ -5,7 +5,8 @@
 use attune_protocol::{AgentCommand, AgentEvent, JobReport};
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
@@ -43,7 +44,9 @@ pub async fn declare_queue(channel: &Channel, queue: &str, arguments: FieldTable
         .unwrap();
 }
 
-/// Declares a private events queue and reads it (no acks), giving up after `wait_limit`.
+/// Declares a private events queue and its exchange (as the controller does: agents publish
+/// to the exchange, `attune_protocol::queues::events_exchange`) and reads the queue (no acks),
+/// giving up after `wait_limit`.
 pub async fn read_events(
     channel: &Channel,
     events_queue: &str,
@@ -51,6 +54,29 @@ pub async fn read_events(
     wait_limit: Duration,
 ) -> EventReader {
     declare_queue(channel, events_queue, FieldTable::default()).await;
+    let exchange = attune_protocol::queues::events_exchange(events_queue);
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            lapin::ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            events_queue.into(),
+            exchange.as_str().into(),
+            events_queue.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     let consumer = channel
         .basic_consume(
             events_queue.into(),
@@ -89,8 +115,9 @@ pub async fn send_command(channel: &Channel, queue: &str, command: &AgentCommand
     publish(channel, queue, &serde_json::to_vec(command).unwrap()).await;
 }
 
-/// Deletes queues, and the dead-letter queue an events queue declares beside it
-/// (`attune_protocol::queues::dead_letter_queue`), on a connection of its own (callable from
+/// Deletes queues, the exchange named like each (an events queue's), and the dead-letter queue
+/// an events queue declares beside it (`attune_protocol::queues::dead_letter_queue`), on a
+/// connection of its own (callable from
 /// `Drop`, inside or outside a runtime); failures are ignored, since it runs during clean-up.
 pub fn delete_queues(queue_names: Vec<String>) {
     let deleting = std::thread::spawn(move || {
@@ -111,6 +138,11 @@ pub fn delete_queues(queue_names: Vec<String>) {
                     .iter()
                     .map(|queue| attune_protocol::queues::dead_letter_queue(queue))
                     .collect();
+                for queue in &queue_names {
+                    let _ = channel
+                        .exchange_delete(queue.as_str().into(), ExchangeDeleteOptions::default())
+                        .await;
+                }
                 for queue in queue_names.into_iter().chain(dead_letters) {
                     let _ = channel
                         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())

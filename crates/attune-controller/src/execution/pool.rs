@@ -365,9 +365,23 @@ impl Controller {
             .await?;
         plan.apply_to(&mut spec);
         let registration = self.signals.await_registration(&agent_id);
-        let container_id = self.docker.create_container(&spec).await.map_err(|error| {
-            ExecutionFailure::docker(&format!("create warm container {}", spec.name), error)
-        })?;
+        // The agent's broker account is made while the engine creates the container.
+        let (created, agent_url) = tokio::join!(
+            self.docker.create_container(&spec),
+            self.agents.agent_url(&agent_id)
+        );
+        let container_id = match created {
+            Ok(container_id) => container_id,
+            Err(error) => {
+                if let Err(error) = self.agents.forget_agent(&agent_id).await {
+                    tracing::warn!(%agent_id, %error, "remove broker account of an agent that never started");
+                }
+                return Err(ExecutionFailure::docker(
+                    &format!("create warm container {}", spec.name),
+                    error,
+                ));
+            }
+        };
         let warm = WarmContainer {
             container_id: container_id.clone(),
             agent_id: agent_id.clone(),
@@ -395,10 +409,17 @@ impl Controller {
                         format!("declare queue of agent {agent_id}: {error}"),
                     )
                 })?;
-            let secrets = self
-                .settings
-                .agent_secret
-                .stdin_line(&self.settings.agent_mq_url, &agent_id);
+            let agent_url = agent_url.map_err(|error| {
+                ExecutionFailure::failed(
+                    FailureKind::MessageQueue,
+                    format!("make the broker account of agent {agent_id}: {error}"),
+                )
+            })?;
+            let secrets = self.settings.agent_secret.stdin_line(
+                &agent_url,
+                self.settings.agent_mq_ca_pem.as_deref(),
+                &agent_id,
+            );
             self.docker
                 .start_container_with_input(&container_id, &secrets)
                 .await
@@ -481,7 +502,7 @@ impl Controller {
         }
     }
 
-    /// Asks the agent to stop, then removes the container and its queue.
+    /// Asks the agent to stop, then removes the container, its queue and its broker account.
     async fn retire_container(&self, warm: &WarmContainer) {
         let shutdown = AgentCommand::Shutdown {
             deadline_seconds: 1,
@@ -492,8 +513,8 @@ impl Controller {
         if let Err(error) = self.docker.remove_container(&warm.container_id).await {
             tracing::error!(container_id = %warm.container_id, %error, "remove warm container");
         }
-        if let Err(error) = self.agents.delete_agent_queue(&warm.agent_id).await {
-            tracing::debug!(agent_id = %warm.agent_id, %error, "delete warm agent queue");
+        if let Err(error) = self.agents.forget_agent(&warm.agent_id).await {
+            tracing::warn!(agent_id = %warm.agent_id, %error, "delete warm agent's queue and broker account");
         }
     }
 
