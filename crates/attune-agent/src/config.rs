@@ -389,6 +389,30 @@ mod tests {
     }
 
     #[test]
+    fn a_broker_ca_file_is_read_and_a_missing_one_named() {
+        let directory = tempfile::tempdir().unwrap();
+        let ca = directory.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let base = [
+            ("ATTUNE_AGENT_MQ_URL", "amqps://env"),
+            ("ATTUNE_AGENT_ID", "a"),
+        ];
+        let with_ca = [base[0], base[1], (ENV_MQ_CA_FILE, ca.to_str().unwrap())];
+        let config = run_config(&[], &with_ca);
+        assert_eq!(
+            config.message_queue_ca_pem.as_deref(),
+            Some("-----BEGIN CERTIFICATE-----\n")
+        );
+        assert_eq!(run_config(&[], &base).message_queue_ca_pem, None);
+        let missing = [base[0], base[1], (ENV_MQ_CA_FILE, "/nonexistent/ca.pem")];
+        let error = parse(&[], &missing).err().unwrap().to_string();
+        assert!(
+            error.starts_with("read ATTUNE_AGENT_MQ_CA_FILE=/nonexistent/ca.pem: "),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn environment_cache_settings_come_from_environment() {
         let config = run_config(
             &[],

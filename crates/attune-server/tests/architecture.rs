@@ -45,8 +45,12 @@ const OWNERS: &[(&str, &[&str])] = &[
     ("bollard", &["attune-docker"]),
     ("axum", &["attune-api"]),
     ("lapin", &["attune-broker", "attune-agent"]),
-    // The CLI speaks HTTP through attune-client; the test kit also sends raw requests.
-    ("reqwest", &["attune-client", "attune-testkit"]),
+    // The CLI speaks HTTP through attune-client; the test kit also sends raw requests; the
+    // broker crate makes agents' accounts through RabbitMQ's management HTTP API.
+    (
+        "reqwest",
+        &["attune-client", "attune-testkit", "attune-broker"],
+    ),
     // Test helpers are never part of a production crate.
     ("attune-testkit", &[]),
 ];
