@@ -396,6 +396,7 @@ fn placeholder_job(execution_id: ExecutionId) -> Job {
         env: Default::default(),
         output_limit_bytes: 0,
         stream_logs: false,
+        pack_sha256: None,
     }
 }
 

@@ -248,6 +248,7 @@ mod tests {
             env: Default::default(),
             output_limit_bytes: 1024,
             stream_logs: true,
+            pack_sha256: None,
         }
     }
 

@@ -77,6 +77,7 @@ fn job(execution_id: i64) -> Job {
         env: Default::default(),
         output_limit_bytes: 1024 * 1024,
         stream_logs: false,
+        pack_sha256: None,
     }
 }
 

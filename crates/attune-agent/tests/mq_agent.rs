@@ -147,6 +147,7 @@ fn shell_job(execution_id: i64, pack_dir: &std::path::Path, entry_point: &str) -
         env: Default::default(),
         output_limit_bytes: 1024 * 1024,
         stream_logs: true,
+        pack_sha256: None,
     }
 }
 

@@ -160,6 +160,7 @@ impl Fixture {
             env: BTreeMap::from([("PATH".to_string(), path)]),
             output_limit_bytes: 1024 * 1024,
             stream_logs: false,
+            pack_sha256: None,
         }
     }
 

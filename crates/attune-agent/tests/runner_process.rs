@@ -88,6 +88,7 @@ impl Fixture {
             env: Default::default(),
             output_limit_bytes: 1024 * 1024,
             stream_logs: true,
+            pack_sha256: None,
         }
     }
 }

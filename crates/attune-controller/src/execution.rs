@@ -1248,6 +1248,7 @@ impl Controller {
             env: container_spec.env.clone(),
             output_limit_bytes: self.settings.output_limit_bytes,
             stream_logs: true,
+            pack_sha256: None,
         })
     }
 

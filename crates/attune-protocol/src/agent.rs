@@ -77,6 +77,11 @@ pub struct Job {
     /// Send [`AgentEvent::Log`] chunks while the action runs.
     #[serde(default = "default_true")]
     pub stream_logs: bool,
+    /// sha256 (hex) of the pack's stored archive: set for a long-lived worker, which finds
+    /// the pack's files by it ([`crate::worker`]); a controller's container has them at
+    /// `pack_dir` already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack_sha256: Option<String>,
 }
 
 /// What an agent tells the controller.
@@ -382,6 +387,12 @@ pub enum FailureKind {
     /// The agent's report (or another event of the execution) could not be stored after the
     /// events queue's delivery limit; it went to the dead-letter queue, its reason is the error.
     ReportRejected,
+    /// A worker could not get the pack's files (download refused, digest mismatch, unpack).
+    PackFiles,
+    /// No online worker could run the action before its queue timeout.
+    NoWorker,
+    /// The worker running it went offline (stopped heartbeating or exited).
+    WorkerLost,
     /// Anything newer than this build knows.
     #[serde(other)]
     Other,
@@ -419,6 +430,9 @@ impl FailureKind {
             FailureKind::ControllerLost => "controller-lost",
             FailureKind::ControllerShutdown => "controller-shutdown",
             FailureKind::ReportRejected => "report-rejected",
+            FailureKind::PackFiles => "pack-files",
+            FailureKind::NoWorker => "no-worker",
+            FailureKind::WorkerLost => "worker-lost",
             FailureKind::Other => "other",
         }
     }
@@ -439,6 +453,7 @@ impl FailureKind {
                 | FailureKind::ControllerRestarted
                 | FailureKind::ControllerLost
                 | FailureKind::ControllerShutdown
+                | FailureKind::WorkerLost
         )
     }
 }

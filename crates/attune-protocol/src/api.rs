@@ -369,10 +369,19 @@ pub enum Role {
     Executor,
     Editor,
     Admin,
+    /// A long-lived worker's token: enrolls the worker and downloads pack files, nothing
+    /// else; outside the chain of the others (an admin token cannot enroll a worker).
+    Worker,
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Viewer, Role::Executor, Role::Editor, Role::Admin];
+    pub const ALL: [Role; 5] = [
+        Role::Viewer,
+        Role::Executor,
+        Role::Editor,
+        Role::Admin,
+        Role::Worker,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -380,12 +389,18 @@ impl Role {
             Role::Executor => "executor",
             Role::Editor => "editor",
             Role::Admin => "admin",
+            Role::Worker => "worker",
         }
     }
 
-    /// Whether a token of this role may do what `needed` may.
+    /// Whether a token of this role may do what `needed` may: viewer < executor < editor <
+    /// admin, each doing what the smaller ones do; `worker` only what needs `worker`.
     pub fn allows(self, needed: Role) -> bool {
-        self >= needed
+        match (self, needed) {
+            (Role::Worker, needed) => needed == Role::Worker,
+            (_, Role::Worker) => false,
+            (role, needed) => role >= needed,
+        }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod output;
 pub mod queues;
 pub mod runtime;
 pub mod signing;
+pub mod worker;
 
 pub use agent::*;
 pub use runtime::*;

@@ -57,6 +57,7 @@ fn sample_job() -> Job {
         env: [("GREETING".to_string(), "hi".to_string())].into(),
         output_limit_bytes: 10485760,
         stream_logs: true,
+        pack_sha256: None,
     }
 }
 
@@ -319,6 +320,9 @@ fn every_failure_kind_has_one_stored_name_and_older_agents_names_still_parse() {
         FailureKind::ControllerLost,
         FailureKind::ControllerShutdown,
         FailureKind::ReportRejected,
+        FailureKind::PackFiles,
+        FailureKind::NoWorker,
+        FailureKind::WorkerLost,
     ];
     for kind in all {
         assert_eq!(serde_json::to_value(kind).unwrap(), json!(kind.as_str()));
