@@ -67,8 +67,14 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
             | "/api/v1/executions/{id}"
             | "/api/v1/executions/{id}/logs"
             | "/api/v1/pools"
-            | "/api/v1/containers",
+            | "/api/v1/containers"
+            | "/api/v1/workers"
+            | "/api/v1/workers/{name}",
         ) => Some(Role::Viewer),
+        // A worker's own work: enrolling, and fetching the pack files of its jobs.
+        (&Method::POST, "/api/v1/workers") | (&Method::GET, "/api/v1/packs/{pack_ref}/archive") => {
+            Some(Role::Worker)
+        }
         (&Method::POST, "/api/v1/executions" | "/api/v1/executions/{id}/cancel") => {
             Some(Role::Executor)
         }
@@ -131,10 +137,15 @@ pub async fn authenticate(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!(
-                "token {:?} has the role {}; {} {path} needs the role {needed} or above",
+                "token {:?} has the role {}; {} {path} needs the role {needed}{}",
                 row.name,
                 row.role,
-                request.method()
+                request.method(),
+                if needed == Role::Worker {
+                    ""
+                } else {
+                    " or above"
+                }
             ),
         )
         .into_response();

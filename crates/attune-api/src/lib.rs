@@ -32,6 +32,7 @@ use std::time::Duration;
 
 pub mod auth;
 pub mod idempotency;
+pub mod workers;
 
 /// Default of [`AppState::max_json_bytes`] (axum's own default): 2 MiB.
 pub const DEFAULT_MAX_JSON_BYTES: usize = 2 * 1024 * 1024;
@@ -76,6 +77,8 @@ pub struct AppState {
     pub validators: ValidatorCache,
     /// Set when the server begins to shut down: readiness answers 503 `draining` from then on.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// How workers enroll; `None`: this server enrolls none (503).
+    pub workers: Option<workers::WorkerEnrollmentSettings>,
 }
 
 /// Compiled parameter schemas by action, so a request does not recompile its action's schema;
@@ -234,6 +237,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/executions/{id}/logs", get(execution_logs))
         .route("/api/v1/executions/{id}/cancel", post(cancel_execution))
         .route("/api/v1/pools", get(list_pools))
+        .route("/api/v1/workers", get(workers::list).post(workers::enroll))
+        .route("/api/v1/workers/{name}", get(workers::get))
+        .route(
+            "/api/v1/packs/{pack_ref}/archive",
+            get(workers::pack_archive),
+        )
         .route("/api/v1/containers", get(list_containers))
         .route("/api/v1/whoami", get(auth::whoami))
         .route(

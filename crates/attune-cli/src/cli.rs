@@ -55,6 +55,9 @@ pub enum Command {
     /// Show the containers the controller manages.
     #[command(subcommand)]
     Container(ContainerCommand),
+    /// Show long-lived workers: status, runtimes, labels, load.
+    #[command(subcommand)]
+    Worker(WorkerCommand),
     /// Create, list and revoke API tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -93,6 +96,23 @@ pub enum TokenCommand {
 
 fn parse_role(name: &str) -> Result<Role, String> {
     name.parse()
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkerCommand {
+    /// List workers: status, runtimes, running/concurrency, last heartbeat.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one worker.
+    Get {
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

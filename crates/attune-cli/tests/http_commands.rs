@@ -85,6 +85,8 @@ fn execution(status: ExecutionStatus) -> ExecutionView {
         container_id: None,
         agent_id: None,
         controller_id: None,
+        worker: None,
+        waiting_reason: None,
         requested_at: "2024-05-01T12:00:00Z".to_string(),
         scheduled_at: None,
         started_at: Some("2024-05-01T12:00:01Z".to_string()),

@@ -349,6 +349,22 @@ impl ApiClient {
         self.get_list(self.url(&["containers"])).await
     }
 
+    /// `GET /api/v1/workers`: every long-lived worker, online or not.
+    pub async fn list_workers(
+        &self,
+    ) -> Result<Vec<attune_protocol::worker::WorkerView>, ClientError> {
+        self.get_list(self.url(&["workers"])).await
+    }
+
+    /// `GET /api/v1/workers/{name}`.
+    pub async fn get_worker(
+        &self,
+        name: &str,
+    ) -> Result<attune_protocol::worker::WorkerView, ClientError> {
+        self.send(Method::GET, self.url(&["workers", name]), |request| request)
+            .await
+    }
+
     /// `GET /api/v1/whoami`: the token this client sends.
     pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
         self.send(Method::GET, self.url(&["whoami"]), |request| request)

@@ -253,9 +253,14 @@ async fn apply_known(
             for execution_id in renewed {
                 signals.heartbeat(execution_id);
             }
-            store.touch_agent(&agent_id, false).await?
+            store.touch_agent(&agent_id, false).await?;
+            // A long-lived worker's heartbeat keeps it online (no-op for other agents).
+            store.worker_heartbeat(&agent_id).await?
         }
-        AgentEvent::Deregister { agent_id, .. } => store.touch_agent(&agent_id, true).await?,
+        AgentEvent::Deregister { agent_id, .. } => {
+            store.touch_agent(&agent_id, true).await?;
+            store.worker_deregistered(&agent_id).await?
+        }
     }
     Ok(())
 }

@@ -289,6 +289,11 @@ impl Controller {
         }
     }
 
+    /// The controller's store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The controller's channel to its agents.
     pub fn agents(&self) -> &Arc<dyn AgentChannel> {
         &self.agents
@@ -1219,6 +1224,21 @@ impl Controller {
                 self.agent.architecture
             ),
         ))
+    }
+
+    /// The job of an execution routed to a long-lived worker: the worker finds the pack's
+    /// files by their digest (`pack_sha256`) and decides where they are.
+    pub fn worker_job(
+        &self,
+        execution: &ExecutionRow,
+        action: &ActionRow,
+    ) -> Result<Job, (FailureKind, String)> {
+        let mut job = self
+            .job_for(execution, action, &ContainerSpec::default())
+            .map_err(|failure| (failure.kind, failure.reason))?;
+        job.pack_dir = String::new();
+        job.pack_sha256 = Some(action.pack_sha256.clone());
+        Ok(job)
     }
 
     fn job_for(

@@ -23,5 +23,6 @@ pub mod membership;
 pub mod scheduler;
 pub mod signals;
 pub mod supervision;
+pub mod workers;
 
 pub use execution::{AgentBinary, AgentBinaryError, Controller, ControllerSettings};

@@ -89,7 +89,11 @@ pub async fn run_scheduler(
         let free = permits.available_permits();
         if free > 0 && can_launch {
             let controller_id = &controller.settings().controller_id;
-            match store.claim_requested(controller_id, free as i64).await {
+            let imageless = controller.settings().default_image.is_some();
+            match store
+                .claim_requested(controller_id, free as i64, imageless)
+                .await
+            {
                 Ok(claimed) => {
                     let claimed_any = !claimed.is_empty();
                     for execution in claimed {

@@ -245,7 +245,7 @@ impl Harness {
         let controller_id = self.controller.settings().controller_id.clone();
         let mut claimed = self
             .store
-            .claim_requested(&controller_id, 10)
+            .claim_requested(&controller_id, 10, false)
             .await
             .unwrap();
         assert_eq!(claimed.len(), 1);

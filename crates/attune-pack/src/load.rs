@@ -397,6 +397,7 @@ fn load_action(
         isolation,
         pool,
         idempotent: manifest.idempotent.unwrap_or(false),
+        worker_selector: manifest.worker_selector.unwrap_or_default(),
         metadata_file: file.to_string(),
     })
 }

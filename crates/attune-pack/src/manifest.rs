@@ -54,6 +54,9 @@ pub(crate) struct ActionManifest {
     /// Warm pool settings; checked while parsing.
     pub pool: Option<PoolSettings>,
     pub idempotent: Option<bool>,
+    /// Labels a long-lived worker must carry to run this action (upstream's field; only for
+    /// actions without `container:`).
+    pub worker_selector: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Parses a YAML file of the pack, naming the file and line on failure. A key repeated in any

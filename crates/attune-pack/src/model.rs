@@ -133,6 +133,9 @@ pub struct ActionDefinition {
     pub pool: Option<PoolSpec>,
     /// `idempotent: true`: safe to run again if its agent dies mid-run.
     pub idempotent: bool,
+    /// `worker_selector:` labels a worker must carry to run it (no `container:`).
+    #[serde(default)]
+    pub worker_selector: std::collections::BTreeMap<String, String>,
     /// The action file, relative to the pack root (`actions/greet.yaml`).
     pub metadata_file: String,
 }

@@ -233,6 +233,12 @@ pub struct ExecutionView {
     /// The controller that owns (or owned) the execution.
     #[serde(default)]
     pub controller_id: Option<String>,
+    /// The long-lived worker it was routed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// Why a requested execution still waits (`waiting for a worker with runtime ruby`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_reason: Option<String>,
     pub requested_at: String,
     #[serde(default)]
     pub scheduled_at: Option<String>,
@@ -418,7 +424,7 @@ impl std::str::FromStr for Role {
             .into_iter()
             .find(|role| role.as_str() == text)
             .ok_or_else(|| {
-                format!("unknown role {text:?}: roles are viewer, executor, editor, admin")
+                format!("unknown role {text:?}: roles are viewer, executor, editor, admin, worker")
             })
     }
 }

@@ -84,13 +84,13 @@ impl FromStr for Runtime {
                 Runtime::Shell
             }
             "python" | "python3" | "python-script" => Runtime::Python,
-            "node" | "nodejs" | "javascript" | "node-script" => Runtime::Node,
+            "node" | "nodejs" | "node.js" | "javascript" | "node-script" => Runtime::Node,
             "ruby" => Runtime::Ruby,
             "go" | "golang" => Runtime::Go,
             "java" => Runtime::Java,
             "perl" => Runtime::Perl,
             "r" | "rscript" => Runtime::R,
-            "native" | "binary" => Runtime::Native,
+            "native" | "binary" | "builtin" | "standalone" => Runtime::Native,
             _ => return Err(UnknownRuntime(name.to_string())),
         };
         Ok(runtime)

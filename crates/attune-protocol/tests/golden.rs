@@ -173,6 +173,8 @@ fn execution_view() {
         container_id: Some("c0ffee".into()),
         agent_id: Some("a-1".into()),
         controller_id: Some("controller-a".into()),
+        worker: None,
+        waiting_reason: None,
         requested_at: "2026-11-25T15:00:00Z".into(),
         scheduled_at: Some("2026-11-25T15:00:00.010Z".into()),
         started_at: Some("2026-11-25T15:00:00.200Z".into()),

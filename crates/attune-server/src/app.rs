@@ -22,6 +22,7 @@ use attune_controller::{AgentBinary, AgentBinaryError, Controller, ControllerSet
 use attune_docker::bollard_engine::BollardEngine;
 use attune_docker::retry::{RetryPolicy, RetryingDocker};
 use attune_docker::{DockerError, DockerOps};
+use attune_protocol::worker::WORKERS_EVENTS_QUEUE;
 use attune_store::status_feed::StatusFeed;
 use attune_store::{ControllerRegistration, Store, StoreError};
 use std::future::Future;
@@ -173,6 +174,7 @@ pub async fn run_roles(
                 status_feed,
                 validators: Default::default(),
                 draining: draining.clone(),
+                workers: Some(worker_enrollment(&settings, &store).await?),
             };
             let address = listener.local_addr()?;
             tracing::info!(%address, "attune-server listening");
@@ -225,6 +227,8 @@ pub async fn run_roles(
 /// A running controller role, to drain at shutdown.
 struct ControllerRole {
     broker: Arc<Broker>,
+    /// The consumer of the workers' events queue (every controller-role server shares it).
+    workers_broker: Arc<Broker>,
     scheduler: JoinHandle<()>,
     pools: JoinHandle<()>,
     membership: JoinHandle<()>,
@@ -242,6 +246,7 @@ impl ControllerRole {
         if let Err(error) = self.membership.await {
             tracing::error!(%error, "membership task");
         }
+        self.workers_broker.close().await;
         self.broker.close().await;
     }
 }
@@ -416,6 +421,53 @@ async fn start_controller(
                 .await
         })
     };
+    // Long-lived workers: their events (every controller-role server consumes the shared
+    // queue; any may apply any worker's event) and the router that gives them executions.
+    let workers_secret = workers_secret(store).await?;
+    let workers_keys: attune_broker::EventKeys = Arc::new(move |agent_id: &str| {
+        attune_protocol::signing::agent_event_key(&workers_secret, agent_id)
+    });
+    let workers_broker = Arc::new(
+        Broker::connect_with_ca(
+            &settings.message_queue.url,
+            WORKERS_EVENTS_QUEUE,
+            Duration::from_secs(30),
+            self::broker_ca(&settings.message_queue)?,
+        )
+        .await?
+        .with_publish_patience(Duration::from_secs(
+            settings.message_queue.publish_patience_seconds,
+        ))
+        .with_event_keys(workers_keys),
+    );
+    let workers_events_task = {
+        let store = store.clone();
+        let signals = signals.clone();
+        let workers_broker = workers_broker.clone();
+        let lease = Duration::from_secs(settings.workers.heartbeat_seconds * 3);
+        tokio::spawn(async move {
+            workers_broker
+                .run_events(64, move |event| {
+                    let store = store.clone();
+                    let signals = signals.clone();
+                    async move {
+                        attune_controller::events::apply_event(&store, &signals, lease, event).await
+                    }
+                })
+                .await
+        })
+    };
+    tasks.track(&workers_events_task);
+    let router_task = tokio::spawn(attune_controller::workers::run_router(
+        controller.clone(),
+        attune_controller::workers::RouterSettings {
+            queue_timeout: Duration::from_secs(settings.workers.queue_timeout_seconds),
+            heartbeat: Duration::from_secs(settings.workers.heartbeat_seconds),
+            ..Default::default()
+        },
+        stop.clone(),
+    ));
+    tasks.track(&router_task);
     let scheduler_task = tokio::spawn(run_scheduler(
         store.clone(),
         controller,
@@ -429,9 +481,72 @@ async fn start_controller(
     tasks.track(&scheduler_task);
     Ok(ControllerRole {
         broker,
+        workers_broker,
         scheduler: scheduler_task,
         pools: pool_task,
         membership: membership_task,
+    })
+}
+
+/// The deployment's workers secret (event keys of workers derive from it), kept in Postgres
+/// beside the controllers' under a name no controller id takes.
+const WORKERS_SECRET_ID: &str = "attune-workers";
+
+async fn workers_secret(store: &Store) -> Result<Vec<u8>, ServerError> {
+    Ok(store
+        .controller_agent_secret(WORKERS_SECRET_ID, AgentSecret::random().as_bytes())
+        .await?)
+}
+
+/// Workers' broker accounts: per-agent accounts under the pseudo-controller `workers`, whose
+/// events go to [`WORKERS_EVENTS_QUEUE`]'s exchange.
+struct ServerWorkerAccounts {
+    access: AgentAccess,
+    ca_pem: Option<String>,
+}
+
+#[async_trait::async_trait]
+impl attune_api::workers::WorkerAccounts for ServerWorkerAccounts {
+    async fn issue(&self, agent_id: &str) -> Result<String, String> {
+        match &self.access {
+            AgentAccess::Shared(url) => Ok(url.clone()),
+            AgentAccess::PerAgent(accounts) => accounts
+                .issue(agent_id)
+                .await
+                .map_err(|error| error.to_string()),
+        }
+    }
+
+    async fn revoke(&self, agent_id: &str) -> Result<(), String> {
+        match &self.access {
+            AgentAccess::Shared(_) => Ok(()),
+            AgentAccess::PerAgent(accounts) => accounts
+                .revoke(agent_id)
+                .await
+                .map_err(|error| error.to_string()),
+        }
+    }
+
+    fn ca_pem(&self) -> Option<String> {
+        self.ca_pem.clone()
+    }
+}
+
+/// How this server's API enrolls workers.
+async fn worker_enrollment(
+    settings: &Settings,
+    store: &Store,
+) -> Result<attune_api::workers::WorkerEnrollmentSettings, ServerError> {
+    let mut workers_settings = settings.clone();
+    workers_settings.executor.controller_id = "workers".to_string();
+    workers_settings.message_queue.events_queue = WORKERS_EVENTS_QUEUE.to_string();
+    Ok(attune_api::workers::WorkerEnrollmentSettings {
+        accounts: Arc::new(ServerWorkerAccounts {
+            access: agent_access(&workers_settings)?,
+            ca_pem: broker_ca(&settings.message_queue)?,
+        }),
+        secret: Arc::new(workers_secret(store).await?),
+        heartbeat_seconds: settings.workers.heartbeat_seconds,
     })
 }
 

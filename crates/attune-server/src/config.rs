@@ -10,6 +10,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub database: DatabaseSettings,
     pub message_queue: MessageQueueSettings,
+    pub workers: WorkerSettings,
     pub docker: DockerSettings,
     pub executor: ExecutorSettings,
     pub log: LogSettings,
@@ -39,6 +40,17 @@ pub struct ServerSettings {
 pub struct DatabaseSettings {
     pub url: String,
     pub max_connections: u32,
+}
+
+/// Long-lived workers (`[workers]`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerSettings {
+    /// How often workers heartbeat; one silent for three is offline and what it ran ends
+    /// `worker-lost`.
+    pub heartbeat_seconds: u64,
+    /// How long an action without an image waits for a capable worker before it ends
+    /// `no-worker`.
+    pub queue_timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -247,6 +259,10 @@ publish_patience_seconds = 60
 agent_credentials = "per-agent"
 management_url = "http://127.0.0.1:15672"
 tls_ca_file = ""
+
+[workers]
+heartbeat_seconds = 5
+queue_timeout_seconds = 300
 
 [docker]
 network = "host"

@@ -23,6 +23,7 @@ pub mod status_feed;
 #[cfg(feature = "test-database")]
 pub mod testing;
 pub mod tokens;
+pub mod workers;
 
 /// Errors from the store that callers branch on.
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +159,10 @@ pub struct ExecutionRow {
     pub scheduled_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The long-lived worker it was routed to (no controller owns it then).
+    pub worker_name: Option<String>,
+    /// Why it still waits for a worker.
+    pub waiting_reason: Option<String>,
 }
 
 impl ExecutionRow {
@@ -199,6 +204,11 @@ impl ExecutionRow {
             container_id: self.container_id.clone(),
             agent_id: self.agent_id.clone(),
             controller_id: self.controller_id.clone(),
+            worker: self.worker_name.clone(),
+            waiting_reason: self
+                .waiting_reason
+                .clone()
+                .filter(|_| self.status() == ExecutionStatus::Requested),
             requested_at: format_time(self.requested_at),
             scheduled_at: self.scheduled_at.map(format_time),
             started_at: self.started_at.map(format_time),
@@ -421,7 +431,11 @@ const EXECUTION_COLUMNS: &str =
     "id, action_ref, action_id, status, parameters, secret_parameters, \
     image, container_id, agent_id, exit_code, signal, duration_ms, stdout, stderr, stdout_truncated, \
     stderr_truncated, result, error, failure_kind, cancel_requested, retry_of, controller_id, \
-    lease_epoch, placed_at, lease_expires_at, requested_at, scheduled_at, started_at, finished_at";
+    lease_epoch, placed_at, lease_expires_at, requested_at, scheduled_at, started_at, finished_at, \
+    worker_name, waiting_reason";
+
+/// SQL: the action `a` names an image (its `container:`), so a controller runs it.
+const HAS_IMAGE: &str = "(a.container IS NOT NULL AND a.container <> 'null'::jsonb)";
 
 const ACTION_COLUMNS: &str = "a.id, a.pack_id, p.ref AS pack_ref, \
     p.archive_sha256 AS pack_sha256, a.ref, a.label, a.description, \
@@ -559,9 +573,9 @@ impl Store {
                 "INSERT INTO actions (pack_id, ref, label, description, runner_type, runtime,
                      entry_point, entry_point_path, parameters_schema, secret_parameters,
                      parameter_delivery, parameter_format, timeout_seconds, container, enabled,
-                     isolation, pool, idempotent)
+                     isolation, pool, idempotent, worker_selector)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                     $16, $17, $18)",
+                     $16, $17, $18, $19)",
             )
             .bind(row.id)
             .bind(&action.action_ref)
@@ -586,6 +600,11 @@ impl Store {
                     .map(|pool| serde_json::to_value(pool).unwrap_or(Value::Null)),
             )
             .bind(action.idempotent)
+            .bind(
+                Some(&action.worker_selector)
+                    .filter(|selector| !selector.is_empty())
+                    .map(|selector| serde_json::to_value(selector).unwrap_or(Value::Null)),
+            )
             .execute(&mut *transaction)
             .await?;
         }
@@ -722,10 +741,15 @@ impl Store {
     /// Claims up to `limit` requested executions for `controller_id`, oldest first, moving
     /// them to `scheduled` and bumping their epoch. Safe with several controllers: rows locked
     /// by another claimer are skipped.
+    /// Claims up to `limit` requested executions for `controller_id`: those whose action names
+    /// an image (or is gone, to fail it), and — when `imageless` (the controller has a
+    /// `docker.default_image`) — those without an image that no worker could take
+    /// (`waiting_reason` set by the router). The others wait for a worker.
     pub async fn claim_requested(
         &self,
         controller_id: &str,
         limit: i64,
+        imageless: bool,
     ) -> Result<Vec<ExecutionRow>, StoreError> {
         let previous: Vec<&str> = ExecutionStatus::allowed_previous(ExecutionStatus::Scheduled)
             .into_iter()
@@ -735,8 +759,10 @@ impl Store {
         // LOCKED)` may be re-evaluated by the planner and claim more than `limit` rows.
         Ok(sqlx::query_as(&format!(
             "WITH picked AS (
-                 SELECT id FROM executions WHERE status = 'requested'
-                 ORDER BY id FOR UPDATE SKIP LOCKED LIMIT $1)
+                 SELECT e.id FROM executions e LEFT JOIN actions a ON a.id = e.action_id
+                 WHERE e.status = 'requested'
+                   AND (a.id IS NULL OR {HAS_IMAGE} OR ($4 AND e.waiting_reason IS NOT NULL))
+                 ORDER BY e.id FOR UPDATE OF e SKIP LOCKED LIMIT $1)
              UPDATE executions e SET status = 'scheduled', scheduled_at = now(),
                  controller_id = $2, lease_epoch = e.lease_epoch + 1
              FROM picked WHERE e.id = picked.id AND e.status = ANY($3)
@@ -750,6 +776,7 @@ impl Store {
         .bind(limit)
         .bind(controller_id)
         .bind(&previous)
+        .bind(imageless)
         .fetch_all(&self.pool)
         .await?)
     }

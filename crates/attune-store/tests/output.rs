@@ -23,7 +23,10 @@ async fn running_execution(store: &Store) -> i64 {
         .create_execution(&action, json!({"name": "Ada"}).as_object().unwrap())
         .await
         .unwrap();
-    let claimed = store.claim_requested("controller-a", 1).await.unwrap();
+    let claimed = store
+        .claim_requested("controller-a", 1, false)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 1);
     store
         .transition(

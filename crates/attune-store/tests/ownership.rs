@@ -100,8 +100,8 @@ async fn a_claim_stamps_the_owner_and_no_row_is_claimed_twice() {
         fixture.request(&action).await;
     }
     let (a, b) = tokio::join!(
-        fixture.store.claim_requested("controller-a", 4),
-        fixture.store.claim_requested("controller-b", 4)
+        fixture.store.claim_requested("controller-a", 4, false),
+        fixture.store.claim_requested("controller-b", 4, false)
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.len() + b.len(), 6);
@@ -131,7 +131,7 @@ async fn a_write_with_a_stale_fence_changes_nothing() {
     let requested = fixture.request(&action).await;
     let claimed = fixture
         .store
-        .claim_requested("controller-a", 1)
+        .claim_requested("controller-a", 1, false)
         .await
         .unwrap()
         .remove(0);
@@ -197,7 +197,7 @@ async fn a_lost_controllers_executions_are_taken_over_and_idempotent_ones_requeu
     let plain_execution = fixture.request(&plain).await;
     let plain_claim = fixture
         .store
-        .claim_requested("controller-a", 1)
+        .claim_requested("controller-a", 1, false)
         .await
         .unwrap()
         .remove(0);
@@ -206,7 +206,7 @@ async fn a_lost_controllers_executions_are_taken_over_and_idempotent_ones_requeu
     let idempotent_execution = fixture.request(&idempotent).await;
     let idempotent_claim = fixture
         .store
-        .claim_requested("controller-a", 1)
+        .claim_requested("controller-a", 1, false)
         .await
         .unwrap()
         .remove(0);
@@ -315,7 +315,7 @@ async fn a_requeue_happens_only_when_the_terminal_write_did() {
     fixture.request(&action).await;
     let claimed = fixture
         .store
-        .claim_requested("controller-a", 1)
+        .claim_requested("controller-a", 1, false)
         .await
         .unwrap()
         .remove(0);
@@ -363,7 +363,7 @@ async fn a_requeue_happens_only_when_the_terminal_write_did() {
     fixture.request(&action).await;
     let second = fixture
         .store
-        .claim_requested("controller-a", 1)
+        .claim_requested("controller-a", 1, false)
         .await
         .unwrap()
         .remove(0);
@@ -386,7 +386,7 @@ async fn a_requeue_happens_only_when_the_terminal_write_did() {
     fixture.request(&action).await;
     let third = fixture
         .store
-        .claim_requested("controller-a", 2)
+        .claim_requested("controller-a", 2, false)
         .await
         .unwrap()
         .into_iter()

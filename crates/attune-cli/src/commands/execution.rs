@@ -372,6 +372,8 @@ mod tests {
             container_id: None,
             agent_id: None,
             controller_id: None,
+            worker: None,
+            waiting_reason: None,
             requested_at: "2024-05-01T12:00:00Z".to_string(),
             scheduled_at: None,
             started_at: started.map(str::to_string),

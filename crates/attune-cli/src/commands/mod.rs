@@ -6,10 +6,11 @@ mod pack;
 mod pool;
 mod run;
 mod token;
+mod worker;
 
 use crate::cli::{
     ActionCommand, Cli, Command, ContainerCommand, ExecutionCommand, PackCommand, PoolCommand,
-    TokenCommand,
+    TokenCommand, WorkerCommand,
 };
 use crate::client::{error_message, ApiClient, ClientError};
 use crate::output::Terminal;
@@ -123,6 +124,10 @@ async fn dispatch(cli: Cli, terminal: &mut Terminal) -> anyhow::Result<u8> {
         Command::Pool(PoolCommand::List { json }) => pool::list_pools(&mut context, json).await,
         Command::Container(ContainerCommand::List { json }) => {
             pool::list_containers(&mut context, json).await
+        }
+        Command::Worker(WorkerCommand::List { json }) => worker::list(&mut context, json).await,
+        Command::Worker(WorkerCommand::Get { name, json }) => {
+            worker::get(&mut context, &name, json).await
         }
         Command::Token(TokenCommand::Create { name, role, json }) => {
             token::create(&mut context, &name, role, json).await
