@@ -3,11 +3,12 @@
 use crate::config::{AgentConfig, Mode};
 use crate::detect::{Detector, RuntimeName};
 use crate::mq::{self, MqError, Publisher};
+use crate::packs::PackStore;
 use crate::runner::{early_report, run_job_then_sweep, RunnerContext, StopRequest};
 use crate::EventSender;
 use attune_protocol::{
-    AgentCommand, AgentEvent, AgentRegistration, ExecutionId, FailureKind, Job, JobOutcome,
-    JobReport, PROTOCOL_VERSION,
+    AgentCommand, AgentEvent, AgentRegistration, DetectedRuntime, ExecutionId, FailureKind, Job,
+    JobOutcome, JobReport, PROTOCOL_VERSION,
 };
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicRejectOptions};
@@ -400,6 +401,33 @@ fn placeholder_job(execution_id: ExecutionId) -> Job {
     }
 }
 
+/// The heartbeat due at a tick: the running executions (sorted), sent while any run, and with
+/// none when `when_idle` (an enrolled worker, which heartbeats to stay online).
+pub fn heartbeat_event(
+    agent_id: &str,
+    running: impl IntoIterator<Item = ExecutionId>,
+    when_idle: bool,
+) -> Option<AgentEvent> {
+    let mut running: Vec<ExecutionId> = running.into_iter().collect();
+    if running.is_empty() && !when_idle {
+        return None;
+    }
+    running.sort_unstable();
+    Some(AgentEvent::Heartbeat {
+        agent_id: agent_id.to_string(),
+        running,
+    })
+}
+
+/// What an agent registers it can run.
+#[derive(Debug, Clone)]
+pub enum Capabilities {
+    /// Detect these runtimes (every detectable one when `None`) while connecting.
+    Detect(Option<Vec<RuntimeName>>),
+    /// Already detected (a worker's, reported when it enrolled).
+    Detected(Vec<DetectedRuntime>),
+}
+
 /// Runs the agent until its work is done: one job in oneshot mode, until `shutdown` resolves
 /// (to the reason, e.g. `received SIGTERM`) or a Shutdown command in worker mode.
 pub async fn run(
@@ -408,11 +436,36 @@ pub async fn run(
     selection: Option<Vec<RuntimeName>>,
     shutdown: impl Future<Output = String>,
 ) -> Result<(), AgentError> {
+    serve(
+        config,
+        detector,
+        Capabilities::Detect(selection),
+        None,
+        shutdown,
+    )
+    .await
+}
+
+/// [`run`] with the runtimes to register and, for a worker, the pack files by digest.
+pub async fn serve(
+    config: AgentConfig,
+    detector: Detector,
+    capabilities: Capabilities,
+    packs: Option<Arc<PackStore>>,
+    shutdown: impl Future<Output = String>,
+) -> Result<(), AgentError> {
     let mut shutdown = std::pin::pin!(shutdown);
     let hashing = tokio::task::spawn_blocking(own_sha256);
     // Oneshot agents register what is installed without spawning version probes, to start fast.
     let probe_versions = config.mode == Mode::Worker;
-    let detection = async { detector.detect(selection.as_deref(), probe_versions).await };
+    let detection = async {
+        match capabilities {
+            Capabilities::Detect(selection) => {
+                detector.detect(selection.as_deref(), probe_versions).await
+            }
+            Capabilities::Detected(runtimes) => runtimes,
+        }
+    };
     let connecting = mq::connect(
         &config.message_queue_url,
         config.message_queue_ca_pem.as_deref(),
@@ -477,6 +530,7 @@ pub async fn run(
         workdir_base: config.workdir_base.clone(),
         detector,
         environments: config.environments.clone(),
+        packs,
     });
     let heartbeat_interval = config.heartbeat_interval;
     let mut agent = Agent {
@@ -519,13 +573,13 @@ pub async fn run(
                 agent.start_held_jobs().await;
             }
             _ = heartbeat.tick() => {
-                if !agent.running.is_empty() {
-                    let mut running: Vec<ExecutionId> = agent.running.keys().copied().collect();
-                    running.sort_unstable();
-                    let _ = agent.events.send(AgentEvent::Heartbeat {
-                        agent_id: agent.config.agent_id.clone(),
-                        running,
-                    });
+                let due = heartbeat_event(
+                    &agent.config.agent_id,
+                    agent.running.keys().copied(),
+                    agent.config.heartbeat_when_idle,
+                );
+                if let Some(event) = due {
+                    let _ = agent.events.send(event);
                 }
             }
             reason = &mut shutdown, if agent.drain_deadline.is_none() => {
@@ -597,6 +651,25 @@ mod tests {
         );
         assert_eq!(salvage_job_identity(br#"{"type":"job"}"#), None);
         assert_eq!(salvage_job_identity(b"not json"), None);
+    }
+
+    #[test]
+    fn heartbeats_go_out_while_busy_and_for_a_worker_when_idle() {
+        assert_eq!(heartbeat_event("a", [], false), None);
+        assert_eq!(
+            heartbeat_event("a", [], true),
+            Some(AgentEvent::Heartbeat {
+                agent_id: "a".into(),
+                running: vec![]
+            })
+        );
+        assert_eq!(
+            heartbeat_event("a", [7, 3], false),
+            Some(AgentEvent::Heartbeat {
+                agent_id: "a".into(),
+                running: vec![3, 7]
+            })
+        );
     }
 
     #[test]

@@ -1,7 +1,10 @@
-//! Agent settings: command-line flags with environment fallback, parsed by hand.
+//! Agent settings: command-line flags with environment fallback, parsed by hand. An agent
+//! without an agent id and without secrets on stdin, given an API (`ATTUNE_API_URL`) or a
+//! config file, is a long-lived worker: its own settings are [`crate::worker_config`]'s.
 
 use crate::environment::{EnvironmentCache, DEFAULT_BUILD_TIMEOUT};
-use attune_protocol::{queues, signing};
+use crate::worker_config::{parse_worker_settings, wants_worker, HostPaths, WorkerSettings};
+use attune_protocol::{queues, signing, worker};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,6 +38,7 @@ pub const DEFAULT_ENVIRONMENT_CACHE_NAME: &str = "attune-envs";
 /// Usage text printed by `--help`.
 pub const USAGE: &str = "\
 usage: attune-agent [--mq-url URL] [--agent-id ID] [--mode oneshot|worker]
+       attune-agent [--config PATH]      (a worker: ATTUNE_API_URL, no agent id)
        attune-agent --detect-only [--json]
        attune-agent --version
 
@@ -44,6 +48,7 @@ options (each falls back to its environment variable):
   --mq-url URL        AMQP URL of the broker          ATTUNE_AGENT_MQ_URL
   --agent-id ID       this agent's id (queue suffix)  ATTUNE_AGENT_ID
   --mode MODE         oneshot (default) or worker     ATTUNE_AGENT_MODE
+  --config PATH       a worker's YAML config file     ATTUNE_CONFIG
   --detect-only       print the interpreters found in this image and exit
   --json              with --detect-only: print a JSON array
   --version           print the agent and protocol versions
@@ -54,6 +59,14 @@ other environment: ATTUNE_AGENT_IMAGE, ATTUNE_AGENT_IMAGE_ID, ATTUNE_AGENT_WORKD
   ATTUNE_AGENT_ENV_CACHE, ATTUNE_AGENT_ENV_BUILD_SECONDS, ATTUNE_WORKER_RUNTIMES,
   ATTUNE_AGENT_CONCURRENCY, ATTUNE_AGENT_HEARTBEAT_SECONDS, ATTUNE_AGENT_SHUTDOWN_SECONDS,
   ATTUNE_AGENT_CONNECT_SECONDS, ATTUNE_AGENT_EVENTS_QUEUE
+
+a worker (no agent id, ATTUNE_API_URL set or a config file given or at
+  /opt/attune/config/config.yaml) enrolls with the API and serves jobs until SIGTERM:
+  ATTUNE_API_URL, ATTUNE_WORKER_TOKEN or ATTUNE_WORKER_TOKEN_FILE, ATTUNE_WORKER_NAME,
+  ATTUNE_WORKER_LABELS (k=v,k2=v2), ATTUNE_WORKER_CONCURRENCY (1 to 256, default 4),
+  ATTUNE_WORKER_RUNTIMES, ATTUNE__MESSAGE_QUEUE__URL (the broker's address as this worker
+  reaches it), ATTUNE_WORKER_PACKS_DIR (default /opt/attune/packs); the config file may set
+  worker.{name,labels,concurrency,runtimes}, api_url and message_queue.url
 ";
 
 /// Whether the agent runs one job or serves many (the protocol's [`AgentMode`]).
@@ -92,6 +105,17 @@ pub struct AgentConfig {
     /// Kill every other process of the container between two jobs (a warm container's agent,
     /// `ATTUNE_AGENT_SWEEP_PROCESSES=1`).
     pub sweep_processes: bool,
+    /// Send a heartbeat every interval even with nothing running (an enrolled worker, whose
+    /// heartbeats keep it online); other agents heartbeat only while jobs run.
+    pub heartbeat_when_idle: bool,
+}
+
+/// A long-lived worker: the agent's settings (its identity, broker and events queue still to
+/// come from the enrollment) and the worker's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInvocation {
+    pub agent: AgentConfig,
+    pub worker: WorkerSettings,
 }
 
 /// What the command line asks for.
@@ -99,8 +123,12 @@ pub struct AgentConfig {
 pub enum Invocation {
     Version,
     Help,
-    DetectOnly { json: bool },
+    DetectOnly {
+        json: bool,
+    },
     Run(Box<AgentConfig>),
+    /// A worker: enroll with the API, then serve as the agent it names.
+    Worker(Box<WorkerInvocation>),
 }
 
 /// A command line or environment that cannot be used.
@@ -132,6 +160,18 @@ pub enum ConfigError {
     InvalidSecrets(String),
     #[error("read {ENV_MQ_CA_FILE}={path}: {reason}")]
     CaFile { path: String, reason: String },
+    #[error("missing {what}: {hint}")]
+    MissingWorkerSetting { what: &'static str, hint: String },
+    /// `setting` names the variable (`ATTUNE_WORKER_LABELS`) or the file's field
+    /// (`worker.labels in /opt/attune/config/config.yaml`).
+    #[error("invalid {setting}: {reason}")]
+    InvalidWorkerSetting { setting: String, reason: String },
+    #[error("read config file {path}: {reason}")]
+    ConfigFile { path: String, reason: String },
+    #[error("--config is for a worker (no agent id), but this agent has agent id {0:?}")]
+    ConfigWithAgentId(String),
+    #[error("a worker (no agent id, enrolled through {api}) runs in worker mode, not {mode:?}", api = worker::ENV_API_URL)]
+    WorkerMode { mode: String },
 }
 
 /// Parses the arguments (without the program name), looking up missing settings with `env`.
@@ -140,7 +180,22 @@ where
     I: IntoIterator<Item = String>,
     E: Fn(&str) -> Option<String>,
 {
+    parse_invocation_on(arguments, env, &HostPaths::system())
+}
+
+/// [`parse_invocation`] with the host's files (default config file, `/etc/hostname`) at
+/// `host`.
+pub fn parse_invocation_on<I, E>(
+    arguments: I,
+    env: E,
+    host: &HostPaths,
+) -> Result<Invocation, ConfigError>
+where
+    I: IntoIterator<Item = String>,
+    E: Fn(&str) -> Option<String>,
+{
     let mut message_queue_url = None;
+    let mut config_file = None;
     let mut agent_id = None;
     let mut mode = None;
     let mut detect_only = false;
@@ -165,6 +220,7 @@ where
             "--mq-url" => message_queue_url = Some(value_for("--mq-url")?),
             "--agent-id" => agent_id = Some(value_for("--agent-id")?),
             "--mode" => mode = Some(value_for("--mode")?),
+            "--config" => config_file = Some(value_for("--config")?),
             _ => return Err(ConfigError::UnknownArgument(argument)),
         }
     }
@@ -183,6 +239,31 @@ where
         Some("stdin") => true,
         Some(other) => return Err(ConfigError::InvalidSecrets(other.to_string())),
     };
+    let agent_id = non_empty(agent_id).or_else(|| non_empty(env(queues::ENV_AGENT_ID)));
+    if let (Some(agent_id), Some(_)) = (&agent_id, &config_file) {
+        return Err(ConfigError::ConfigWithAgentId(agent_id.clone()));
+    }
+    if agent_id.is_none() && !secrets_on_stdin && wants_worker(config_file.as_deref(), &env, host) {
+        let mode = non_empty(mode).or_else(|| non_empty(env(queues::ENV_AGENT_MODE)));
+        if let Some(mode) = mode {
+            if Mode::parse(&mode) != Some(Mode::Worker) {
+                return Err(ConfigError::WorkerMode { mode });
+            }
+        }
+        let worker = parse_worker_settings(config_file, &env, host)?;
+        let identity = Identity {
+            message_queue_url: String::new(),
+            agent_id: String::new(),
+            mode: Mode::Worker,
+            secrets_on_stdin: false,
+        };
+        let mut agent = agent_settings(&env, identity, Some(worker.concurrency))?;
+        agent.heartbeat_when_idle = true;
+        return Ok(Invocation::Worker(Box::new(WorkerInvocation {
+            agent,
+            worker,
+        })));
+    }
     let message_queue_url = match non_empty(message_queue_url)
         .or_else(|| non_empty(env(queues::ENV_MESSAGE_QUEUE_URL)))
     {
@@ -197,13 +278,11 @@ where
             })
         }
     };
-    let agent_id = non_empty(agent_id)
-        .or_else(|| non_empty(env(queues::ENV_AGENT_ID)))
-        .ok_or(ConfigError::Missing {
-            what: "agent id",
-            flag: "--agent-id",
-            env: queues::ENV_AGENT_ID,
-        })?;
+    let agent_id = agent_id.ok_or(ConfigError::Missing {
+        what: "agent id",
+        flag: "--agent-id",
+        env: queues::ENV_AGENT_ID,
+    })?;
     if !is_valid_agent_id(&agent_id) {
         return Err(ConfigError::InvalidAgentId(agent_id));
     }
@@ -214,11 +293,45 @@ where
             None => return Err(ConfigError::InvalidMode(name)),
         },
     };
-    let concurrency = match mode {
-        Mode::Oneshot => 1,
-        Mode::Worker => {
-            let concurrency =
-                number_from_env(&env, ENV_CONCURRENCY, DEFAULT_CONCURRENCY.into(), 1)?;
+    let identity = Identity {
+        message_queue_url,
+        agent_id,
+        mode,
+        secrets_on_stdin,
+    };
+    agent_settings(&env, identity, None).map(|config| Invocation::Run(Box::new(config)))
+}
+
+/// Who an agent is and where its broker is, as its command line says.
+struct Identity {
+    message_queue_url: String,
+    agent_id: String,
+    mode: Mode,
+    secrets_on_stdin: bool,
+}
+
+/// The settings every agent reads from the environment, around its identity; `concurrency`
+/// when it is already decided (a worker's).
+fn agent_settings<E>(
+    env: &E,
+    identity: Identity,
+    concurrency: Option<u16>,
+) -> Result<AgentConfig, ConfigError>
+where
+    E: Fn(&str) -> Option<String>,
+{
+    let Identity {
+        message_queue_url,
+        agent_id,
+        mode,
+        secrets_on_stdin,
+    } = identity;
+    let non_empty = |value: Option<String>| value.filter(|value| !value.trim().is_empty());
+    let concurrency = match (mode, concurrency) {
+        (_, Some(concurrency)) => concurrency,
+        (Mode::Oneshot, None) => 1,
+        (Mode::Worker, None) => {
+            let concurrency = number_from_env(env, ENV_CONCURRENCY, DEFAULT_CONCURRENCY.into(), 1)?;
             u16::try_from(concurrency).map_err(|_| ConfigError::InvalidNumber {
                 name: ENV_CONCURRENCY,
                 value: concurrency.to_string(),
@@ -227,15 +340,14 @@ where
         }
     };
     let heartbeat_seconds =
-        number_from_env(&env, ENV_HEARTBEAT_SECONDS, DEFAULT_HEARTBEAT_SECONDS, 1)?;
-    let shutdown_seconds =
-        number_from_env(&env, ENV_SHUTDOWN_SECONDS, DEFAULT_SHUTDOWN_SECONDS, 0)?;
-    let connect_seconds = number_from_env(&env, ENV_CONNECT_SECONDS, DEFAULT_CONNECT_SECONDS, 1)?;
+        number_from_env(env, ENV_HEARTBEAT_SECONDS, DEFAULT_HEARTBEAT_SECONDS, 1)?;
+    let shutdown_seconds = number_from_env(env, ENV_SHUTDOWN_SECONDS, DEFAULT_SHUTDOWN_SECONDS, 0)?;
+    let connect_seconds = number_from_env(env, ENV_CONNECT_SECONDS, DEFAULT_CONNECT_SECONDS, 1)?;
     let workdir_base = non_empty(env(queues::ENV_AGENT_WORKDIR))
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/tmp"));
     let environment_build_seconds = number_from_env(
-        &env,
+        env,
         ENV_ENVIRONMENT_BUILD_SECONDS,
         DEFAULT_BUILD_TIMEOUT.as_secs(),
         1,
@@ -264,7 +376,7 @@ where
         None => None,
     };
 
-    Ok(Invocation::Run(Box::new(AgentConfig {
+    Ok(AgentConfig {
         message_queue_url,
         agent_id,
         mode,
@@ -281,7 +393,8 @@ where
         message_queue_ca_pem,
         sweep_processes: mode == Mode::Worker
             && non_empty(env(queues::ENV_AGENT_SWEEP_PROCESSES)).as_deref() == Some("1"),
-    })))
+        heartbeat_when_idle: false,
+    })
 }
 
 /// Agent ids become part of a queue name: keep them short and plain.
@@ -325,10 +438,87 @@ mod tests {
             .iter()
             .map(|(name, value)| (name.to_string(), value.to_string()))
             .collect();
-        parse_invocation(
+        let host = HostPaths {
+            default_config_file: PathBuf::from("/nonexistent/attune/config.yaml"),
+            hostname_file: PathBuf::from("/nonexistent/hostname"),
+        };
+        parse_invocation_on(
             arguments.iter().map(|argument| argument.to_string()),
             |name| env.get(name).cloned(),
+            &host,
         )
+    }
+
+    fn worker_invocation(arguments: &[&str], env: &[(&str, &str)]) -> WorkerInvocation {
+        match parse(arguments, env).expect("valid invocation") {
+            Invocation::Worker(invocation) => *invocation,
+            other => panic!("expected a worker invocation, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn without_an_agent_id_an_api_url_makes_a_worker() {
+        let invocation = worker_invocation(
+            &[],
+            &[
+                ("ATTUNE_API_URL", "http://attune:8080"),
+                ("ATTUNE_WORKER_TOKEN", "t0ken"),
+                ("ATTUNE_WORKER_NAME", "py-1"),
+                ("ATTUNE_WORKER_CONCURRENCY", "3"),
+                ("ATTUNE_AGENT_WORKDIR", "/work"),
+                ("ATTUNE_AGENT_CONNECT_SECONDS", "7"),
+            ],
+        );
+        assert_eq!(invocation.worker.name, "py-1");
+        assert_eq!(invocation.agent.mode, Mode::Worker);
+        assert_eq!(invocation.agent.concurrency, 3);
+        assert!(invocation.agent.heartbeat_when_idle);
+        assert!(!invocation.agent.secrets_on_stdin);
+        assert_eq!(invocation.agent.workdir_base, PathBuf::from("/work"));
+        assert_eq!(invocation.agent.connect_timeout, Duration::from_secs(7));
+        assert_eq!(invocation.agent.agent_id, "", "the enrollment gives it");
+
+        // A config file alone makes a worker too (its api_url is then required).
+        let directory = tempfile::tempdir().unwrap();
+        let config = directory.path().join("worker.yaml");
+        std::fs::write(&config, "api_url: http://file:8080\n").unwrap();
+        let config = config.to_str().unwrap();
+        let invocation = worker_invocation(&["--config", config], &[("ATTUNE_WORKER_TOKEN", "t")]);
+        assert_eq!(invocation.worker.api_url, "http://file:8080");
+        let error = parse(&["--config", config], &[]).unwrap_err().to_string();
+        assert!(error.contains("ATTUNE_WORKER_TOKEN"), "{error}");
+    }
+
+    #[test]
+    fn controller_started_agents_stay_what_they_were() {
+        // An agent id, or secrets on stdin, keeps the agent a controller's, API URL or not.
+        let config = run_config(
+            &["--agent-id", "exec-1"],
+            &[
+                ("ATTUNE_API_URL", "http://attune:8080"),
+                ("ATTUNE_AGENT_SECRETS", "stdin"),
+            ],
+        );
+        assert_eq!(config.agent_id, "exec-1");
+        assert!(config.secrets_on_stdin);
+        assert!(!config.heartbeat_when_idle);
+        let error = parse(
+            &[],
+            &[
+                ("ATTUNE_API_URL", "http://attune:8080"),
+                ("ATTUNE_AGENT_SECRETS", "stdin"),
+            ],
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("missing agent id"), "{error}");
+        let error = parse(&["--config", "/x.yaml", "--agent-id", "a"], &[]).unwrap_err();
+        assert_eq!(error, ConfigError::ConfigWithAgentId("a".to_string()));
+        let error = parse(
+            &["--mode", "oneshot"],
+            &[("ATTUNE_API_URL", "http://a"), ("ATTUNE_WORKER_TOKEN", "t")],
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("worker mode"), "{error}");
     }
 
     fn run_config(arguments: &[&str], env: &[(&str, &str)]) -> AgentConfig {

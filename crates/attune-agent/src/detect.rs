@@ -199,8 +199,13 @@ impl RuntimeName {
 /// Why detection settings cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DetectError {
-    #[error("ATTUNE_WORKER_RUNTIMES names unknown runtime {name:?} (known: {known})")]
-    UnknownRuntime { name: String, known: String },
+    /// `setting` is `ATTUNE_WORKER_RUNTIMES` or a config file's `worker.runtimes in <path>`.
+    #[error("{setting} names unknown runtime {name:?} (known: {known})")]
+    UnknownRuntime {
+        setting: String,
+        name: String,
+        known: String,
+    },
 }
 
 /// Parses `ATTUNE_WORKER_RUNTIMES` (`python, Shell`): `None` when unset or blank.
@@ -208,9 +213,23 @@ pub fn parse_runtime_list(
     value: &str,
     hints: &RuntimeHints,
 ) -> Result<Option<Vec<RuntimeName>>, DetectError> {
+    parse_runtime_names(
+        value.split(','),
+        hints,
+        attune_protocol::queues::ENV_WORKER_RUNTIMES,
+    )
+}
+
+/// Reads runtime names (case and whitespace do not matter; blanks are skipped, repeats
+/// dropped) named by `setting`: `None` when there are none.
+pub fn parse_runtime_names<'a>(
+    words: impl IntoIterator<Item = &'a str>,
+    hints: &RuntimeHints,
+    setting: &str,
+) -> Result<Option<Vec<RuntimeName>>, DetectError> {
     let mut names: Vec<RuntimeName> = Vec::new();
-    for word in value
-        .split(',')
+    for word in words
+        .into_iter()
         .map(str::trim)
         .filter(|word| !word.is_empty())
     {
@@ -230,6 +249,7 @@ pub fn parse_runtime_list(
                 .collect();
             known.extend(custom_hints(hints).map(|hint| hint.name.trim().to_string()));
             return Err(DetectError::UnknownRuntime {
+                setting: setting.to_string(),
                 name: word.to_string(),
                 known: known.join(", "),
             });
@@ -333,7 +353,7 @@ impl Detector {
             match self.locate(name) {
                 Some(found) => located.push(found),
                 None if selection.is_some() => eprintln!(
-                    "attune-agent: runtime {} is listed in ATTUNE_WORKER_RUNTIMES but no interpreter was found",
+                    "attune-agent: runtime {} is declared (ATTUNE_WORKER_RUNTIMES or worker.runtimes) but no interpreter was found",
                     name.as_str()
                 ),
                 None => {}
@@ -759,6 +779,14 @@ mod tests {
         );
         let error = parse_runtime_list("lua", &hints).unwrap_err();
         assert!(error.to_string().ends_with("r, native, deno)"), "{error}");
+        let error = parse_runtime_names(["python", "cobol"], &hints, "worker.runtimes in /c.yaml")
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("worker.runtimes in /c.yaml names unknown runtime \"cobol\""),
+            "{error}"
+        );
     }
 
     #[tokio::test]

@@ -11,9 +11,21 @@ use tokio::time::Instant;
 /// How often group membership is checked while waiting for a group to empty.
 const GROUP_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
-/// Environment variables of the agent that an action must not inherit (broker URL and so on).
+/// Environment variables of the agent that an action must not inherit: its own settings
+/// (`ATTUNE_AGENT_*`), a worker's (`ATTUNE_WORKER_*`: its token and token file among them),
+/// the API it enrolls with (`ATTUNE_API_URL`), its config file (`ATTUNE_CONFIG`) and the
+/// server-style settings it reads (`ATTUNE__*`, the broker's address among them).
 pub fn is_agent_variable(name: &str) -> bool {
-    name.starts_with("ATTUNE_AGENT_") || name == attune_protocol::queues::ENV_WORKER_RUNTIMES
+    use attune_protocol::worker;
+    name.starts_with("ATTUNE_AGENT_")
+        || name.starts_with("ATTUNE_WORKER_")
+        || name.starts_with("ATTUNE__")
+        || name == attune_protocol::queues::ENV_WORKER_RUNTIMES
+        || name == worker::ENV_WORKER_TOKEN
+        || name == worker::ENV_WORKER_TOKEN_FILE
+        || name == worker::ENV_API_URL
+        || name == worker::ENV_WORKER_MQ_URL
+        || name == worker::ENV_CONFIG
 }
 
 /// The agent's environment without its own settings, for the processes it starts.
@@ -207,7 +219,18 @@ mod tests {
     fn agent_variables_are_not_inherited() {
         assert!(is_agent_variable("ATTUNE_AGENT_MQ_URL"));
         assert!(is_agent_variable("ATTUNE_WORKER_RUNTIMES"));
+        for worker_variable in [
+            "ATTUNE_WORKER_TOKEN",
+            "ATTUNE_WORKER_TOKEN_FILE",
+            "ATTUNE_WORKER_NAME",
+            "ATTUNE_API_URL",
+            "ATTUNE__MESSAGE_QUEUE__URL",
+            "ATTUNE_CONFIG",
+        ] {
+            assert!(is_agent_variable(worker_variable), "{worker_variable}");
+        }
         assert!(!is_agent_variable("ATTUNE_EXECUTION_ID"));
+        assert!(!is_agent_variable("ATTUNE_PACK_DIR"));
         assert!(!is_agent_variable("PATH"));
     }
 

@@ -1,5 +1,5 @@
-//! Running one job end to end: checks, pack environment, work dir, parameters, process, logs,
-//! timeout, report.
+//! Running one job end to end: pack files (a worker's, by digest), checks, pack environment,
+//! work dir, parameters, process, logs, timeout, report.
 //!
 //! [`run_job`] never fails: every problem becomes a [`JobReport`] sent as
 //! [`AgentEvent::Finished`]. Events go to an [`EventSender`] channel, so the runner works the
@@ -12,6 +12,7 @@ use crate::environment::{
     ReadyEnvironment,
 };
 use crate::output::{start_capture, CaptureSettings, CapturedOutput};
+use crate::packs::{PackLease, PackStore};
 use crate::process::{clean_up_group, inherited_environment, terminate_group};
 use crate::EventSender;
 use attune_protocol::output::bytes_into_text;
@@ -22,6 +23,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
@@ -66,6 +68,9 @@ pub struct RunnerContext {
     pub detector: Detector,
     /// Where pack environments (venvs, node_modules) are built and reused.
     pub environments: EnvironmentCache,
+    /// A worker's pack files by digest: a job with `pack_sha256` runs in the directory they
+    /// give. `None` for a controller's agent, whose container has the files at `pack_dir`.
+    pub packs: Option<Arc<PackStore>>,
 }
 
 /// How the process ended, from the runner's point of view.
@@ -103,21 +108,29 @@ pub async fn run_job_then_sweep(
                 job.execution_id
             );
         }
-        clear_work_area(&context.workdir_base, &context.environments.root);
+        let pack_cache = context.packs.as_ref().map(|packs| packs.cache_dir());
+        clear_work_area(
+            &context.workdir_base,
+            &context.environments.root,
+            pack_cache,
+        );
     }
     let _ = events.send(AgentEvent::Finished(report.clone()));
     report
 }
 
-/// Empties the work area (HOME and TMPDIR of the jobs) but for the environments cache, so the
-/// next job in this container finds nothing the last one left there.
-fn clear_work_area(work_area: &std::path::Path, environments: &std::path::Path) {
+/// Empties the work area (HOME and TMPDIR of the jobs) but for the environments cache (and a
+/// worker's pack cache), so the next job in this container finds nothing the last one left
+/// there.
+fn clear_work_area(work_area: &Path, environments: &Path, pack_cache: Option<&Path>) {
     let Ok(entries) = std::fs::read_dir(work_area) else {
         return;
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        if environments.starts_with(&path) {
+        if environments.starts_with(&path)
+            || pack_cache.is_some_and(|pack_cache| pack_cache.starts_with(&path))
+        {
             continue;
         }
         let removed = match entry.file_type() {
@@ -232,6 +245,38 @@ async fn execute(
     if let Some(request) = *stop.borrow_and_update() {
         return stop_report(agent_id, job, request);
     }
+
+    // Held until the job ends, so the pack's files stay while it runs.
+    let mut _pack_lease: Option<PackLease> = None;
+    let with_pack_files: Job;
+    let job = match (&job.pack_sha256, &context.packs) {
+        (Some(digest), Some(packs)) => {
+            let leased = tokio::select! {
+                leased = packs.lease(&job.pack_ref, digest) => leased,
+                request = wait_for_stop(&mut stop) => return stop_report(agent_id, job, request),
+            };
+            match leased {
+                Ok(lease) => {
+                    with_pack_files = Job {
+                        pack_dir: lease.dir().display().to_string(),
+                        ..job.clone()
+                    };
+                    _pack_lease = Some(lease);
+                    &with_pack_files
+                }
+                Err(error) => {
+                    return early_report(
+                        agent_id,
+                        job,
+                        JobOutcome::Failed,
+                        Some(FailureKind::PackFiles),
+                        error.to_string(),
+                    )
+                }
+            }
+        }
+        _ => job,
+    };
 
     let entry_path = Path::new(&job.pack_dir).join(&job.entry_point);
     if !entry_path.is_file() {

@@ -134,6 +134,7 @@ impl Fixture {
                 image_identity: "sha256:test-image".to_string(),
                 build_timeout: WAIT_LIMIT,
             },
+            packs: None,
         }
     }
 

@@ -64,6 +64,7 @@ impl Fixture {
                 image_identity: "attune-test/image:1".to_string(),
                 build_timeout: Duration::from_secs(60),
             },
+            packs: None,
         }
     }
 
