@@ -32,3 +32,8 @@ ALTER TABLE actions ADD COLUMN worker_selector JSONB;
 ALTER TABLE api_tokens DROP CONSTRAINT api_tokens_role_check;
 ALTER TABLE api_tokens ADD CONSTRAINT api_tokens_role_check
     CHECK (role IN ('viewer', 'executor', 'editor', 'admin', 'worker'));
+
+-- An action's `runtime_version:` (a semver constraint on the worker's runtime version) and
+-- `required_worker_runtimes:` (runtimes a worker must also have).
+ALTER TABLE actions ADD COLUMN runtime_version TEXT;
+ALTER TABLE actions ADD COLUMN required_worker_runtimes TEXT[] NOT NULL DEFAULT '{}';

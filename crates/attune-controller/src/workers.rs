@@ -53,14 +53,28 @@ impl Default for RouterSettings {
     }
 }
 
-/// Whether `worker` can run `queued` at all (ignoring its load).
+/// Whether `worker` can run `queued` at all (ignoring its load): online, with the action's
+/// runtime (satisfying its `runtime_version`), every required runtime, and every selector label.
 pub fn capable(worker: &WorkerRow, queued: &QueuedForWorker) -> bool {
-    worker.status == WorkerStatus::Online
-        && worker.runtimes.iter().any(|runtime| {
+    let has = |wanted: attune_protocol::Runtime| {
+        worker.runtimes.iter().filter(move |runtime| {
             runtime
                 .name
                 .parse::<attune_protocol::Runtime>()
-                .is_ok_and(|name| name == queued.runtime)
+                .is_ok_and(|name| name == wanted)
+        })
+    };
+    worker.status == WorkerStatus::Online
+        && has(queued.runtime).any(|runtime| match &queued.runtime_version {
+            Some(constraint) => {
+                attune_pack::runtime_version::satisfies(constraint, runtime.version.as_deref())
+            }
+            None => true,
+        })
+        && queued.required_runtimes.iter().all(|required| {
+            required
+                .parse::<attune_protocol::Runtime>()
+                .is_ok_and(|required| has(required).next().is_some())
         })
         && queued
             .selector
@@ -95,6 +109,15 @@ pub fn choose_worker(
         return RouteDecision::Worker(index);
     }
     let mut needs = format!("runtime {}", queued.runtime);
+    if let Some(constraint) = &queued.runtime_version {
+        needs.push_str(&format!(" {constraint}"));
+    }
+    if !queued.required_runtimes.is_empty() {
+        needs.push_str(&format!(
+            " and runtimes {}",
+            queued.required_runtimes.join(",")
+        ));
+    }
     if !queued.selector.is_empty() {
         let labels: Vec<String> = queued
             .selector
@@ -296,7 +319,40 @@ mod tests {
                 .collect::<BTreeMap<_, _>>(),
             requested_at: Utc::now() - chrono::Duration::seconds(waited_seconds),
             waiting_reason: None,
+            runtime_version: None,
+            required_runtimes: Vec::new(),
         }
+    }
+
+    #[test]
+    fn version_constraints_and_required_runtimes_narrow_the_choice() {
+        let mut old = worker("old", &["python"], &[], 0, 2);
+        old.runtimes[0].version = Some("3.10.9".into());
+        let mut new = worker("new", &["python", "node"], &[], 1, 2);
+        new.runtimes[0].version = Some("3.12.1".into());
+        let workers = [old, new];
+        let mut wants = queued(Runtime::Python, &[], 0);
+        wants.runtime_version = Some(">=3.11,<4".into());
+        // The less loaded worker is too old: the newer one is chosen.
+        assert_eq!(
+            choose_worker(&workers, &wants, Utc::now(), TIMEOUT),
+            RouteDecision::Worker(1)
+        );
+        let mut with_node = queued(Runtime::Python, &[], 0);
+        with_node.required_runtimes = vec!["node".into()];
+        assert_eq!(
+            choose_worker(&workers, &with_node, Utc::now(), TIMEOUT),
+            RouteDecision::Worker(1)
+        );
+        let mut ruby_too = queued(Runtime::Python, &[], 0);
+        ruby_too.runtime_version = Some(">=3.13".into());
+        ruby_too.required_runtimes = vec!["ruby".into()];
+        assert_eq!(
+            choose_worker(&workers, &ruby_too, Utc::now(), TIMEOUT),
+            RouteDecision::Wait(
+                "waiting for a worker with runtime python >=3.13 and runtimes ruby".into()
+            )
+        );
     }
 
     const TIMEOUT: Duration = Duration::from_secs(300);

@@ -220,12 +220,11 @@ async fn two_hundred_executions_over_three_workers_never_exceed_a_workers_concur
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_follows_runtime_aliases_selectors_and_load() {
     let (database, store) = store_with_pack(PACK, 8).await;
+    // hello_py asks for python >=3.8,<4 and a shell besides.
+    let mut python = enrollment("py", &["python3", "sh"], &[], 4);
+    python.runtimes[0].version = Some("3.11.4".into());
     store
-        .enroll_worker(
-            &enrollment("py", &["python3", "sh"], &[], 4),
-            "worker-py-1",
-            None,
-        )
+        .enroll_worker(&python, "worker-py-1", None)
         .await
         .unwrap();
     store

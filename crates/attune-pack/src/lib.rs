@@ -18,6 +18,7 @@ mod model;
 mod parameters;
 mod pool;
 mod resources;
+pub mod runtime_version;
 pub mod stored;
 mod unique_keys;
 

@@ -378,6 +378,32 @@ fn load_action(
         container.is_some(),
     )?;
 
+    let runtime_version = match manifest.runtime_version {
+        Some(constraint) => {
+            crate::runtime_version::parse_constraint(&constraint).map_err(|reason| {
+                PackError::InvalidField {
+                    file: file.to_string(),
+                    field: "runtime_version".to_string(),
+                    reason,
+                }
+            })?;
+            Some(constraint.trim().to_string())
+        }
+        None => None,
+    };
+    let mut required_worker_runtimes = Vec::new();
+    for name in manifest.required_worker_runtimes.unwrap_or_default() {
+        let required: attune_protocol::Runtime =
+            name.parse()
+                .map_err(
+                    |error: attune_protocol::UnknownRuntime| PackError::InvalidField {
+                        file: file.to_string(),
+                        field: "required_worker_runtimes".to_string(),
+                        reason: error.to_string(),
+                    },
+                )?;
+        required_worker_runtimes.push(required.as_str().to_string());
+    }
     Ok(ActionDefinition {
         action_ref: format!("{pack_ref}.{name}"),
         label: manifest.label.unwrap_or_else(|| name.clone()),
@@ -398,6 +424,8 @@ fn load_action(
         pool,
         idempotent: manifest.idempotent.unwrap_or(false),
         worker_selector: manifest.worker_selector.unwrap_or_default(),
+        runtime_version,
+        required_worker_runtimes,
         metadata_file: file.to_string(),
     })
 }

@@ -57,6 +57,10 @@ pub(crate) struct ActionManifest {
     /// Labels a long-lived worker must carry to run this action (upstream's field; only for
     /// actions without `container:`).
     pub worker_selector: Option<std::collections::BTreeMap<String, String>>,
+    /// A semver constraint on the worker's version of the action's runtime (`>=3.11,<4`).
+    pub runtime_version: Option<String>,
+    /// Runtimes a worker must have besides the action's own.
+    pub required_worker_runtimes: Option<Vec<String>>,
 }
 
 /// Parses a YAML file of the pack, naming the file and line on failure. A key repeated in any

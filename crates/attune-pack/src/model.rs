@@ -136,6 +136,12 @@ pub struct ActionDefinition {
     /// `worker_selector:` labels a worker must carry to run it (no `container:`).
     #[serde(default)]
     pub worker_selector: std::collections::BTreeMap<String, String>,
+    /// `runtime_version:`, a semver constraint on the worker's runtime version.
+    #[serde(default)]
+    pub runtime_version: Option<String>,
+    /// `required_worker_runtimes:`, canonical runtime names a worker must also have.
+    #[serde(default)]
+    pub required_worker_runtimes: Vec<String>,
     /// The action file, relative to the pack root (`actions/greet.yaml`).
     pub metadata_file: String,
 }

@@ -283,6 +283,16 @@ async fn workers_enroll_run_what_fits_them_and_end_what_they_lose() {
         );
     }
 
+    // A running execution on a worker is canceled there.
+    let long = client
+        .submit_ok("workers.slow", json!({"item": 9, "deciseconds": 600}))
+        .await;
+    client.wait_running(long).await;
+    assert_eq!(client.cancel(long).await.status(), 202);
+    let canceled = client.wait_terminal(long).await;
+    assert_eq!(canceled.status, ExecutionStatus::Canceled, "{canceled:?}");
+    assert!(canceled.worker.is_some(), "{canceled:?}");
+
     // No worker has ruby: it waits, saying why.
     let ruby = client.submit_ok("workers.ruby", json!({})).await;
     let waiting = client

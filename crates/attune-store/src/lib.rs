@@ -573,9 +573,10 @@ impl Store {
                 "INSERT INTO actions (pack_id, ref, label, description, runner_type, runtime,
                      entry_point, entry_point_path, parameters_schema, secret_parameters,
                      parameter_delivery, parameter_format, timeout_seconds, container, enabled,
-                     isolation, pool, idempotent, worker_selector)
+                     isolation, pool, idempotent, worker_selector, runtime_version,
+                     required_worker_runtimes)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                     $16, $17, $18, $19)",
+                     $16, $17, $18, $19, $20, $21)",
             )
             .bind(row.id)
             .bind(&action.action_ref)
@@ -605,6 +606,8 @@ impl Store {
                     .filter(|selector| !selector.is_empty())
                     .map(|selector| serde_json::to_value(selector).unwrap_or(Value::Null)),
             )
+            .bind(&action.runtime_version)
+            .bind(&action.required_worker_runtimes)
             .execute(&mut *transaction)
             .await?;
         }

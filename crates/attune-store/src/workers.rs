@@ -71,7 +71,8 @@ type WorkerTuple = (
     i64,
 );
 
-/// (id, action ref, runtime, worker_selector, requested_at, waiting_reason).
+/// (id, action ref, runtime, worker_selector, requested_at, waiting_reason, runtime_version,
+/// required_worker_runtimes).
 type QueuedTuple = (
     i64,
     String,
@@ -79,6 +80,8 @@ type QueuedTuple = (
     Option<Value>,
     DateTime<Utc>,
     Option<String>,
+    Option<String>,
+    Vec<String>,
 );
 
 const WORKER_COLUMNS: &str = "w.name, w.agent_id, w.status, w.runtimes, w.labels, w.concurrency, \
@@ -118,6 +121,10 @@ pub struct QueuedForWorker {
     pub runtime: Runtime,
     /// The action's `worker_selector` labels (all must match).
     pub selector: BTreeMap<String, String>,
+    /// The action's `runtime_version:` constraint.
+    pub runtime_version: Option<String>,
+    /// The action's `required_worker_runtimes:` (canonical names).
+    pub required_runtimes: Vec<String>,
     pub requested_at: DateTime<Utc>,
     /// The reason stored at the previous pass, if any.
     pub waiting_reason: Option<String>,
@@ -364,7 +371,7 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?;
         let queued: Vec<QueuedTuple> = sqlx::query_as(
             "SELECT e.id, e.action_ref, a.runtime, a.worker_selector, e.requested_at,
-                        e.waiting_reason
+                        e.waiting_reason, a.runtime_version, a.required_worker_runtimes
                  FROM executions e JOIN actions a ON a.id = e.action_id
                  WHERE e.status = 'requested'
                    AND (a.container IS NULL OR a.container = 'null'::jsonb)
@@ -376,7 +383,17 @@ impl Store {
         let mut pass = RoutingPass::default();
         let mut chosen: Vec<(i64, String, String)> = Vec::new();
         let mut reasons: Vec<(i64, String)> = Vec::new();
-        for (execution_id, action_ref, runtime, selector, requested_at, waiting_reason) in queued {
+        for (
+            execution_id,
+            action_ref,
+            runtime,
+            selector,
+            requested_at,
+            waiting_reason,
+            runtime_version,
+            required_runtimes,
+        ) in queued
+        {
             let runtime = match runtime.as_deref().map(str::parse::<Runtime>) {
                 Some(Ok(runtime)) => runtime,
                 _ => {
@@ -398,6 +415,8 @@ impl Store {
                 action_ref,
                 runtime,
                 selector,
+                runtime_version,
+                required_runtimes,
                 requested_at,
                 waiting_reason,
             };
