@@ -310,6 +310,28 @@ class BenchServer:
             for queue in (self.events_queue, f"{self.events_queue}.dead"):
                 subprocess.run(["rabbitmqctl", "delete_queue", queue],
                                check=False, capture_output=True)
+        # The events exchange (named like the queue) and any broker account of its agents
+        # left behind (a server stopped cleanly removes its agents' own).
+        management("DELETE", f"/api/exchanges/%2F/{urllib.parse.quote(self.events_queue)}")
+        for user in management("GET", "/api/users?columns=name") or []:
+            if user.get("name", "").startswith(f"attune-agent.{self.controller_id}."):
+                management("DELETE", f"/api/users/{urllib.parse.quote(user['name'])}")
+
+
+MANAGEMENT_URL = os.environ.get("ATTUNE_TEST_MANAGEMENT_URL", "http://127.0.0.1:15672")
+
+
+def management(method, path):
+    """A call to RabbitMQ's management API as guest (loopback only); None when it fails."""
+    import base64
+    request_ = urllib.request.Request(f"{MANAGEMENT_URL}{path}", method=method)
+    request_.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    try:
+        with urllib.request.urlopen(request_, timeout=10) as response:
+            body = response.read()
+            return json.loads(body) if body else {}
+    except (urllib.error.URLError, ConnectionError, OSError, ValueError):
+        return None
 
 
 def docker_run_once(image, label):
