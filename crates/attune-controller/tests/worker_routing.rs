@@ -399,3 +399,32 @@ fn psql(url: &str, query: &str) {
         .expect("run psql");
     assert!(status.success(), "psql {query}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_with_a_default_image_takes_only_what_no_worker_could() {
+    let (database, store) = store_with_pack(PACK, 8).await;
+    let ruby = submit(&store, "workers.ruby", 1).await[0];
+    // Before any router looked at it, no controller claims an action without an image, with
+    // or without a default image.
+    assert!(store
+        .claim_requested("c-1", 10, true)
+        .await
+        .unwrap()
+        .is_empty());
+    route(&store).await;
+    assert!(
+        store
+            .claim_requested("c-1", 10, false)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a controller without docker.default_image never takes it"
+    );
+    let claimed = store.claim_requested("c-1", 10, true).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|row| row.id).collect::<Vec<_>>(),
+        vec![ruby],
+        "with a default image, a controller takes what no worker could"
+    );
+    database.drop_database().await.unwrap();
+}
