@@ -356,3 +356,100 @@ async fn workers_enroll_run_what_fits_them_and_end_what_they_lose() {
     delete_worker_accounts(&agent_ids).await;
     server.finish().await;
 }
+
+/// Writes a pure-python wheel of `attune_testpkg` whose `VALUE` is argv[2].
+const MAKE_WHEEL: &str = include_str!("../../attune-agent/tests/fixtures/make_wheel.py");
+/// The action: prints the package's VALUE, its environment and when that was ready.
+const SHOW: &str = include_str!("../../attune-agent/tests/fixtures/show_environment.py");
+const WHEEL: &str = "attune_testpkg-1.0-py3-none-any.whl";
+
+/// A python pack without an image whose requirements.txt names a vendored wheel.
+fn write_environment_pack(dir: &std::path::Path, value: &str, marker: &str) {
+    std::fs::create_dir_all(dir.join("actions")).unwrap();
+    std::fs::create_dir_all(dir.join("vendor")).unwrap();
+    std::fs::write(dir.join("pack.yaml"), "ref: workerenv\nversion: 1.0.0\n").unwrap();
+    std::fs::write(
+        dir.join("actions/show.yaml"),
+        "ref: workerenv.show\nrunner_type: python\nentry_point: show.py\ntimeout: 120\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("actions/show.py"), SHOW).unwrap();
+    std::fs::write(
+        dir.join("requirements.txt"),
+        format!("# {marker}\n./vendor/{WHEEL}\n"),
+    )
+    .unwrap();
+    let made = Command::new("python3")
+        .args(["-c", MAKE_WHEEL])
+        .arg(dir.join("vendor").join(WHEEL))
+        .arg(value)
+        .status()
+        .expect("run python3 to build the test wheel");
+    assert!(made.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_builds_a_packs_environment_once_and_reuses_it() {
+    const IMAGE: &str = "attune-test/python-venv:latest";
+    assert!(
+        Command::new("docker")
+            .args(["image", "inspect", IMAGE])
+            .output()
+            .unwrap()
+            .status
+            .success(),
+        "image {IMAGE} missing: run scripts/build-images.sh python-venv"
+    );
+    let server = TestServer::start(&[("ATTUNE__WORKERS__HEARTBEAT_SECONDS", "1")])
+        .await
+        .expect("start test server");
+    let client = TestClient::new(&server).with_deadline(Duration::from_secs(180));
+    let unique = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let token = client
+        .api()
+        .create_token(&format!("env-worker-{unique}"), Role::Worker)
+        .await
+        .unwrap()
+        .token;
+    let pack = tempfile::tempdir().unwrap();
+    write_environment_pack(pack.path(), "first", unique);
+    client.register_dir(pack.path()).await;
+    let mut started = Workers {
+        containers: Vec::new(),
+    };
+    let name = format!("venv-{unique}");
+    let container = started.start(IMAGE, &name, &server.base_url, &token, &[]);
+    let view = wait_worker(&client, &name, WorkerStatus::Online, &container).await;
+
+    let first = client.run_succeeded("workerenv.show", json!({})).await;
+    assert_eq!(first.worker.as_deref(), Some(name.as_str()), "{first:?}");
+    let first_result = first.result.clone().unwrap();
+    assert_eq!(first_result["value"], "first", "{first:?}");
+    let prefix = first_result["prefix"].as_str().unwrap().to_string();
+    let second = client.run_succeeded("workerenv.show", json!({})).await;
+    let second_result = second.result.unwrap();
+    assert_eq!(
+        second_result["prefix"],
+        prefix.as_str(),
+        "the same environment"
+    );
+    assert_eq!(
+        second_result["ready_mtime_ns"], first_result["ready_mtime_ns"],
+        "reused untouched, not rebuilt"
+    );
+    // A changed dependency file (a new pack digest, downloaded again) gets its own.
+    write_environment_pack(pack.path(), "second", &format!("{unique} changed"));
+    client.register_dir(pack.path()).await;
+    let changed = client.run_succeeded("workerenv.show", json!({})).await;
+    let changed_result = changed.result.unwrap();
+    assert_eq!(changed_result["value"], "second");
+    assert_ne!(
+        changed_result["prefix"],
+        prefix.as_str(),
+        "a new environment"
+    );
+
+    drop(started);
+    delete_worker_accounts(&[view.agent_id]).await;
+    server.finish().await;
+}
