@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The file in a pack directory that names the digest of the archive its files came from.
-pub const PACK_DIGEST_FILE: &str = ".attune-pack-sha256";
+pub const PACK_DIGEST_FILE: &str = attune_protocol::worker::PACK_DIGEST_FILE;
 /// The cache's directory under the work directory base.
 pub const CACHE_DIR_NAME: &str = "attune-packs";
 /// How many digests the cache keeps.

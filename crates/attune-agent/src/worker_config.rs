@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 /// Environment variable: where packs are mounted (`<dir>/<pack_ref>/` with its
 /// `.attune-pack-sha256`); default [`DEFAULT_PACKS_DIR`].
-pub const ENV_PACKS_DIR: &str = "ATTUNE_WORKER_PACKS_DIR";
+pub const ENV_PACKS_DIR: &str = attune_protocol::worker::ENV_WORKER_PACKS_DIR;
 /// Where a worker looks for mounted packs by default.
 pub const DEFAULT_PACKS_DIR: &str = queues::PACKS_DIR_IN_CONTAINER;
 /// Jobs a worker runs at once unless told.

@@ -38,6 +38,12 @@ pub const ENV_WORKER_TOKEN_FILE: &str = "ATTUNE_WORKER_TOKEN_FILE";
 /// The broker as the worker reaches it (`amqp://rabbitmq:5672/%2f`): its scheme, host, port
 /// and vhost replace those of the enrolled URL (the credentials are always the enrolled ones).
 pub const ENV_WORKER_MQ_URL: &str = "ATTUNE__MESSAGE_QUEUE__URL";
+/// A directory of pack files mounted into a worker (default `/opt/attune/packs`): a pack's
+/// files at `<dir>/<pack ref>/` are used when their [`PACK_DIGEST_FILE`] holds the job's digest.
+pub const ENV_WORKER_PACKS_DIR: &str = "ATTUNE_WORKER_PACKS_DIR";
+/// The file in a pack's directory holding the sha256 of the stored archive its files came from;
+/// whoever fills a mounted packs directory writes it.
+pub const PACK_DIGEST_FILE: &str = ".attune-pack-sha256";
 /// A worker's config file (also `--config`; default [`DEFAULT_CONFIG_FILE`] when it exists).
 pub const ENV_CONFIG: &str = "ATTUNE_CONFIG";
 /// Where a worker looks for its config file when none is named.
