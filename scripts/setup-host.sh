@@ -16,6 +16,7 @@ command -v debootstrap >/dev/null 2>&1 || packages+=(debootstrap)
 [ -x /bin/busybox ] && /bin/busybox --help 2>&1 | grep -q 'static' || dpkg -s busybox-static >/dev/null 2>&1 || packages+=(busybox-static)
 [ -d /usr/lib/postgresql/15 ] || packages+=(postgresql-15)
 command -v curl >/dev/null 2>&1 || packages+=(curl)
+command -v docker-compose >/dev/null 2>&1 || packages+=(docker-compose)
 if [ ${#packages[@]} -gt 0 ]; then
   log "installing: ${packages[*]}"
   export DEBIAN_FRONTEND=noninteractive

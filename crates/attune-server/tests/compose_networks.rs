@@ -4,7 +4,9 @@
 //! Action containers join the network the server names in `ATTUNE__DOCKER__NETWORK`; that
 //! network must reach the broker and must not reach Postgres; Postgres must sit only on
 //! internal networks and publish no port; the API is published on the host's loopback only;
-//! nothing uses host networking.
+//! nothing uses host networking. Workers (services whose entrypoint is the agent) join the
+//! actions network alone, and init-agent none. compose_workers.rs checks the file with
+//! docker-compose itself and runs its workers.
 
 use serde_norway::Value;
 use std::collections::BTreeSet;
@@ -13,7 +15,11 @@ use std::path::PathBuf;
 fn compose() -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../compose/docker-compose.yaml");
     let text = std::fs::read_to_string(&path).expect("read compose/docker-compose.yaml");
-    serde_norway::from_str(&text).expect("compose/docker-compose.yaml is YAML")
+    let mut compose: Value =
+        serde_norway::from_str(&text).expect("compose/docker-compose.yaml is YAML");
+    // The workers are written with `<<: *worker` merge keys.
+    compose.apply_merge().expect("merge keys resolve");
+    compose
 }
 
 fn networks_of(service: &Value) -> BTreeSet<String> {
@@ -99,5 +105,45 @@ fn action_containers_reach_the_broker_and_not_the_database() {
     assert!(
         published.iter().all(|port| port.starts_with("127.0.0.1:")),
         "the API is published on the host's loopback only: {published:?}"
+    );
+}
+
+#[test]
+fn workers_join_the_actions_network_alone() {
+    let compose = compose();
+    let services = compose["services"].as_mapping().expect("services");
+    let server = &compose["services"]["attune-server"];
+    let actions_network = server["environment"]["ATTUNE__DOCKER__NETWORK"]
+        .as_str()
+        .expect("the server names the network of action containers");
+    let workers: Vec<(&str, &Value)> = services
+        .iter()
+        .filter(|(_, service)| {
+            service["entrypoint"][0].as_str() == Some("/opt/attune/agent/attune-agent")
+        })
+        .filter_map(|(name, service)| Some((name.as_str()?, service)))
+        .collect();
+    assert!(
+        workers.len() >= 4,
+        "the stack has its workers (python, node, ruby, shell): {:?}",
+        workers.iter().map(|(name, _)| name).collect::<Vec<_>>()
+    );
+    for (name, worker) in workers {
+        // `network_mode` names the network itself (so an override can replace it).
+        assert_eq!(
+            worker["network_mode"].as_str(),
+            Some(actions_network),
+            "worker {name} is on the actions network"
+        );
+        assert!(
+            networks_of(worker).is_empty(),
+            "worker {name} joins no other network"
+        );
+        assert!(worker["ports"].is_null(), "worker {name} publishes no port");
+    }
+    assert_eq!(
+        compose["services"]["init-agent"]["network_mode"].as_str(),
+        Some("none"),
+        "init-agent needs no network"
     );
 }

@@ -1,0 +1,2 @@
+import platform
+print("python", platform.python_version())

@@ -1,0 +1,1 @@
+puts "ruby #{RUBY_VERSION}"
