@@ -54,6 +54,12 @@ pub fn token_sha256(token: &str) -> [u8; 32] {
 pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     match (method, path) {
         (_, "/livez" | "/readyz") => None,
+        // Containers fetch their agent before they have any token; the handlers require the
+        // agent bootstrap token when the server has one (`agent_binary.rs`).
+        (
+            &Method::GET | &Method::HEAD,
+            "/api/v1/agent/binary" | "/api/v1/agent/binary.sha256" | "/api/v1/agent/info",
+        ) => None,
         (_, path) if path == "/api/v1/tokens" || path.starts_with("/api/v1/tokens/") => {
             Some(Role::Admin)
         }
@@ -69,7 +75,8 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
             | "/api/v1/pools"
             | "/api/v1/containers"
             | "/api/v1/workers"
-            | "/api/v1/workers/{name}",
+            | "/api/v1/workers/{name}"
+            | "/api/v1/runtimes",
         ) => Some(Role::Viewer),
         // A worker's own work: enrolling, and fetching the pack files of its jobs.
         (&Method::POST, "/api/v1/workers") | (&Method::GET, "/api/v1/packs/{pack_ref}/archive") => {
@@ -321,6 +328,7 @@ mod tests {
             "/api/v1/executions/{id}/logs",
             "/api/v1/containers",
             "/api/v1/whoami",
+            "/api/v1/runtimes",
         ] {
             assert_eq!(required_role(&get, path), Some(Role::Viewer), "{path}");
         }
@@ -333,6 +341,8 @@ mod tests {
             Some(Role::Executor)
         );
         assert_eq!(required_role(&post, "/api/v1/packs"), Some(Role::Editor));
+        // The registry is written by pack registration and enrollment, never through its route.
+        assert_eq!(required_role(&post, "/api/v1/runtimes"), Some(Role::Admin));
         assert_eq!(required_role(&get, "/api/v1/tokens"), Some(Role::Admin));
         assert_eq!(
             required_role(&Method::DELETE, "/api/v1/tokens/{id}"),

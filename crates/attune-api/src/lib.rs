@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod agent_binary;
 pub mod auth;
 pub mod idempotency;
 pub mod workers;
@@ -79,6 +80,8 @@ pub struct AppState {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// How workers enroll; `None`: this server enrolls none (503).
     pub workers: Option<workers::WorkerEnrollmentSettings>,
+    /// The agent binaries it hands out (`/api/v1/agent/*`); `None`: none (404).
+    pub agent_downloads: Option<agent_binary::AgentDownloads>,
 }
 
 /// Compiled parameter schemas by action, so a request does not recompile its action's schema;
@@ -239,6 +242,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/pools", get(list_pools))
         .route("/api/v1/workers", get(workers::list).post(workers::enroll))
         .route("/api/v1/workers/{name}", get(workers::get))
+        .route("/api/v1/runtimes", get(workers::list_runtimes))
+        .route("/api/v1/agent/binary", get(agent_binary::binary))
+        .route(
+            "/api/v1/agent/binary.sha256",
+            get(agent_binary::binary_sha256),
+        )
+        .route("/api/v1/agent/info", get(agent_binary::info))
         .route(
             "/api/v1/packs/{pack_ref}/archive",
             get(workers::pack_archive),

@@ -1,6 +1,8 @@
 //! Long-lived workers over HTTP: enrollment (`POST /api/v1/workers`, role `worker`), the
 //! worker list (`GET /api/v1/workers`, `/api/v1/workers/{name}`, role `viewer`), and pack
-//! archives by digest for workers (`GET /api/v1/packs/{ref}/archive?sha256=`, role `worker`).
+//! archives by digest for workers (`GET /api/v1/packs/{ref}/archive?sha256=`, role `worker`),
+//! and the runtime registry workers' reports feed (`GET /api/v1/runtimes`, role `viewer`): an
+//! enrollment records, `auto_detected`, the runtimes it reports that no record covers.
 //!
 //! Enrolling makes the worker a broker account of its own through [`WorkerAccounts`] (the
 //! server wires RabbitMQ's management API behind it: this crate never talks to the broker) and
@@ -10,10 +12,9 @@
 
 use crate::{ApiError, ApiResult, AppState, List};
 use async_trait::async_trait;
+use attune_protocol::api::RuntimeView;
 use attune_protocol::signing::{agent_event_key, to_hex};
-use attune_protocol::worker::{
-    check_enrollment, WorkerEnrolled, WorkerEnrollment, WorkerView, WORKERS_EVENTS_QUEUE,
-};
+use attune_protocol::worker::{check_enrollment, WorkerEnrolled, WorkerEnrollment, WorkerView};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -41,6 +42,8 @@ pub struct WorkerEnrollmentSettings {
     /// The deployment's workers secret (event keys derive from it).
     pub secret: Arc<Vec<u8>>,
     pub heartbeat_seconds: u64,
+    /// Where workers report (`workers.events_queue`).
+    pub events_queue: String,
 }
 
 /// `POST /api/v1/workers` (role `worker`).
@@ -88,6 +91,13 @@ pub async fn enroll(
             return Err(error.into());
         }
     };
+    if let Err(error) = state
+        .store
+        .record_detected_runtimes(&enrollment.runtimes)
+        .await
+    {
+        tracing::warn!(worker = %enrollment.name, %error, "record the runtimes a worker reported in the runtime registry");
+    }
     if let Some(previous) = previous.filter(|previous| *previous != agent_id) {
         if let Err(error) = settings.accounts.revoke(&previous).await {
             tracing::warn!(worker = %enrollment.name, agent_id = %previous, %error, "remove the broker account of a worker's earlier enrollment");
@@ -99,7 +109,7 @@ pub async fn enroll(
         agent_id,
         mq_url,
         mq_ca_pem: settings.accounts.ca_pem(),
-        events_queue: WORKERS_EVENTS_QUEUE.to_string(),
+        events_queue: settings.events_queue.clone(),
         heartbeat_seconds: settings.heartbeat_seconds,
     };
     Ok((StatusCode::CREATED, Json(enrolled)).into_response())
@@ -110,6 +120,18 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<List<WorkerVi
     let items = state
         .store
         .list_workers()
+        .await?
+        .iter()
+        .map(|row| row.view())
+        .collect();
+    Ok(Json(List { items }))
+}
+
+/// `GET /api/v1/runtimes`: the runtime registry (templates, packs' runtimes, detected ones).
+pub async fn list_runtimes(State(state): State<AppState>) -> ApiResult<Json<List<RuntimeView>>> {
+    let items = state
+        .store
+        .list_runtimes()
         .await?
         .iter()
         .map(|row| row.view())

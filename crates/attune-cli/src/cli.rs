@@ -58,6 +58,9 @@ pub enum Command {
     /// Show long-lived workers: status, runtimes, labels, load.
     #[command(subcommand)]
     Worker(WorkerCommand),
+    /// Show the runtime registry: templates, packs' runtimes, runtimes workers reported.
+    #[command(subcommand)]
+    Runtime(RuntimeCommand),
     /// Create, list and revoke API tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -110,6 +113,16 @@ pub enum WorkerCommand {
     Get {
         name: String,
         /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RuntimeCommand {
+    /// List runtimes: where each comes from, its interpreters, extension and environment.
+    List {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },

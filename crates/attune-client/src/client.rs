@@ -365,6 +365,14 @@ impl ApiClient {
             .await
     }
 
+    /// `GET /api/v1/runtimes`: the runtime registry (templates, packs' runtimes, runtimes
+    /// workers reported that nothing else covered).
+    pub async fn list_runtimes(
+        &self,
+    ) -> Result<Vec<attune_protocol::api::RuntimeView>, ClientError> {
+        self.get_list(self.url(&["runtimes"])).await
+    }
+
     /// `GET /api/v1/whoami`: the token this client sends.
     pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
         self.send(Method::GET, self.url(&["whoami"]), |request| request)

@@ -5,7 +5,8 @@
 //! A pack is a directory with `pack.yaml` (ref, label, description, version, tags) and
 //! `actions/<name>.yaml` files, each naming an entry point script beside it in `actions/`, and
 //! optionally the container it runs in (image, resources, capabilities) and how containers are
-//! shared (`isolation: pooled` with `pool:` settings).
+//! shared (`isolation: pooled` with `pool:` settings). `runtimes/<name>.yaml` files define the
+//! pack's runtimes in upstream Attune's runtime format ([`RuntimeDefinition`]).
 //! [`load_pack_dir`] and [`load_pack_archive`] share one validation path, so a directory and the
 //! archive built from it with [`build_pack_archive`] give the same [`Pack`] (same `sha256`).
 
@@ -19,6 +20,7 @@ mod parameters;
 mod pool;
 mod resources;
 pub mod runtime_version;
+mod runtimes;
 pub mod stored;
 mod unique_keys;
 
@@ -41,3 +43,4 @@ pub use resources::{
     normalize_capability, parse_memory_quantity, ResourceLimits, LINUX_CAPABILITIES, MAX_CPUS,
     MAX_MEMORY_BYTES, MAX_PIDS, MIN_CPUS, MIN_MEMORY_BYTES, MIN_PIDS,
 };
+pub use runtimes::{RuntimeDefinition, RUNTIMES_DIRECTORY};

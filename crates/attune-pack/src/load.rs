@@ -136,6 +136,8 @@ fn pack_from_files(files: Vec<PackFile>, limits: &PackLimits) -> Result<Pack, Pa
         actions.insert(action.action_ref.clone(), action);
     }
 
+    let runtimes = crate::runtimes::load_runtimes(&pack_ref, &files)?;
+
     Ok(Pack {
         label: manifest.label.unwrap_or_else(|| pack_ref.clone()),
         pack_ref,
@@ -143,6 +145,7 @@ fn pack_from_files(files: Vec<PackFile>, limits: &PackLimits) -> Result<Pack, Pa
         version,
         tags: manifest.tags,
         actions: actions.into_values().collect(),
+        runtimes,
         files,
         sha256,
     })

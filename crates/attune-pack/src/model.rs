@@ -58,6 +58,8 @@ pub struct Pack {
     pub tags: Vec<String>,
     /// Sorted by `action_ref`.
     pub actions: Vec<ActionDefinition>,
+    /// From `runtimes/*.yaml`, sorted by `runtime_ref`.
+    pub runtimes: Vec<crate::RuntimeDefinition>,
     /// Sorted by `relative_path`.
     pub files: Vec<PackFile>,
     /// Hex sha256 of the normalized archive ([`Pack::to_archive`]); equal for a directory and

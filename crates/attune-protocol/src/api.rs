@@ -462,3 +462,141 @@ pub struct WhoAmI {
     pub name: String,
     pub role: Role,
 }
+
+/// How a runtime prepares a pack's dependencies (upstream Attune's `environment.env_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeEnvironmentKind {
+    /// A Python virtualenv (`requirements.txt`).
+    Virtualenv,
+    /// `node_modules` installed with npm (`package.json`).
+    NodeModules,
+    /// Gems installed with bundler (`Gemfile`).
+    Bundler,
+    /// The runtime's own commands.
+    Custom,
+    /// Anything newer than this build knows.
+    #[serde(other)]
+    Other,
+}
+
+impl RuntimeEnvironmentKind {
+    /// The kinds a runtime file may name.
+    pub const NAMED: [RuntimeEnvironmentKind; 4] = [
+        RuntimeEnvironmentKind::Virtualenv,
+        RuntimeEnvironmentKind::NodeModules,
+        RuntimeEnvironmentKind::Bundler,
+        RuntimeEnvironmentKind::Custom,
+    ];
+
+    /// The wire name, e.g. `node_modules`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeEnvironmentKind::Virtualenv => "virtualenv",
+            RuntimeEnvironmentKind::NodeModules => "node_modules",
+            RuntimeEnvironmentKind::Bundler => "bundler",
+            RuntimeEnvironmentKind::Custom => "custom",
+            RuntimeEnvironmentKind::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for RuntimeEnvironmentKind {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RuntimeEnvironmentKind {
+    type Err = String;
+
+    /// One of [`RuntimeEnvironmentKind::NAMED`], case-insensitively.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let lowered = text.trim().to_ascii_lowercase();
+        RuntimeEnvironmentKind::NAMED
+            .into_iter()
+            .find(|kind| kind.as_str() == lowered)
+            .ok_or_else(|| {
+                format!("unknown environment type {text:?} (known: virtualenv, node_modules, bundler, custom)")
+            })
+    }
+}
+
+/// How an environment variable of a runtime's environment is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnvVarOperation {
+    /// Replaces the variable.
+    #[default]
+    Set,
+    /// Goes before the existing value, joined by the separator.
+    Prepend,
+    /// Goes after the existing value, joined by the separator.
+    Append,
+}
+
+/// One environment variable a runtime sets for its actions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeEnvVar {
+    #[serde(default)]
+    pub operation: EnvVarOperation,
+    /// May hold the template variables (`{env_dir}/node_modules`).
+    pub value: String,
+    /// For prepend and append (`:` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub separator: Option<String>,
+}
+
+/// How a runtime installs a pack's dependencies before its first execution. Commands are
+/// argument vectors that may hold upstream Attune's template variables: `{interpreter}`,
+/// `{env_dir}`, `{pack_dir}`, `{manifest_path}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeEnvironment {
+    pub kind: RuntimeEnvironmentKind,
+    /// The pack file that asks for an environment (`requirements.txt`).
+    #[serde(default)]
+    pub manifest_file: Option<String>,
+    /// Makes the environment (`python3 -m venv {env_dir}`); empty: nothing to make.
+    #[serde(default)]
+    pub create_command: Vec<String>,
+    /// Installs the manifest's dependencies into it.
+    #[serde(default)]
+    pub install_command: Vec<String>,
+    /// The interpreter inside the environment, when it has its own (`{env_dir}/bin/python`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interpreter_path: Option<String>,
+    #[serde(default)]
+    pub env_vars: BTreeMap<String, RuntimeEnvVar>,
+}
+
+/// A runtime of the registry (`GET /api/v1/runtimes`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeView {
+    /// `core.python`, `<pack>.<name>`, or `detected.<name>` for one a worker reported.
+    #[serde(rename = "ref")]
+    pub runtime_ref: String,
+    pub name: String,
+    /// The pack whose `runtimes/*.yaml` defines it; `None` for templates and detected ones.
+    #[serde(default)]
+    pub pack_ref: Option<String>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Interpreter binaries, in lookup order.
+    #[serde(default)]
+    pub interpreters: Vec<String>,
+    #[serde(default)]
+    pub file_extension: Option<String>,
+    #[serde(default)]
+    pub version_command: Option<String>,
+    #[serde(default)]
+    pub version_regex: Option<String>,
+    #[serde(default)]
+    pub environment: Option<RuntimeEnvironment>,
+    /// Registered because a worker reported it and no record covered it.
+    #[serde(default)]
+    pub auto_detected: bool,
+    /// RFC 3339.
+    pub created_at: String,
+}

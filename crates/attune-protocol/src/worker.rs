@@ -19,8 +19,9 @@ use crate::DetectedRuntime;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// The queue (and exchange of the same name) every worker reports to; every controller-role
-/// server consumes it.
+/// The default queue (and exchange of the same name) every worker reports to
+/// (`workers.events_queue`); every controller-role server on the deployment's database
+/// consumes it.
 pub const WORKERS_EVENTS_QUEUE: &str = "attune.workers.events";
 
 /// Environment variables of a worker, with Attune's names.

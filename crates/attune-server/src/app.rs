@@ -22,7 +22,6 @@ use attune_controller::{AgentBinary, AgentBinaryError, Controller, ControllerSet
 use attune_docker::bollard_engine::BollardEngine;
 use attune_docker::retry::{RetryPolicy, RetryingDocker};
 use attune_docker::{DockerError, DockerOps};
-use attune_protocol::worker::WORKERS_EVENTS_QUEUE;
 use attune_store::status_feed::StatusFeed;
 use attune_store::{ControllerRegistration, Store, StoreError};
 use std::future::Future;
@@ -175,6 +174,10 @@ pub async fn run_roles(
                 validators: Default::default(),
                 draining: draining.clone(),
                 workers: Some(worker_enrollment(&settings, &store).await?),
+                agent_downloads: Some(attune_api::agent_binary::AgentDownloads::new(
+                    settings.agent_binary_dir(),
+                    Some(settings.agent.bootstrap_token.clone()),
+                )),
             };
             let address = listener.local_addr()?;
             tracing::info!(%address, "attune-server listening");
@@ -430,7 +433,7 @@ async fn start_controller(
     let workers_broker = Arc::new(
         Broker::connect_with_ca(
             &settings.message_queue.url,
-            WORKERS_EVENTS_QUEUE,
+            &settings.workers.events_queue,
             Duration::from_secs(30),
             self::broker_ca(&settings.message_queue)?,
         )
@@ -499,7 +502,7 @@ async fn workers_secret(store: &Store) -> Result<Vec<u8>, ServerError> {
 }
 
 /// Workers' broker accounts: per-agent accounts under the pseudo-controller `workers`, whose
-/// events go to [`WORKERS_EVENTS_QUEUE`]'s exchange.
+/// events go to the exchange of `workers.events_queue`.
 struct ServerWorkerAccounts {
     access: AgentAccess,
     ca_pem: Option<String>,
@@ -539,7 +542,7 @@ async fn worker_enrollment(
 ) -> Result<attune_api::workers::WorkerEnrollmentSettings, ServerError> {
     let mut workers_settings = settings.clone();
     workers_settings.executor.controller_id = "workers".to_string();
-    workers_settings.message_queue.events_queue = WORKERS_EVENTS_QUEUE.to_string();
+    workers_settings.message_queue.events_queue = settings.workers.events_queue.clone();
     Ok(attune_api::workers::WorkerEnrollmentSettings {
         accounts: Arc::new(ServerWorkerAccounts {
             access: agent_access(&workers_settings)?,
@@ -547,6 +550,7 @@ async fn worker_enrollment(
         }),
         secret: Arc::new(workers_secret(store).await?),
         heartbeat_seconds: settings.workers.heartbeat_seconds,
+        events_queue: settings.workers.events_queue.clone(),
     })
 }
 

@@ -11,6 +11,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub message_queue: MessageQueueSettings,
     pub workers: WorkerSettings,
+    pub agent: AgentDownloadSettings,
     pub docker: DockerSettings,
     pub executor: ExecutorSettings,
     pub log: LogSettings,
@@ -42,6 +43,31 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
 }
 
+/// Agent binaries over HTTP (`[agent]`), for containers that fetch their agent.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AgentDownloadSettings {
+    /// Where `attune-agent-<arch>` (and `attune-sensor-agent-<arch>`) are; empty means the
+    /// directory of `docker.agent_binary`.
+    pub binary_dir: PathBuf,
+    /// When set, `GET /api/v1/agent/*` needs it in `X-Agent-Token` or `?token=`; empty (the
+    /// default, as upstream) serves the binaries to anyone who reaches the API.
+    pub bootstrap_token: String,
+}
+
+impl Settings {
+    /// The directory agent binaries are served from.
+    pub fn agent_binary_dir(&self) -> PathBuf {
+        if !self.agent.binary_dir.as_os_str().is_empty() {
+            return self.agent.binary_dir.clone();
+        }
+        self.docker
+            .agent_binary
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+}
+
 /// Long-lived workers (`[workers]`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct WorkerSettings {
@@ -51,6 +77,10 @@ pub struct WorkerSettings {
     /// How long an action without an image waits for a capable worker before it ends
     /// `no-worker`.
     pub queue_timeout_seconds: u64,
+    /// The queue (and exchange) every worker of this deployment reports to; every
+    /// controller-role server on the same database consumes it. Deployments sharing a broker
+    /// need their own.
+    pub events_queue: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -260,9 +290,14 @@ agent_credentials = "per-agent"
 management_url = "http://127.0.0.1:15672"
 tls_ca_file = ""
 
+[agent]
+binary_dir = ""
+bootstrap_token = ""
+
 [workers]
 heartbeat_seconds = 5
 queue_timeout_seconds = 300
+events_queue = "attune.workers.events"
 
 [docker]
 network = "host"

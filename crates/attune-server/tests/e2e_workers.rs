@@ -8,9 +8,9 @@
 //! token, and with a malformed registration.
 
 use attune_protocol::api::{ExecutionStatus, Role};
-use attune_protocol::worker::{WorkerStatus, WorkerView, WORKERS_EVENTS_QUEUE};
+use attune_protocol::worker::{WorkerStatus, WorkerView};
 use attune_protocol::FailureKind;
-use attune_testkit::{TestClient, TestEnvironment, TestServer, MANAGEMENT_URL};
+use attune_testkit::{TestClient, TestEnvironment, TestServer};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::Command;
@@ -23,15 +23,29 @@ fn workers_pack() -> PathBuf {
 /// Worker containers the test started, removed whatever happens.
 struct Workers {
     containers: Vec<String>,
+    /// The workers' names.
+    names: Vec<String>,
 }
 
 impl Drop for Workers {
+    /// Removes the containers, then the broker accounts and job queues of every enrollment of
+    /// the workers' names (also when the test failed before its own clean-up).
     fn drop(&mut self) {
         for container in &self.containers {
             let _ = Command::new("docker")
                 .args(["rm", "-f", container])
                 .output();
         }
+        let names = std::mem::take(&mut self.names);
+        let cleaning = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                runtime.block_on(attune_testkit::delete_enrollments_of_workers(&names));
+            }
+        });
+        let _ = cleaning.join();
     }
 }
 
@@ -81,6 +95,7 @@ impl Workers {
         );
         let id = String::from_utf8_lossy(&output.stdout).trim().to_string();
         self.containers.push(id.clone());
+        self.names.push(name.to_string());
         id
     }
 }
@@ -117,30 +132,6 @@ async fn wait_worker(
             docker(&["logs", "--tail", "40", container])
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Deletes the broker accounts and job queues of this test's workers.
-async fn delete_worker_accounts(agent_ids: &[String]) {
-    let url = TestEnvironment::from_env().message_queue_url;
-    if let Ok(broker) =
-        attune_broker::Broker::connect(&url, WORKERS_EVENTS_QUEUE, Duration::from_secs(10)).await
-    {
-        for agent_id in agent_ids {
-            let _ = attune_broker::AgentChannel::forget_agent(&broker, agent_id).await;
-        }
-        broker.close().await;
-    }
-    let accounts = attune_broker::accounts::AgentAccounts::new(
-        MANAGEMENT_URL,
-        &url,
-        &url,
-        "workers",
-        WORKERS_EVENTS_QUEUE,
-    )
-    .unwrap();
-    for agent_id in agent_ids {
-        let _ = accounts.revoke(agent_id).await;
     }
 }
 
@@ -216,6 +207,7 @@ async fn workers_enroll_run_what_fits_them_and_end_what_they_lose() {
     // Two workers on stock images.
     let mut started = Workers {
         containers: Vec::new(),
+        names: Vec::new(),
     };
     let shell_name = format!("sh-{unique}");
     let python_name = format!("py-{unique}");
@@ -353,7 +345,7 @@ async fn workers_enroll_run_what_fits_them_and_end_what_they_lose() {
     assert!(retried.stdout.contains("item 7 done"), "{retried:?}");
 
     drop(started);
-    delete_worker_accounts(&agent_ids).await;
+    attune_testkit::delete_worker_enrollments(&agent_ids).await;
     server.finish().await;
 }
 
@@ -416,6 +408,7 @@ async fn a_worker_builds_a_packs_environment_once_and_reuses_it() {
     client.register_dir(pack.path()).await;
     let mut started = Workers {
         containers: Vec::new(),
+        names: Vec::new(),
     };
     let name = format!("venv-{unique}");
     let container = started.start(IMAGE, &name, &server.base_url, &token, &[]);
@@ -450,6 +443,6 @@ async fn a_worker_builds_a_packs_environment_once_and_reuses_it() {
     );
 
     drop(started);
-    delete_worker_accounts(&[view.agent_id]).await;
+    attune_testkit::delete_worker_enrollments(&[view.agent_id]).await;
     server.finish().await;
 }

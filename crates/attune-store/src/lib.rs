@@ -18,6 +18,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::FromRow;
 use std::time::Duration;
 
+pub mod runtimes;
 pub mod secrets;
 pub mod status_feed;
 #[cfg(feature = "test-database")]
@@ -611,6 +612,7 @@ impl Store {
             .execute(&mut *transaction)
             .await?;
         }
+        runtimes::replace_pack_runtimes(&mut transaction, pack).await?;
         transaction.commit().await?;
         Ok(row)
     }

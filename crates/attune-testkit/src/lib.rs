@@ -236,6 +236,10 @@ impl TestServer {
                 environment.message_queue_url.as_str(),
             ),
             ("ATTUNE__MESSAGE_QUEUE__EVENTS_QUEUE", events_queue.as_str()),
+            (
+                "ATTUNE__WORKERS__EVENTS_QUEUE",
+                workers_events_queue(&database).as_str(),
+            ),
             ("ATTUNE__EXECUTOR__CONTROLLER_ID", controller_id.as_str()),
             ("ATTUNE__DOCKER__NETWORK", "host"),
             ("ATTUNE__SERVER__ADMIN_TOKEN_FILE", token_file.as_str()),
@@ -343,6 +347,9 @@ impl TestServer {
         // This server's identity is retired for good (a restart keeps it and never gets here).
         self.owns_queues = false;
         delete_events_queues(&self.events_queue).await?;
+        if last {
+            delete_events_queues(&workers_events_queue(&self.database)).await?;
+        }
         stopped
     }
 
@@ -431,6 +438,7 @@ impl Drop for TestServer {
                 self.engine.remove_containers_of(&self.controller_id);
             }
             let events_queue = self.events_queue.clone();
+            let workers_queue = workers_events_queue(&self.database);
             // On a thread with a runtime of its own: a drop may happen inside or outside one.
             let deleting = std::thread::spawn(move || {
                 if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
@@ -438,6 +446,7 @@ impl Drop for TestServer {
                     .build()
                 {
                     let _ = runtime.block_on(delete_events_queues(&events_queue));
+                    let _ = runtime.block_on(delete_events_queues(&workers_queue));
                 }
             });
             let _ = deleting.join();
@@ -832,3 +841,55 @@ pub async fn delete_agent_accounts(
 
 /// The shared broker's management API (scripts/rabbitmq-config.sh turns it on).
 pub const MANAGEMENT_URL: &str = "http://127.0.0.1:15672";
+
+/// The workers' events queue of the servers on `database` (one per test database, so tests
+/// sharing the broker never read each other's workers' events).
+pub fn workers_events_queue(database: &TestDatabase) -> String {
+    format!("attune.test.workers.{}", database.name)
+}
+
+/// Deletes the broker accounts and job queues of test workers' enrollments (their agent ids).
+pub async fn delete_worker_enrollments(agent_ids: &[String]) {
+    let url = TestEnvironment::from_env().message_queue_url;
+    if let Ok(accounts) = attune_broker::accounts::AgentAccounts::new(
+        MANAGEMENT_URL,
+        &url,
+        &url,
+        "workers",
+        attune_protocol::worker::WORKERS_EVENTS_QUEUE,
+    ) {
+        for agent_id in agent_ids {
+            let _ = accounts.revoke(agent_id).await;
+        }
+    }
+    for agent_id in agent_ids {
+        services::delete_queue(&attune_protocol::queues::agent_job_queue(agent_id));
+    }
+}
+
+/// Deletes the enrollments ([`delete_worker_enrollments`]) of every worker whose agent id
+/// starts with `worker-<name>-` for one of `names` (a test's workers, whatever it got to).
+pub async fn delete_enrollments_of_workers(names: &[String]) {
+    let url = TestEnvironment::from_env().message_queue_url;
+    let Ok(accounts) = attune_broker::accounts::AgentAccounts::new(
+        MANAGEMENT_URL,
+        &url,
+        &url,
+        "workers",
+        attune_protocol::worker::WORKERS_EVENTS_QUEUE,
+    ) else {
+        return;
+    };
+    let agent_ids: Vec<String> = accounts
+        .listed()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|agent_id| {
+            names
+                .iter()
+                .any(|name| agent_id.starts_with(&format!("worker-{name}-")))
+        })
+        .collect();
+    delete_worker_enrollments(&agent_ids).await;
+}

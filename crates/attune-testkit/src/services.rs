@@ -87,6 +87,16 @@ impl Drop for ServiceGuard {
     }
 }
 
+/// Deletes a queue of the shared broker with `rabbitmqctl` (absent is fine).
+pub fn delete_queue(queue: &str) {
+    let _ = Command::new("rabbitmqctl")
+        .args(["-q", "delete_queue", queue])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
 /// How many messages (ready and unacknowledged) a queue on the shared broker holds, from
 /// `rabbitmqctl`; `None` when the queue does not exist or the broker does not answer.
 pub fn queue_messages(queue: &str) -> Option<u64> {

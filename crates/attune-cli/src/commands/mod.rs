@@ -5,12 +5,13 @@ mod execution;
 mod pack;
 mod pool;
 mod run;
+mod runtime;
 mod token;
 mod worker;
 
 use crate::cli::{
     ActionCommand, Cli, Command, ContainerCommand, ExecutionCommand, PackCommand, PoolCommand,
-    TokenCommand, WorkerCommand,
+    RuntimeCommand, TokenCommand, WorkerCommand,
 };
 use crate::client::{error_message, ApiClient, ClientError};
 use crate::output::Terminal;
@@ -129,6 +130,7 @@ async fn dispatch(cli: Cli, terminal: &mut Terminal) -> anyhow::Result<u8> {
         Command::Worker(WorkerCommand::Get { name, json }) => {
             worker::get(&mut context, &name, json).await
         }
+        Command::Runtime(RuntimeCommand::List { json }) => runtime::list(&mut context, json).await,
         Command::Token(TokenCommand::Create { name, role, json }) => {
             token::create(&mut context, &name, role, json).await
         }
