@@ -81,7 +81,7 @@ async fn message_count(channel: &Channel, queue: &str) -> u32 {
         .message_count()
 }
 
-/// Deletes a test's events queue and its dead-letter queue when dropped, also when the test
+/// Deletes a test's events queue, its exchange and its dead-letter queue when dropped, also when the test
 /// fails (quorum queues left behind would pile up on the shared broker).
 struct QueueGuard(String);
 
@@ -92,6 +92,23 @@ impl Drop for QueueGuard {
                 .args(["-q", "delete_queue", &queue])
                 .output();
         }
+        // The events exchange the broker declares beside the queue (rabbitmqctl has no
+        // command for exchanges; the management API on loopback does).
+        let _ = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-u",
+                "guest:guest",
+                "-X",
+                "DELETE",
+                &format!(
+                    "http://127.0.0.1:15672/api/exchanges/%2F/{}",
+                    attune_protocol::queues::events_exchange(&self.0)
+                ),
+            ])
+            .output();
     }
 }
 

@@ -428,3 +428,35 @@ async fn a_controller_with_a_default_image_takes_only_what_no_worker_could() {
     );
     database.drop_database().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_no_worker_can_take_never_hides_new_work() {
+    let (database, store) = store_with_pack(PACK, 8).await;
+    store
+        .enroll_worker(&enrollment("sh", &["shell"], &[], 4), "worker-sh-1", None)
+        .await
+        .unwrap();
+    // Three ruby executions wait (no ruby worker) and fill a batch of two...
+    submit(&store, "workers.ruby", 3).await;
+    let now = store.now().await.unwrap();
+    let small_batch = |store: Store| async move {
+        store
+            .route_to_workers(2, |workers, queued| {
+                choose_worker(workers, queued, now, TIMEOUT)
+            })
+            .await
+            .unwrap()
+    };
+    assert_eq!(small_batch(store.clone()).await.waiting, 2);
+    // ...yet a shell execution submitted after them is routed at the next pass.
+    let shell = submit(&store, "workers.hello_sh", 1).await[0];
+    let pass = small_batch(store.clone()).await;
+    assert_eq!(
+        pass.routed
+            .iter()
+            .map(|routed| routed.execution.id)
+            .collect::<Vec<_>>(),
+        vec![shell]
+    );
+    database.drop_database().await.unwrap();
+}

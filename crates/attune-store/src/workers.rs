@@ -341,7 +341,8 @@ impl Store {
     }
 
     /// One routing pass (see the module docs): up to `limit` requested executions whose action
-    /// names no image, oldest first, each given to `decide` with the online workers (their
+    /// names no image — those not looked at yet first, then the waiting ones, each oldest
+    /// first (so a backlog no worker can take never hides new work from the router) — each given to `decide` with the online workers (their
     /// `running` counts include what this pass already gave them). Executions routed are
     /// `scheduled` on their worker; the others keep (or get) their waiting reason, or end
     /// `no-worker` when `decide` gives up on them.
@@ -375,7 +376,8 @@ impl Store {
                  FROM executions e JOIN actions a ON a.id = e.action_id
                  WHERE e.status = 'requested'
                    AND (a.container IS NULL OR a.container = 'null'::jsonb)
-                 ORDER BY e.id FOR UPDATE OF e SKIP LOCKED LIMIT $1",
+                 ORDER BY (e.waiting_reason IS NOT NULL), e.id
+                 FOR UPDATE OF e SKIP LOCKED LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&mut *transaction)

@@ -347,9 +347,10 @@ impl TestServer {
         // This server's identity is retired for good (a restart keeps it and never gets here).
         self.owns_queues = false;
         delete_events_queues(&self.events_queue).await?;
-        if last {
-            delete_events_queues(&workers_events_queue(&self.database)).await?;
-        }
+        // Per database, but a test that drops the database itself (a borrowed lease) never
+        // has a last server: every stop deletes it (a server still running on the database
+        // declares it again at its next connection).
+        delete_events_queues(&workers_events_queue(&self.database)).await?;
         stopped
     }
 
