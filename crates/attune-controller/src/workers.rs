@@ -10,7 +10,8 @@
 //! (running ÷ concurrency) first. An execution no worker can take waits with a visible reason
 //! until its queue timeout, then ends `failed` with kind `no-worker`.
 //!
-//! Each pass also marks offline the workers silent for three heartbeats and ends what they ran
+//! A pass runs every 250 ms and at once when an execution is requested or ends anywhere (the
+//! status feed's notifications). Each pass also marks offline the workers silent for three heartbeats and ends what they ran
 //! `worker-lost` (idempotent actions requeued once), ends `lease-expired` what a worker keeps
 //! past its timeout without a report, and sends cancels to workers.
 
@@ -18,11 +19,13 @@ use crate::Controller;
 use attune_protocol::api::ExecutionStatus;
 use attune_protocol::worker::WorkerStatus;
 use attune_protocol::{AgentCommand, FailureKind};
+use attune_store::status_feed::StatusFeed;
 use attune_store::workers::{QueuedForWorker, RouteDecision, WorkerRow};
 use attune_store::{Store, TransitionFields};
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;
 use std::time::Duration;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 /// How the router works.
@@ -144,15 +147,54 @@ pub fn choose_worker(
     RouteDecision::Wait(reason)
 }
 
-/// Routes and supervises worker executions until `stop` (see the module docs).
-pub async fn run_router(controller: Controller, settings: RouterSettings, stop: CancellationToken) {
+/// Routes and supervises worker executions until `stop` (see the module docs): a pass every
+/// `settings.interval`, and at once when any server stores a requested execution (new work)
+/// or a terminal one (a worker's slot may be free) — `feed` carries Postgres's notifications;
+/// notifications that arrive during a pass are folded into the next one.
+pub async fn run_router(
+    controller: Controller,
+    settings: RouterSettings,
+    feed: StatusFeed,
+    stop: CancellationToken,
+) {
     let mut ticks = tokio::time::interval(settings.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut changes = Some(feed.subscribe());
     let mut memory = RouterMemory::default();
     loop {
+        let woken = async {
+            match changes.as_mut() {
+                Some(receiver) => loop {
+                    match receiver.recv().await {
+                        Ok(change)
+                            if change.status == ExecutionStatus::Requested
+                                || change.status.is_terminal() =>
+                        {
+                            return true
+                        }
+                        Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Lagged(_)) => return true,
+                        Err(broadcast::error::RecvError::Closed) => return false,
+                    }
+                },
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = ticks.tick() => {}
+            open = woken => {
+                if !open {
+                    changes = None;
+                }
+            }
+        }
+        // Fold what else arrived into this pass.
+        if let Some(receiver) = changes.as_mut() {
+            while !matches!(
+                receiver.try_recv(),
+                Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)
+            ) {}
         }
         if let Err(error) = pass(&controller, &settings, &mut memory).await {
             tracing::warn!(%error, "worker routing pass");

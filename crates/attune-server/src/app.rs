@@ -468,6 +468,7 @@ async fn start_controller(
             heartbeat: Duration::from_secs(settings.workers.heartbeat_seconds),
             ..Default::default()
         },
+        status_feed.clone(),
         stop.clone(),
     ));
     tasks.track(&router_task);
