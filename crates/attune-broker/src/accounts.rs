@@ -51,6 +51,8 @@ pub struct AgentAccounts {
     events_queue: String,
     /// Agents whose account this process made and has not removed yet.
     issued: Mutex<HashSet<String>>,
+    /// How long a call waits for a broker that does not answer.
+    patience: std::time::Duration,
 }
 
 /// An error of the management API, naming the operation.
@@ -138,6 +140,7 @@ impl AgentAccounts {
             controller_id: controller_id.to_string(),
             events_queue: events_queue.to_string(),
             issued: Mutex::new(HashSet::new()),
+            patience: crate::DEFAULT_PUBLISH_PATIENCE,
         })
     }
 
@@ -172,6 +175,10 @@ impl AgentAccounts {
         url
     }
 
+    /// One management API call; while the broker does not answer (no connection, a 5xx: it
+    /// is restarting) it is tried again with backoff (100 ms doubling to 2 s) for up to the
+    /// patience, as commands wait for a lost broker: an outage delays an agent's start, it
+    /// does not fail its execution.
     async fn call(
         &self,
         operation: &str,
@@ -179,35 +186,54 @@ impl AgentAccounts {
         url: reqwest::Url,
         body: Option<serde_json::Value>,
     ) -> Result<reqwest::Response, BrokerError> {
-        let mut request = self
-            .http
-            .request(method, url)
-            .basic_auth(&self.admin_user, Some(&self.admin_password));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|error| management(operation, without_url(error)))?;
-        let status = response.status();
-        if status.is_success() || status == reqwest::StatusCode::NOT_FOUND {
-            return Ok(response);
-        }
-        let detail = response.text().await.unwrap_or_default();
-        let hint = match status {
-            reqwest::StatusCode::UNAUTHORIZED => {
-                format!(
-                    "; the management API refused user {} (it needs the administrator tag)",
-                    self.admin_user
-                )
+        let deadline = tokio::time::Instant::now() + self.patience;
+        let mut delay = std::time::Duration::from_millis(100);
+        loop {
+            let mut request = self
+                .http
+                .request(method.clone(), url.clone())
+                .basic_auth(&self.admin_user, Some(&self.admin_password));
+            if let Some(body) = &body {
+                request = request.json(body);
             }
-            _ => String::new(),
-        };
-        Err(management(
-            operation,
-            format!("management API answered {status}: {}{hint}", detail.trim()),
-        ))
+            let (error, transient) = match request.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    if status.is_success() || status == reqwest::StatusCode::NOT_FOUND {
+                        return Ok(response);
+                    }
+                    let detail = response.text().await.unwrap_or_default();
+                    let hint = match status {
+                        reqwest::StatusCode::UNAUTHORIZED => format!(
+                            "; the management API refused user {} (it needs the administrator tag)",
+                            self.admin_user
+                        ),
+                        _ => String::new(),
+                    };
+                    (
+                        management(
+                            operation,
+                            format!("management API answered {status}: {}{hint}", detail.trim()),
+                        ),
+                        status.is_server_error(),
+                    )
+                }
+                Err(error) => (management(operation, without_url(error)), true),
+            };
+            if !transient || tokio::time::Instant::now() + delay >= deadline {
+                return Err(error);
+            }
+            tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "management API not answering; trying again");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(2));
+        }
+    }
+
+    /// How long a call waits for a broker that does not answer (default 60 s, the publish
+    /// patience's default).
+    pub fn with_patience(mut self, patience: std::time::Duration) -> AgentAccounts {
+        self.patience = patience;
+        self
     }
 
     /// Makes `agent_id`'s account (replacing one of the same name) and returns the AMQP URL the

@@ -594,7 +594,8 @@ fn agent_access(settings: &Settings) -> Result<AgentAccess, ServerError> {
             )
             .map_err(|error| {
                 ServerError::BrokerSettings(format!("set up per-agent broker accounts: {error}"))
-            })?,
+            })?
+            .with_patience(Duration::from_secs(queue.publish_patience_seconds)),
         ))),
     }
 }
