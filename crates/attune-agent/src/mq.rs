@@ -22,6 +22,8 @@ pub const JOB_QUEUE_EXPIRES_MILLISECONDS: u32 = queues::AGENT_QUEUE_EXPIRES_MS;
 const PERSISTENT: u8 = 2;
 /// How often publishing one event is tried before it is dropped.
 const PUBLISH_ATTEMPTS: u32 = 5;
+/// Longest wait for one connection attempt (see [`connect`]).
+const CONNECT_ATTEMPT_LIMIT: Duration = Duration::from_secs(3);
 /// Largest AMQP frame the agent asks for: the protocol's minimum. lapin keeps a receive and a
 /// send buffer of 32 frames each, so RabbitMQ's default of 128 KiB would cost 8 MiB of resident
 /// memory in every container; 8 KiB frames cost 512 KiB. Larger messages (a 10 MiB report)
@@ -113,11 +115,14 @@ pub async fn connect(
         };
         let connecting =
             Connection::connect_uri_with_config(uri.clone(), properties, tls, runtime.clone());
-        let message = match tokio::time::timeout(remaining, connecting).await {
-            Ok(Ok(connection)) => return Ok(connection),
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => "timed out".to_string(),
-        };
+        // One attempt waits at most CONNECT_ATTEMPT_LIMIT: a broker that is still starting may
+        // accept the connection and not answer the handshake, and the next attempt succeeds.
+        let message =
+            match tokio::time::timeout(remaining.min(CONNECT_ATTEMPT_LIMIT), connecting).await {
+                Ok(Ok(connection)) => return Ok(connection),
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => "timed out".to_string(),
+            };
         if Instant::now() + delay >= deadline {
             return Err(MqError::Connect {
                 url: redact_url(url),

@@ -347,6 +347,15 @@ impl TestServer {
         // This server's identity is retired for good (a restart keeps it and never gets here).
         self.owns_queues = false;
         delete_events_queues(&self.events_queue).await?;
+        // Accounts its agents kept because the broker was away when they ended (the server's
+        // periodic sweep would remove them; a test ends first).
+        let environment = TestEnvironment::from_env();
+        delete_agent_accounts(
+            &environment.message_queue_url,
+            &self.controller_id,
+            &self.events_queue,
+        )
+        .await?;
         // Per database, but a test that drops the database itself (a borrowed lease) never
         // has a last server: every stop deletes it (a server still running on the database
         // declares it again at its next connection).
@@ -440,6 +449,7 @@ impl Drop for TestServer {
             }
             let events_queue = self.events_queue.clone();
             let workers_queue = workers_events_queue(&self.database);
+            let controller_id = self.controller_id.clone();
             // On a thread with a runtime of its own: a drop may happen inside or outside one.
             let deleting = std::thread::spawn(move || {
                 if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
@@ -448,6 +458,11 @@ impl Drop for TestServer {
                 {
                     let _ = runtime.block_on(delete_events_queues(&events_queue));
                     let _ = runtime.block_on(delete_events_queues(&workers_queue));
+                    let _ = runtime.block_on(delete_agent_accounts(
+                        &TestEnvironment::from_env().message_queue_url,
+                        &controller_id,
+                        &events_queue,
+                    ));
                 }
             });
             let _ = deleting.join();
