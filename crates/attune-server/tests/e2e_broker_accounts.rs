@@ -18,32 +18,6 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-/// What the management API says of the broker's connections: (connection name, user, ssl).
-async fn connections() -> Vec<(String, String, bool)> {
-    let listed: Vec<Value> = reqwest::Client::new()
-        .get(format!("{MANAGEMENT_URL}/api/connections"))
-        .basic_auth("guest", Some("guest"))
-        .send()
-        .await
-        .expect("management API")
-        .json()
-        .await
-        .expect("connections as JSON");
-    listed
-        .iter()
-        .map(|connection| {
-            (
-                connection["client_properties"]["connection_name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                connection["user"].as_str().unwrap_or_default().to_string(),
-                connection["ssl"].as_bool().unwrap_or(false),
-            )
-        })
-        .collect()
-}
-
 /// The names of the broker's users starting with `prefix`.
 async fn users_with_prefix(prefix: &str) -> Vec<String> {
     let listed: Vec<Value> = reqwest::Client::new()
@@ -69,7 +43,7 @@ async fn users_with_prefix(prefix: &str) -> Vec<String> {
 async fn agent_connection_users(controller_id: &str) -> Vec<(String, String, bool)> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let agents: Vec<_> = connections()
+        let agents: Vec<_> = attune_testkit::broker_connections()
             .await
             .into_iter()
             .filter(|(name, _, _)| name.starts_with("attune-agent "))

@@ -6,39 +6,13 @@
 mod outage;
 
 use attune_protocol::api::ExecutionStatus;
-use attune_testkit::{TestClient, TestServer, MANAGEMENT_URL};
-use serde_json::{json, Value};
+use attune_testkit::{TestClient, TestServer};
+use serde_json::json;
 use std::time::Duration;
 
 /// The CA scripts/rabbitmq-config.sh made for the broker's certificate.
 const BROKER_CA: &str = "/etc/rabbitmq/tls/ca.pem";
 const TLS_URL: &str = "amqps://guest:guest@127.0.0.1:5671/%2f";
-
-/// (connection name, user, ssl) of every connection the broker has.
-async fn connections() -> Vec<(String, String, bool)> {
-    let listed: Vec<Value> = reqwest::Client::new()
-        .get(format!("{MANAGEMENT_URL}/api/connections"))
-        .basic_auth("guest", Some("guest"))
-        .send()
-        .await
-        .expect("management API")
-        .json()
-        .await
-        .expect("connections as JSON");
-    listed
-        .iter()
-        .map(|connection| {
-            (
-                connection["client_properties"]["connection_name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                connection["user"].as_str().unwrap_or_default().to_string(),
-                connection["ssl"].as_bool().unwrap_or(false),
-            )
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_and_its_agents_speak_tls_to_the_broker() {
@@ -68,7 +42,7 @@ async fn the_server_and_its_agents_speak_tls_to_the_broker() {
     // The management API's statistics lag by up to 5 s.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let (servers, agents) = loop {
-        let listed = connections().await;
+        let listed = attune_testkit::broker_connections().await;
         let servers: Vec<_> = listed
             .iter()
             .filter(|(name, _, _)| *name == server_connection)

@@ -909,3 +909,30 @@ pub async fn delete_enrollments_of_workers(names: &[String]) {
         .collect();
     delete_worker_enrollments(&agent_ids).await;
 }
+
+/// What the shared broker's management API says of its connections: (connection name, user,
+/// whether it is TLS).
+pub async fn broker_connections() -> Vec<(String, String, bool)> {
+    let listed: Vec<serde_json::Value> = reqwest::Client::new()
+        .get(format!("{MANAGEMENT_URL}/api/connections"))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .expect("management API")
+        .json()
+        .await
+        .expect("connections as JSON");
+    listed
+        .iter()
+        .map(|connection| {
+            (
+                connection["client_properties"]["connection_name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                connection["user"].as_str().unwrap_or_default().to_string(),
+                connection["ssl"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect()
+}
